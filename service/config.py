@@ -1,0 +1,309 @@
+"""Configuration: one TOML file, overridable by environment variables, validated in one place.
+
+Sections and keys (all optional; the embedded default is the demo zoo on a local Triton)::
+
+    [server]     listen, max_message_bytes, max_prompt_chars, grace_s, max_inflight, metrics_listen
+    [state]      dir, synchronous, snapshot_every_labels
+    [predictor]  onnx, max_tokens, threads, prior_var, batch_max, batch_delay_ms, providers
+    [triton]     url ("" = start the embedded Triton with the demo zoo), timeout_s, ready_poll_s
+    [zoo]        cost_unit, cost_ema; [[zoo.models]] name, triton_model, cost_per_request,
+                 cost_per_input_token, cost_per_output_token, prior_accuracy
+    [[tenants]]  name, alpha, V, c, explore_models, seed
+
+Environment: `MESSPLUS_<SECTION>_<KEY>` overrides a scalar key, e.g. MESSPLUS_SERVER_LISTEN=0.0.0.0:50051,
+MESSPLUS_TRITON_URL=triton:8001, MESSPLUS_STATE_DIR=/var/lib/messplus. A bad value fails at start-up with a
+ConfigError that names the key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "MESSPLUS_"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_prompt_chars: int = 200_000
+    grace_s: float = 10.0
+    max_inflight: int = 512
+    metrics_listen: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateConfig:
+    dir: str = "var"
+    synchronous: str = "FULL"
+    snapshot_every_labels: int = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictorConfig:
+    onnx: str = ""
+    max_tokens: int = 256
+    threads: int = 0
+    prior_var: float = 1.0
+    batch_max: int = 16
+    batch_delay_ms: float = 0.5
+    providers: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TritonConfig:
+    url: str = ""
+    timeout_s: float = 30.0
+    ready_poll_s: float = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    name: str
+    triton_model: str
+    cost_per_request: float = 0.0
+    cost_per_input_token: float = 0.0
+    cost_per_output_token: float = 0.0
+    prior_accuracy: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZooConfig:
+    cost_unit: str = "USD per request"
+    cost_ema: float = 0.05
+    models: tuple[ModelConfig, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantConfig:
+    name: str
+    alpha: float
+    V: float = 1.0
+    c: float = 0.5
+    explore_models: int = 0  # 0: every available model (the MESS+ paper); N: the served one + N-1 most uncertain
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    triton: TritonConfig = field(default_factory=TritonConfig)
+    zoo: ZooConfig = field(default_factory=ZooConfig)
+    tenants: tuple[TenantConfig, ...] = ()
+
+    @property
+    def embedded_triton(self) -> bool:
+        """True when messplus starts its own Triton with the demo zoo (no `triton.url` configured)."""
+        return not self.triton.url
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.state.dir).expanduser()
+
+    def tenant(self, name: str) -> TenantConfig | None:
+        return next((t for t in self.tenants if t.name == name), None)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert a TOML or environment value to the annotated scalar type, or fail naming the key."""
+    try:
+        if typ == "bool":
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if typ == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if typ == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            out = float(value)
+            if not math.isfinite(out):
+                raise ValueError(value)
+            return out
+        if typ == "str":
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected {typ}, got {value!r}") from None
+    raise ConfigError(key, f"unsupported type {typ}")
+
+
+def _build(cls: Any, prefix: str, raw: Mapping[str, Any]) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix, f"expected a table, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, f in known.items():
+        if name in raw:
+            kwargs[name] = _coerce(f"{prefix}.{name}", raw[name], f.type)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(prefix, str(exc)) from None
+
+
+def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    sections = {"server": ServerConfig, "state": StateConfig, "predictor": PredictorConfig,
+                "triton": TritonConfig, "zoo": ZooConfig}
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in sections or key not in {f.name for f in fields(sections[section])}:
+            raise ConfigError(var, "unknown environment override (form: MESSPLUS_<SECTION>_<KEY>)")
+        if key == "models":
+            raise ConfigError(var, "zoo models are configured in the TOML file only")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _models(raw: Any) -> tuple[ModelConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("zoo.models", "expected an array of tables ([[zoo.models]])")
+    models = tuple(_build(ModelConfig, f"zoo.models[{i}]", m) for i, m in enumerate(raw))
+    return models
+
+
+def _tenants(raw: Any) -> tuple[TenantConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("tenants", "expected an array of tables ([[tenants]])")
+    return tuple(_build(TenantConfig, f"tenants[{i}]", t) for i, t in enumerate(raw))
+
+
+def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Build and validate a Config from parsed TOML, applying environment overrides."""
+    merged = _env_overrides(dict(raw), os.environ if env is None else env)
+    known = {"server", "state", "predictor", "triton", "zoo", "tenants"}
+    for key in merged:
+        if key not in known:
+            raise ConfigError(key, f"unknown section (known: {', '.join(sorted(known))})")
+    zoo_raw = dict(merged.get("zoo", {}))
+    models = _models(zoo_raw.pop("models", []))
+    cfg = Config(
+        server=_build(ServerConfig, "server", merged.get("server", {})),
+        state=_build(StateConfig, "state", merged.get("state", {})),
+        predictor=_build(PredictorConfig, "predictor", merged.get("predictor", {})),
+        triton=_build(TritonConfig, "triton", merged.get("triton", {})),
+        zoo=ZooConfig(**{**vars(_build(ZooConfig, "zoo", zoo_raw)), "models": models}),
+        tenants=_tenants(merged.get("tenants", [])),
+    )
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the TOML file at `path` (or $MESSPLUS_CONFIG); no file means the embedded default."""
+    environ = os.environ if env is None else env
+    path = path or environ.get(ENV_PREFIX + "CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config", f"file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    return from_mapping(raw, environ)
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+def _check_listen(key: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    _check(bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) < 65536, key,
+           f"expected HOST:PORT, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Every semantic check of the configuration, each naming its key."""
+    _check_listen("server.listen", cfg.server.listen)
+    if cfg.server.metrics_listen:
+        _check_listen("server.metrics_listen", cfg.server.metrics_listen)
+    _check(cfg.server.max_message_bytes >= 1024, "server.max_message_bytes", "must be >= 1024")
+    _check(cfg.server.max_prompt_chars >= 1, "server.max_prompt_chars", "must be >= 1")
+    _check(cfg.server.grace_s >= 0, "server.grace_s", "must be >= 0")
+    _check(cfg.server.max_inflight >= 1, "server.max_inflight", "must be >= 1")
+    _check(cfg.state.synchronous.upper() in ("FULL", "NORMAL", "EXTRA"), "state.synchronous",
+           "must be FULL, EXTRA or NORMAL")
+    _check(cfg.state.snapshot_every_labels >= 1, "state.snapshot_every_labels", "must be >= 1")
+    _check(16 <= cfg.predictor.max_tokens <= 512, "predictor.max_tokens", "must be in [16, 512]")
+    _check(cfg.predictor.threads >= 0, "predictor.threads", "must be >= 0 (0: all cores)")
+    _check(cfg.predictor.prior_var > 0, "predictor.prior_var", "must be > 0")
+    _check(cfg.predictor.batch_max >= 1, "predictor.batch_max", "must be >= 1")
+    _check(cfg.predictor.batch_delay_ms >= 0, "predictor.batch_delay_ms", "must be >= 0")
+    _check(cfg.triton.timeout_s > 0, "triton.timeout_s", "must be > 0")
+    _check(cfg.triton.ready_poll_s > 0, "triton.ready_poll_s", "must be > 0")
+    if cfg.triton.url:
+        _check(":" in cfg.triton.url, "triton.url", f"expected HOST:PORT, got {cfg.triton.url!r}")
+    _check(0 < cfg.zoo.cost_ema <= 1, "zoo.cost_ema", "must be in (0, 1]")
+    _validate_models(cfg)
+    _validate_tenants(cfg)
+
+
+def _validate_models(cfg: Config) -> None:
+    if cfg.embedded_triton and not cfg.zoo.models:
+        return  # the demo zoo is filled in at start-up
+    _check(len(cfg.zoo.models) >= 1, "zoo.models", "at least one model is needed when triton.url is set")
+    seen: set[str] = set()
+    for i, m in enumerate(cfg.zoo.models):
+        key = f"zoo.models[{i}]"
+        _check(bool(_NAME.match(m.name)), f"{key}.name", f"invalid model name {m.name!r}")
+        _check(m.name not in seen, f"{key}.name", f"duplicate model name {m.name!r}")
+        seen.add(m.name)
+        _check(bool(m.triton_model), f"{key}.triton_model", "must not be empty")
+        for part in ("cost_per_request", "cost_per_input_token", "cost_per_output_token"):
+            _check(getattr(m, part) >= 0, f"{key}.{part}", "must be >= 0")
+        _check(m.cost_per_request + m.cost_per_input_token + m.cost_per_output_token > 0, f"{key}.cost_per_request",
+               "a model needs a positive cost (per request or per token)")
+        _check(0 < m.prior_accuracy < 1, f"{key}.prior_accuracy", "must be in (0, 1)")
+
+
+def _validate_tenants(cfg: Config) -> None:
+    seen: set[str] = set()
+    for i, t in enumerate(cfg.tenants):
+        key = f"tenants[{i}]"
+        _check(bool(_NAME.match(t.name)), f"{key}.name", f"invalid tenant name {t.name!r}")
+        _check(t.name not in seen, f"{key}.name", f"duplicate tenant {t.name!r}")
+        seen.add(t.name)
+        _check(0 < t.alpha < 1, f"{key}.alpha", f"must be in (0, 1), got {t.alpha}")
+        _check(t.V > 0, f"{key}.V", "must be > 0")
+        _check(t.c >= 0, f"{key}.c", "must be >= 0")
+        _check(t.explore_models >= 0, f"{key}.explore_models", "must be >= 0")
+        _check(t.seed >= 0, f"{key}.seed", "must be >= 0")
+
+
+DEFAULT_TENANTS = (TenantConfig(name="default", alpha=0.7),)
+
+
+def with_defaults(cfg: Config, demo_models: tuple[ModelConfig, ...]) -> Config:
+    """Fill what the embedded default provides: the demo zoo's models and a `default` tenant."""
+    zoo = cfg.zoo if cfg.zoo.models else ZooConfig(
+        cost_unit=cfg.zoo.cost_unit, cost_ema=cfg.zoo.cost_ema, models=demo_models)
+    tenants = cfg.tenants or DEFAULT_TENANTS
+    out = Config(server=cfg.server, state=cfg.state, predictor=cfg.predictor, triton=cfg.triton, zoo=zoo,
+                 tenants=tenants)
+    validate(out)
+    return out

@@ -1,0 +1,436 @@
+"""The router core: MESS+ decisions, the per-tenant virtual queues, feedback and learning.
+
+The service and `messplus replay` both run this class; neither re-implements any of it.
+
+Per tenant k (alpha, V, c from config), models sorted by nothing in particular, costs normalised so the most
+expensive model costs 1:
+  1. t <- t + 1; explore with probability min(1, c / t^(1/4)) (a counter-based draw: reproducible by seed).
+  2. explore: invoke the available models (all, or the exploit choice plus the most uncertain ones when
+     `explore_models` is set); serve the answer predicted most satisfying; every answer can be labelled.
+  3. exploit: argmin_m V*cost_m + Q*(alpha - p_hat_m) over the available models (kernels.decide_batch).
+  4. on the served answer's first label s: Q <- max(0, Q + alpha - s) (kernels.queue_update), durably.
+  5. every label (served or not) trains that model's head.
+
+Order of effects for feedback, on the store's writer thread: read the request's stored labels, insert the new
+ones and the tenant's new queue in one transaction, commit, then update memory (queue, counters, heads),
+then the RPC acknowledges.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from messplus import kernels
+
+from .config import ModelConfig, TenantConfig
+from .errors import Conflict, InvalidArgument, NoModelAvailable, NotFound
+from .heads import Heads
+from .store import RequestRow, Store, now
+
+log = logging.getLogger("messplus.router")
+
+EXPLORE_DEFAULT, EXPLORE_NEVER, EXPLORE_ALWAYS = 0, 1, 2
+
+
+@dataclass
+class TenantState:
+    cfg: TenantConfig
+    index: int
+    queue: float = 0.0
+    next_t: int = 1
+    requests: int = 0
+    labelled: int = 0
+    sat_sum: float = 0.0
+    cost_sum: float = 0.0
+    cost_raw_sum: float = 0.0
+    explore_steps: int = 0
+    served: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    invoked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteItem:
+    tenant: str
+    request_id: str = ""
+    allowed: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
+    exploration: int = EXPLORE_DEFAULT
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    request_id: str
+    tenant: str
+    t: int
+    served: int
+    exploration: bool
+    invoked: tuple[int, ...]
+    p_hat: np.ndarray
+    var: np.ndarray
+    available: np.ndarray
+    queue: float
+    alpha: float
+    cost: float
+    cost_raw: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackResult:
+    request_id: str
+    applied: int
+    duplicate: int
+    queue: float
+    queue_updated: bool
+
+
+@dataclass
+class _Pending:
+    tenant: str
+    served: int
+    invoked: tuple[int, ...]
+    embedding: np.ndarray
+
+
+class Router:
+    """Decisions, queues, feedback and learning for every tenant over one zoo."""
+
+    def __init__(self, models: Sequence[ModelConfig], tenants: Sequence[TenantConfig], heads: Heads, store: Store,
+                 *, cost_ema: float = 0.05, cache_size: int = 50_000, snapshot_every: int = 500) -> None:
+        self.models = tuple(models)
+        self.names = tuple(m.name for m in self.models)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.heads = heads
+        self.store = store
+        self.cost_ema = cost_ema
+        self.cost_raw = np.array([max(m.cost_per_request, 1e-12) for m in self.models], dtype=np.float64)
+        self.available = np.ones(len(self.models), dtype=np.bool_)
+        self.tenants = {t.name: TenantState(cfg=t, index=i) for i, t in enumerate(tenants)}
+        self._cache: OrderedDict[str, _Pending] = OrderedDict()
+        self._cache_size = cache_size
+        self._snapshot_every = snapshot_every
+        self._labels_since_snapshot = 0
+        self._lock = threading.Lock()  # guards tenant counters shared by the event loop and the writer thread
+        self._load()
+
+    # -- start-up ----------------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        K = len(self.models)
+        for st in self.tenants.values():
+            st.served, st.invoked = np.zeros(K, np.int64), np.zeros(K, np.int64)
+        self.store.submit(_ensure_tenants(tuple(self.tenants))).result()
+        for name, row in self.store.tenants().items():
+            st = self.tenants.get(name)
+            if st is None:
+                continue
+            st.queue, st.requests, st.labelled, st.sat_sum = row.queue, row.requests, row.labelled, row.sat_sum
+            st.cost_sum, st.cost_raw_sum, st.explore_steps = row.cost_sum, row.cost_raw_sum, row.explore_steps
+            st.next_t = row.requests + 1
+        for (tenant, model), (served, invoked) in self.store.model_counts().items():
+            if tenant in self.tenants and model in self.index:
+                self.tenants[tenant].served[self.index[model]] = served
+                self.tenants[tenant].invoked[self.index[model]] = invoked
+        self._restore_heads()
+
+    def _restore_heads(self) -> None:
+        seq = 0
+        for k, name in enumerate(self.names):
+            snap = self.store.head(name)
+            if snap is None or snap[0] != self.heads.features:
+                seq = 0
+                break
+            self.heads.restore(k, snap[2], snap[3])
+            seq = snap[1] if k == 0 else min(seq, snap[1])
+        if seq == 0:  # no complete snapshot: start from the prior and learn every stored label
+            fresh = Heads(self.names, self.heads.dim, prior_var=self.heads.prior_var,
+                          prior_accuracy=[m.prior_accuracy for m in self.models])
+            self.heads.W[:], self.heads.S[:] = fresh.W, fresh.S
+        replayed = 0
+        for s, model, sat, emb in self.store.labels_since(seq):
+            if model in self.index and emb is not None:
+                self.heads.update(np.frombuffer(emb, dtype=np.float32), self.index[model], sat)
+                replayed += 1
+            self.heads.last_seq = s
+        self.heads.last_seq = max(self.heads.last_seq, seq)
+        if replayed:
+            log.info("predictor heads: replayed %d labels since snapshot seq %d", replayed, seq)
+
+    # -- costs and availability ----------------------------------------------------------------------------------
+    def costs(self) -> np.ndarray:
+        """Normalised cost estimates: the most expensive model costs 1, so V is unitless."""
+        return self.cost_raw / self.cost_raw.max()
+
+    def observe_cost(self, model: int, cost_raw: float) -> None:
+        """Move the running cost estimate towards what a real call cost."""
+        if cost_raw > 0 and math.isfinite(cost_raw):
+            self.cost_raw[model] += self.cost_ema * (cost_raw - self.cost_raw[model])
+
+    def set_available(self, model: int, ok: bool) -> None:
+        self.available[model] = ok
+
+    # -- routing -------------------------------------------------------------------------------------------------
+    def tenant(self, name: str) -> TenantState:
+        if not name:
+            raise InvalidArgument("tenant", "must not be empty")
+        st = self.tenants.get(name)
+        if st is None:
+            raise InvalidArgument("tenant", f"unknown tenant {name!r} (configured: {', '.join(self.tenants)})")
+        return st
+
+    def _mask(self, item: RouteItem) -> np.ndarray:
+        mask = self.available.copy()
+        for fld, names in (("overrides.allowed_models", item.allowed), ("overrides.excluded_models", item.excluded)):
+            for n in names:
+                if n not in self.index:
+                    raise InvalidArgument(fld, f"unknown model {n!r} (zoo: {', '.join(self.names)})")
+        if item.allowed:
+            allowed = np.zeros_like(mask)
+            allowed[[self.index[n] for n in item.allowed]] = True
+            mask &= allowed
+        for n in item.excluded:
+            mask[self.index[n]] = False
+        return mask
+
+    def decide(self, items: Sequence[RouteItem], p_hat: np.ndarray,
+               var: np.ndarray) -> list[Decision | NoModelAvailable]:
+        """Decide a batch of requests from their predictions (rows in item order); a row with no model left
+        available gets a NoModelAvailable in its place instead of failing the batch."""
+        B, K = len(items), len(self.models)
+        states = [self.tenant(it.tenant) for it in items]
+        masks = np.stack([self._mask(it) for it in items]) if B else np.zeros((0, K), np.bool_)
+        with self._lock:
+            ts = np.empty(B, np.int64)
+            for b, st in enumerate(states):
+                ts[b], st.next_t = st.next_t, st.next_t + 1
+            queue = np.array([st.queue for st in states], np.float64)
+        alpha = np.array([st.cfg.alpha for st in states], np.float64)
+        V = np.array([st.cfg.V for st in states], np.float64)
+        c = np.array([st.cfg.c for st in states], np.float64)
+        streams = np.array([st.index for st in states], np.uint64)
+        seed = np.uint64(states[0].cfg.seed if states else 0)
+        explore = kernels.draw_explore_batch(seed, streams, ts, c) if B else np.zeros(0, np.bool_)
+        choice = kernels.decide_batch(p_hat, self.costs(), masks, queue, alpha, V)
+        out: list[Decision | NoModelAvailable] = []
+        for b, it in enumerate(items):
+            if choice[b] < 0:
+                out.append(NoModelAvailable("no zoo model is available for this request (available now: "
+                                            f"{', '.join(self._available_names()) or 'none'})"))
+                continue
+            ex = it.exploration == EXPLORE_ALWAYS or (it.exploration == EXPLORE_DEFAULT and bool(explore[b]))
+            out.append(self._decision(it, states[b], int(ts[b]), ex, int(choice[b]), p_hat[b], var[b], masks[b],
+                                      float(queue[b])))
+        return out
+
+    def _available_names(self) -> list[str]:
+        return [n for n, ok in zip(self.names, self.available) if ok]
+
+    def _explored(self, st: TenantState, choice: int, var: np.ndarray, mask: np.ndarray) -> tuple[int, ...]:
+        idx = np.flatnonzero(mask)
+        n = st.cfg.explore_models
+        if n == 0 or n >= len(idx):
+            return tuple(int(i) for i in idx)
+        others = [int(i) for i in idx[np.argsort(-var[idx], kind="stable")] if i != choice]
+        return tuple(sorted([choice, *others[: n - 1]]))
+
+    def _decision(self, it: RouteItem, st: TenantState, t: int, explore: bool, choice: int, p: np.ndarray,
+                  var: np.ndarray, mask: np.ndarray, queue: float) -> Decision:
+        if explore:
+            invoked = self._explored(st, choice, var, mask)
+            served = max(invoked, key=lambda k: (p[k], -self.cost_raw[k]))
+        else:
+            invoked, served = (choice,), choice
+        costs = self.costs()
+        return Decision(request_id=it.request_id or uuid.uuid4().hex, tenant=it.tenant, t=t, served=served,
+                        exploration=explore, invoked=invoked, p_hat=p.copy(), var=var.copy(), available=mask.copy(),
+                        queue=queue, alpha=st.cfg.alpha, cost=float(costs[list(invoked)].sum()),
+                        cost_raw=float(self.cost_raw[list(invoked)].sum()))
+
+    def record(self, d: Decision, embedding: np.ndarray, *, served: int | None = None,
+               invoked: tuple[int, ...] | None = None, cost: float | None = None,
+               cost_raw: float | None = None) -> Future[None]:
+        """Count a routed request (with what was actually served and invoked) and store it for feedback."""
+        served = d.served if served is None else served
+        invoked = d.invoked if invoked is None else invoked
+        cost = d.cost if cost is None else cost
+        cost_raw = d.cost_raw if cost_raw is None else cost_raw
+        st = self.tenants[d.tenant]
+        emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
+        self._remember(d.request_id, _Pending(d.tenant, served, invoked, emb))
+        with self._lock:
+            st.requests += 1
+            st.cost_sum += cost
+            st.cost_raw_sum += cost_raw
+            st.explore_steps += int(d.exploration)
+            st.served[served] += 1
+            st.invoked[list(invoked)] += 1
+        row = RequestRow(request_id=d.request_id, tenant=d.tenant, t=d.t, served_model=self.names[served],
+                         invoked=tuple(self.names[k] for k in invoked), exploration=d.exploration, cost=cost,
+                         cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes())
+        return self.store.submit(_insert_request(row))
+
+    def _remember(self, request_id: str, pending: _Pending) -> None:
+        self._cache[request_id] = pending
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def known(self, request_id: str) -> bool:
+        return request_id in self._cache
+
+    # -- feedback ------------------------------------------------------------------------------------------------
+    def _pending(self, tenant: str, request_id: str) -> _Pending:
+        if not request_id:
+            raise InvalidArgument("request_id", "must not be empty")
+        pending = self._cache.get(request_id)
+        if pending is None:
+            row = self.store.request(request_id)
+            if row is not None and row.served_model in self.index:
+                emb = np.frombuffer(row.embedding or b"", dtype=np.float32)
+                pending = _Pending(row.tenant, self.index[row.served_model],
+                                   tuple(self.index[m] for m in row.invoked if m in self.index), emb)
+        if pending is None or pending.tenant != tenant:
+            raise NotFound(f"request_id {request_id!r} is not a request of tenant {tenant!r}")
+        return pending
+
+    def feedback(self, tenant: str, request_id: str, satisfaction: float | None,
+                 labels: Sequence[tuple[str, float]]) -> Future[FeedbackResult]:
+        """Validate, then durably apply labels; the future resolves after commit and in-memory update."""
+        st = self.tenant(tenant)
+        pending = self._pending(tenant, request_id)
+        by_model = _validated_labels(self, pending, satisfaction, labels)
+        job = _FeedbackJob(self, st, request_id, pending, by_model)
+        return self.store.submit(job, job.after_commit)
+
+    def _learn(self, pending: _Pending, new: dict[int, float], last_seq: int) -> None:
+        if pending.embedding.size == self.heads.dim:
+            for k, s in new.items():
+                self.heads.update(pending.embedding, k, s)
+        self.heads.last_seq = max(self.heads.last_seq, last_seq)
+        self._labels_since_snapshot += len(new)
+        if self._labels_since_snapshot >= self._snapshot_every:
+            self._labels_since_snapshot = 0
+            self.snapshot()
+
+    def snapshot(self) -> Future[None]:
+        """Persist the heads with the last label they have learned (replayed after a crash)."""
+        snaps = [(n, *self.heads.snapshot(k)) for k, n in enumerate(self.names)]
+        return self.store.submit(_write_heads(snaps, self.heads.features, self.heads.last_seq))
+
+
+def _validated_labels(router: Router, pending: _Pending, satisfaction: float | None,
+                      labels: Sequence[tuple[str, float]]) -> dict[int, float]:
+    out: dict[int, float] = {}
+    if satisfaction is not None:
+        _check_satisfaction("satisfaction", satisfaction)
+        out[pending.served] = float(satisfaction)
+    for i, (model, s) in enumerate(labels):
+        fld = f"labels[{i}]"
+        k = router.index.get(model)
+        if k is None:
+            raise InvalidArgument(f"{fld}.model", f"unknown model {model!r} (zoo: {', '.join(router.names)})")
+        if k not in pending.invoked:
+            raise InvalidArgument(f"{fld}.model", f"model {model!r} was not invoked for this request")
+        _check_satisfaction(f"{fld}.satisfaction", s)
+        if k in out and out[k] != s:
+            raise InvalidArgument(f"{fld}.satisfaction", f"contradicts another label for {model!r} in this call")
+        out[k] = float(s)
+    if not out:
+        raise InvalidArgument("satisfaction", "give satisfaction (served model) or at least one entry in labels")
+    return out
+
+
+def _check_satisfaction(fld: str, s: float) -> None:
+    if not (isinstance(s, float | int) and math.isfinite(s) and 0.0 <= s <= 1.0):
+        raise InvalidArgument(fld, f"must be a number in [0, 1], got {s!r}")
+
+
+class _FeedbackJob:
+    """Runs on the writer thread inside a transaction; `after_commit` then updates memory in commit order."""
+
+    def __init__(self, router: Router, st: TenantState, request_id: str, pending: _Pending,
+                 labels: dict[int, float]) -> None:
+        self.router, self.st, self.request_id, self.pending, self.labels = router, st, request_id, pending, labels
+
+    def __call__(self, conn: sqlite3.Connection) -> FeedbackResult:
+        names = self.router.names
+        stored = dict(conn.execute("SELECT model, satisfaction FROM labels WHERE request_id = ?", (self.request_id,)))
+        new: dict[int, float] = {}
+        for k, s in self.labels.items():
+            if names[k] in stored:
+                if abs(stored[names[k]] - s) > 1e-12:
+                    raise Conflict(f"request {self.request_id!r} already has satisfaction {stored[names[k]]} for "
+                                   f"model {names[k]!r}; feedback is write-once")
+            else:
+                new[k] = s
+        (queue,) = conn.execute("SELECT queue FROM tenants WHERE name = ?", (self.st.cfg.name,)).fetchone()
+        moves = self.pending.served in new
+        if moves:
+            queue = kernels.queue_update(float(queue), self.st.cfg.alpha, new[self.pending.served])
+            conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
+                         "WHERE name = ?", (queue, new[self.pending.served], self.st.cfg.name))
+        last_seq = 0
+        for k, s in new.items():
+            served = k == self.pending.served
+            cur = conn.execute("INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"
+                               " VALUES (?, ?, ?, ?, ?, ?)", (self.request_id, names[k], s, int(served),
+                                                              queue if served else None, now()))
+            last_seq = max(last_seq, int(cur.lastrowid or 0))
+        self.new, self.last_seq, self.queue, self.moves = new, last_seq, queue, moves
+        return FeedbackResult(request_id=self.request_id, applied=len(new), duplicate=len(self.labels) - len(new),
+                              queue=queue, queue_updated=moves)
+
+    def after_commit(self, result: FeedbackResult) -> None:
+        st = self.st
+        if self.moves:
+            with self.router._lock:
+                st.queue = self.queue
+                st.labelled += 1
+                st.sat_sum += self.new[self.pending.served]
+        if self.new:
+            self.router._learn(self.pending, self.new, self.last_seq)
+
+
+def _ensure_tenants(names: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    def job(conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT OR IGNORE INTO tenants (name) VALUES (?)", [(n,) for n in names])
+    return job
+
+
+def _insert_request(row: RequestRow):  # type: ignore[no-untyped-def]
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw,"
+                      " alpha, embedding, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked),
+                       int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now()))
+        conn.execute("UPDATE tenants SET requests = requests + 1, cost_sum = cost_sum + ?, "
+                     "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ? WHERE name = ?",
+                     (row.cost, row.cost_raw, int(row.exploration), row.tenant))
+        for m in row.invoked:
+            conn.execute("INSERT INTO model_counts (tenant, model, served, invoked) VALUES (?, ?, ?, 1) "
+                         "ON CONFLICT (tenant, model) DO UPDATE SET served = served + excluded.served, "
+                         "invoked = invoked + 1", (row.tenant, m, int(m == row.served_model)))
+        if row.served_model not in row.invoked:
+            raise ValueError("served model must be among the invoked ones")
+    return job
+
+
+def _write_heads(snaps: list[tuple[str, bytes, bytes]], dim: int, last_seq: int):  # type: ignore[no-untyped-def]
+    def job(conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT OR REPLACE INTO heads (model, dim, last_label_seq, W, S, updated) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", [(n, dim, last_seq, w, s, now()) for n, w, s in snaps])
+    return job
+
+
+def summary_json(d: Decision, names: Sequence[str]) -> str:
+    """A one-line JSON of a decision, for structured logs."""
+    return json.dumps({"request_id": d.request_id, "tenant": d.tenant, "t": d.t, "model": names[d.served],
+                       "exploration": d.exploration, "queue": round(d.queue, 6)})

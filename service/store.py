@@ -1,0 +1,274 @@
+"""Durable state in one SQLite file (WAL mode): tenants' queues, requests, feedback labels, predictor heads.
+
+Who writes, and in what order: one writer thread owns the write connection and runs every mutation as a job
+(`Store.submit`), draining all pending jobs into one transaction (group commit). A job's future resolves only
+after that transaction has committed, so "append feedback, commit, then update Q in memory, then ack" holds:
+the router updates its in-memory state in the job's `after_commit` callback, which runs on the writer thread
+after the commit, and the RPC acknowledges when the future resolves.
+
+Durability: with `synchronous=FULL` (default) a committed transaction survives a process crash and a power
+loss; with NORMAL it survives a process crash (kill -9) but the last transactions may roll back on power loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("messplus.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    queue REAL NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    labelled INTEGER NOT NULL DEFAULT 0,
+    sat_sum REAL NOT NULL DEFAULT 0,
+    cost_sum REAL NOT NULL DEFAULT 0,
+    cost_raw_sum REAL NOT NULL DEFAULT 0,
+    explore_steps INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS model_counts (
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    served INTEGER NOT NULL DEFAULT 0,
+    invoked INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, model)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    t INTEGER NOT NULL,
+    served_model TEXT NOT NULL,
+    invoked TEXT NOT NULL,
+    exploration INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    cost_raw REAL NOT NULL,
+    alpha REAL NOT NULL,
+    embedding BLOB,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS labels (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    satisfaction REAL NOT NULL,
+    moves_queue INTEGER NOT NULL,
+    queue_after REAL,
+    created REAL NOT NULL,
+    UNIQUE (request_id, model)
+);
+CREATE TABLE IF NOT EXISTS heads (
+    model TEXT PRIMARY KEY,
+    dim INTEGER NOT NULL,
+    last_label_seq INTEGER NOT NULL,
+    W BLOB NOT NULL,
+    S BLOB NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantRow:
+    name: str
+    queue: float
+    requests: int
+    labelled: int
+    sat_sum: float
+    cost_sum: float
+    cost_raw_sum: float
+    explore_steps: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestRow:
+    request_id: str
+    tenant: str
+    t: int
+    served_model: str
+    invoked: tuple[str, ...]
+    exploration: bool
+    cost: float
+    cost_raw: float
+    alpha: float
+    embedding: bytes | None
+
+
+Job = Callable[[sqlite3.Connection], Any]
+_STOP = object()
+
+
+def connect(path: Path, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the project's pragmas (WAL, the given sync mode, a busy timeout)."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Store:
+    """The SQLite file, one writer thread with group commit, and a reader connection for look-ups."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_batch: int = 512,
+                 inline: bool = False) -> None:
+        """`inline=True` runs each job at once on the caller's thread (the replay's in-memory store)."""
+        self.path = Path(path)
+        self.inline = inline
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous.upper()
+        self._max_batch = max_batch
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        writer = connect(self.path, self._synchronous)
+        writer.executescript(SCHEMA)
+        self._writer = writer
+        self._reader = writer if inline else connect(self.path, self._synchronous)
+        self._reader_lock = threading.Lock()
+        self._closed = False
+        if inline:
+            return
+        self._thread = threading.Thread(target=self._run, name="messplus-store-writer", daemon=True)
+        self._thread.start()
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def submit(self, job: Job, after_commit: Callable[[Any], None] | None = None) -> Future[Any]:
+        """Run `job(conn)` inside the next transaction; the future holds its result once committed.
+
+        `after_commit(result)` runs on the writer thread right after the commit and before the future
+        resolves: that is where in-memory state follows the durable state, in commit order.
+        """
+        if self._closed:
+            raise RuntimeError("store is closed")
+        fut: Future[Any] = Future()
+        if self.inline:
+            self._commit_batch([(job, after_commit, fut)])
+        else:
+            self._jobs.put((job, after_commit, fut))
+        return fut
+
+    def _drain(self, first: Any) -> list[Any]:
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                self._jobs.put(_STOP)
+                break
+            batch.append(item)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is _STOP:
+                return
+            self._commit_batch(self._drain(first))
+
+    def _commit_batch(self, batch: list[Any]) -> None:
+        conn = self._writer
+        results: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job, _, _ in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    results.append((job(conn), None))
+                    conn.execute("RELEASE job")
+                except Exception as exc:  # noqa: BLE001 - a failing job must not take its batch down
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((None, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the commit itself failed (disk full, I/O error)
+            log.error("store commit failed: %s", exc)
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for _, _, fut in batch:
+                fut.set_exception(exc)
+            return
+        for (_, after, fut), (res, err) in zip(batch, results):
+            if err is not None:
+                fut.set_exception(err)
+                continue
+            try:
+                if after is not None:
+                    after(res)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("after-commit callback failed")
+                fut.set_exception(exc)
+                continue
+            fut.set_result(res)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every job submitted so far has committed."""
+        self.submit(lambda conn: None).result(timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self.inline:
+            self._jobs.put(_STOP)
+            self._thread.join(timeout=60)
+            self._reader.close()
+        self._writer.close()
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._reader_lock:
+            return self._reader.execute(sql, params).fetchall()
+
+    def tenants(self) -> dict[str, TenantRow]:
+        rows = self.read("SELECT name, queue, requests, labelled, sat_sum, cost_sum, cost_raw_sum, explore_steps "
+                         "FROM tenants")
+        return {r[0]: TenantRow(name=r[0], queue=r[1], requests=r[2], labelled=r[3], sat_sum=r[4], cost_sum=r[5],
+                                cost_raw_sum=r[6], explore_steps=r[7]) for r in rows}
+
+    def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        return {(r[0], r[1]): (r[2], r[3]) for r in self.read("SELECT tenant, model, served, invoked FROM model_counts")}
+
+    def request(self, request_id: str) -> RequestRow | None:
+        rows = self.read("SELECT request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, alpha, "
+                         "embedding FROM requests WHERE request_id = ?", (request_id,))
+        return _request_row(rows[0]) if rows else None
+
+    def labels_of(self, request_id: str) -> dict[str, float]:
+        return {m: s for m, s in self.read("SELECT model, satisfaction FROM labels WHERE request_id = ?",
+                                           (request_id,))}
+
+    def head(self, model: str) -> tuple[int, int, bytes, bytes] | None:
+        rows = self.read("SELECT dim, last_label_seq, W, S FROM heads WHERE model = ?", (model,))
+        return (rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
+
+    def labels_since(self, seq: int) -> Iterator[tuple[int, str, float, bytes | None]]:
+        """(seq, model, satisfaction, embedding) of every label after `seq`, in order: replays heads."""
+        rows = self.read("SELECT l.seq, l.model, l.satisfaction, r.embedding FROM labels l "
+                         "JOIN requests r ON r.request_id = l.request_id WHERE l.seq > ? ORDER BY l.seq", (seq,))
+        yield from rows
+
+
+def _request_row(r: tuple[Any, ...]) -> RequestRow:
+    return RequestRow(request_id=r[0], tenant=r[1], t=r[2], served_model=r[3],
+                      invoked=tuple(m for m in r[4].split("\n") if m), exploration=bool(r[5]), cost=r[6],
+                      cost_raw=r[7], alpha=r[8], embedding=r[9])
+
+
+def now() -> float:
+    return time.time()

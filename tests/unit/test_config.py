@@ -1,0 +1,84 @@
+"""Configuration: TOML + environment, and every bad value fails at start-up naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from messplus.service import config
+from messplus.service.errors import ConfigError
+
+GOOD = """
+[server]
+listen = "127.0.0.1:6000"
+[triton]
+url = "127.0.0.1:8001"
+[zoo]
+cost_unit = "USD"
+[[zoo.models]]
+name = "small"
+triton_model = "small"
+cost_per_request = 0.001
+[[zoo.models]]
+name = "large"
+triton_model = "large"
+cost_per_input_token = 1e-6
+prior_accuracy = 0.8
+[[tenants]]
+name = "acme"
+alpha = 0.75
+V = 2.0
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "messplus.toml"
+    p.write_text(text)
+    return p
+
+
+def test_good_file_loads(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD), env={})
+    assert cfg.server.listen == "127.0.0.1:6000"
+    assert [m.name for m in cfg.zoo.models] == ["small", "large"]
+    assert cfg.tenants[0].alpha == 0.75 and cfg.tenants[0].V == 2.0
+    assert not cfg.embedded_triton
+
+
+def test_no_file_is_the_embedded_default() -> None:
+    cfg = config.load(None, env={})
+    assert cfg.embedded_triton and cfg.server.listen == "127.0.0.1:50051"
+    filled = config.with_defaults(cfg, (config.ModelConfig(name="m", triton_model="m", cost_per_request=1.0),))
+    assert filled.tenants[0].name == "default" and filled.zoo.models[0].name == "m"
+
+
+def test_environment_overrides_a_key(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD), env={"MESSPLUS_SERVER_LISTEN": "0.0.0.0:7000",
+                                                   "MESSPLUS_PREDICTOR_THREADS": "2"})
+    assert cfg.server.listen == "0.0.0.0:7000" and cfg.predictor.threads == 2
+
+
+@pytest.mark.parametrize(("text", "env", "key"), [
+    (GOOD.replace("alpha = 0.75", "alpha = 1.5"), {}, "tenants[0].alpha"),
+    (GOOD.replace("V = 2.0", "V = -1"), {}, "tenants[0].V"),
+    (GOOD.replace('listen = "127.0.0.1:6000"', 'listen = "nope"'), {}, "server.listen"),
+    (GOOD.replace("cost_per_request = 0.001", "cost_per_request = -1"), {}, "zoo.models[0].cost_per_request"),
+    (GOOD.replace('name = "large"', 'name = "small"'), {}, "zoo.models[1].name"),
+    (GOOD + "\n[bogus]\nx = 1\n", {}, "bogus"),
+    (GOOD.replace("[server]", "[server]\nlisten_port = 1"), {}, "server.listen_port"),
+    (GOOD, {"MESSPLUS_SERVER_NOPE": "1"}, "MESSPLUS_SERVER_NOPE"),
+    (GOOD, {"MESSPLUS_PREDICTOR_THREADS": "two"}, "predictor.threads"),
+    (GOOD.replace("alpha = 0.75", 'alpha = "high"'), {}, "tenants[0].alpha"),
+    ("this is not toml = = =", {}, "config"),
+])
+def test_bad_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load(write(tmp_path, text), env=env)
+    assert err.value.key == key
+    assert key in str(err.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "absent.toml", env={})
