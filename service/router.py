@@ -246,7 +246,7 @@ class Router:
                   var: np.ndarray, mask: np.ndarray, queue: float) -> Decision:
         if explore:
             invoked = self._explored(st, choice, var, mask)
-            served = max(invoked, key=lambda k: (p[k], -self.cost_raw[k]))
+            served = max(invoked, key=lambda k: (p[k], self.cost_raw[k]))  # ties: the dearer, more capable
         else:
             invoked, served = (choice,), choice
         costs = self.costs()

@@ -1,0 +1,201 @@
+"""Server lifecycle: prepare what is missing, start Triton (embedded default) and the gRPC server, drain on exit.
+
+Start order: config -> state dir -> Triton (embedded: demo repository + local tritonserver) -> predictor
+(ONNX export on first start) -> kernels warm-up -> SQLite store -> router (queues and heads restored) -> gRPC
+server (health NOT_SERVING until the zoo answers). Stop order: health NOT_SERVING, stop accepting, let
+in-flight calls finish (grace), snapshot the heads, close the store, stop Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from messplus import kernels
+from messplus.v1 import routing_pb2, routing_pb2_grpc
+
+from . import config as config_mod
+from .config import Config, ModelConfig
+from .errors import ErrorInterceptor
+from .handlers import Routed, RoutingServicer
+from .heads import Heads
+from .predictor import MicroBatcher, Predictor
+from .router import RouteItem, Router
+from .store import Store
+from .zoo import TritonZoo
+
+log = logging.getLogger("messplus.app")
+SERVICE_NAME = routing_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name
+Progress = Callable[[str], None]
+
+
+def _say(msg: str) -> None:
+    print(f"messplus: {msg}", file=sys.stderr, flush=True)
+
+
+def start_embedded_triton(cfg: Config, progress: Progress):  # type: ignore[no-untyped-def]
+    """Build the demo repository if missing and start a local tritonserver on it. Returns (server, models)."""
+    from .demo.repository import build_demo_repository
+    from .triton_server import TritonServer
+
+    repo = cfg.state_dir / "demo-model-repository"
+    progress(f"writing the demo zoo's Triton model repository to {repo}")
+    demo = build_demo_repository(repo)
+    progress("starting the embedded Triton server (tritonserver from nvidia-pytriton)")
+    server = TritonServer(repo, work_dir=cfg.state_dir / "triton").start()
+    progress(f"Triton ready on {server.grpc_url} in {server.startup_s:.1f}s with {len(demo)} models")
+    models = tuple(ModelConfig(name=d.triton_name, triton_model=d.triton_name, cost_per_request=d.mean_cost)
+                   for d in demo)
+    return server, models
+
+
+def load_encoder(cfg: Config, progress: Progress):  # type: ignore[no-untyped-def]
+    from .encoder import Encoder, default_model_dir, ensure_exported
+
+    onnx_path = Path(cfg.predictor.onnx) if cfg.predictor.onnx else ensure_exported(cfg.state_dir, progress)
+    providers = [p for p in cfg.predictor.providers.split(",") if p] or None
+    return Encoder.load(onnx_path, default_model_dir() / "tokenizer.json", max_tokens=cfg.predictor.max_tokens,
+                        threads=cfg.predictor.threads or None, providers=providers)
+
+
+class App:
+    """Everything one `messplus serve` runs."""
+
+    def __init__(self, cfg: Config, progress: Progress = _say) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.triton = None
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.health: health.aio.HealthServicer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def _prepare(self) -> None:
+        cfg = self.cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.embedded_triton:
+            self.triton, demo_models = start_embedded_triton(cfg, self.progress)
+            cfg = config_mod.with_defaults(cfg, demo_models)
+            triton_url = self.triton.grpc_url
+        else:
+            cfg = config_mod.with_defaults(cfg, ())
+            triton_url = cfg.triton.url
+        self.cfg = cfg
+        self.progress("loading the predictor (ONNX Runtime)")
+        encoder = load_encoder(cfg, self.progress)
+        took = kernels.warmup()
+        self.progress(f"kernels ready in {took:.2f}s; predictor on {', '.join(encoder.providers)}")
+        heads = Heads([m.name for m in cfg.zoo.models], encoder.dim, prior_var=cfg.predictor.prior_var,
+                      prior_accuracy=[m.prior_accuracy for m in cfg.zoo.models])
+        self.store = Store(cfg.state_dir / "messplus.sqlite3", synchronous=cfg.state.synchronous)
+        self.router = Router(cfg.zoo.models, cfg.tenants, heads, self.store, cost_ema=cfg.zoo.cost_ema,
+                             snapshot_every=cfg.state.snapshot_every_labels)
+        self.predictor = Predictor(encoder, heads)
+        self.triton_url = triton_url
+
+    def _route_batch(self, items: list[tuple[str, RouteItem]]) -> list[Routed | Exception]:
+        emb, p, var = self.predictor.predict([text for text, _ in items])
+        decisions = self.router.decide([it for _, it in items], p, var)
+        return [d if isinstance(d, Exception) else Routed(d, emb[b]) for b, d in enumerate(decisions)]
+
+    async def start(self) -> int:
+        await asyncio.to_thread(self._prepare)
+        cfg = self.cfg
+        self.zoo = TritonZoo(self.triton_url)
+        self.batcher = MicroBatcher(self._route_batch, max_batch=cfg.predictor.batch_max,
+                                    max_delay_s=cfg.predictor.batch_delay_ms / 1e3)
+        size = cfg.server.max_message_bytes
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+            maximum_concurrent_rpcs=cfg.server.max_inflight)
+        servicer = RoutingServicer(self.router, self.batcher, self.zoo, max_prompt_chars=cfg.server.max_prompt_chars,
+                                   triton_timeout_s=cfg.triton.timeout_s, cost_unit=cfg.zoo.cost_unit)
+        routing_pb2_grpc.add_RoutingServiceServicer_to_server(servicer, self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self.server)
+        self.port = self.server.add_insecure_port(cfg.server.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {cfg.server.listen}")
+        await self.server.start()
+        await self._poll_zoo()
+        self._tasks.append(asyncio.create_task(self._poll_forever()))
+        host = cfg.server.listen.rpartition(":")[0]
+        self.progress(f"listening on {host}:{self.port} (gRPC: {SERVICE_NAME}, health, reflection)")
+        return self.port
+
+    async def _set_health(self, serving: bool) -> None:
+        if self.health is None:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _poll_zoo(self) -> None:
+        names = [m.triton_model for m in self.cfg.zoo.models]
+        ready = await self.zoo.ready_models(names)
+        for k, name in enumerate(names):
+            self.router.set_available(k, ready.get(name, False))
+        if not self._stopping:
+            await self._set_health(any(ready.values()))
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.triton.ready_poll_s)
+            try:
+                await self._poll_zoo()
+            except Exception:  # noqa: BLE001 - the poller must outlive a bad round
+                log.exception("zoo readiness poll failed")
+
+    async def stop(self) -> None:
+        """Drain: health NOT_SERVING first, in-flight calls finish within grace, then state is flushed."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.server is not None:
+            await self._set_health(False)
+            await self.server.stop(self.cfg.server.grace_s)
+        for task in self._tasks:
+            task.cancel()
+        if hasattr(self, "batcher"):
+            await self.batcher.close()
+        if hasattr(self, "router"):
+            await asyncio.wrap_future(self.router.snapshot())
+            self.store.close()
+        if hasattr(self, "zoo"):
+            await self.zoo.close()
+        if self.triton is not None:
+            await asyncio.to_thread(self.triton.stop)
+
+
+async def serve(cfg: Config, *, port_file: str | None = None) -> None:
+    app = App(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        port = await app.start()
+        if port_file:
+            tmp = Path(port_file + ".tmp")
+            tmp.write_text(str(port))
+            os.replace(tmp, port_file)
+        await stop.wait()
+        app.progress("stopping: draining in-flight calls")
+    finally:
+        with contextlib.suppress(Exception):
+            await app.stop()
+    app.progress("stopped")

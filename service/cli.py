@@ -1,0 +1,86 @@
+"""The `messplus` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from .errors import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import config
+    from .app import serve
+
+    cfg = config.load(args.config)
+    asyncio.run(serve(cfg, port_file=args.port_file))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export_onnx import export_minilm
+
+    out = export_minilm(Path(args.out))
+    print(out)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from . import config
+
+    cfg = config.load(args.config)
+    print(f"ok: {len(cfg.zoo.models) or 'demo'} models, {len(cfg.tenants) or 'default'} tenants, "
+          f"listen {cfg.server.listen}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="messplus", description="SLA-keeping LLM router (MESS+) beside Triton")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the router (default: local Triton with the demo zoo, SQLite state)")
+    serve.add_argument("--config", help="TOML config file (default: $MESSPLUS_CONFIG, else the embedded default)")
+    serve.add_argument("--port-file", help="write the bound gRPC port to this file once serving")
+    serve.set_defaults(func=_serve)
+
+    export = sub.add_parser("export-predictor", help="export all-MiniLM-L6-v2 to ONNX (no torch needed)")
+    export.add_argument("--out", default="var/minilm-l6-v2.onnx")
+    export.set_defaults(func=_export)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config")
+    check.set_defaults(func=_check_config)
+
+    try:
+        from .replay.cli import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        args = parser.parse_args(["serve", *(argv or [])])
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"messplus: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""RoutingService handlers: parse and validate the request, call the router or the zoo, build the reply.
+
+Handlers raise domain errors (service.errors); ErrorInterceptor maps them to statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from messplus.v1 import routing_pb2 as pb
+from messplus.v1 import routing_pb2_grpc as pb_grpc
+
+from .errors import DeadlineTooShort, InvalidArgument, MessplusError, NoModelAvailable
+from .predictor import MicroBatcher, chat_to_text
+from .router import Decision, RouteItem, Router
+from .zoo import TritonZoo, ZooError
+
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Routed:
+    decision: Decision
+    embedding: np.ndarray
+
+
+class AlreadyExists(MessplusError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+def prompt_text(request: pb.RouteRequest | pb.GenerateRequest, max_chars: int) -> str:
+    kind = request.WhichOneof("prompt")
+    if kind == "text":
+        text = request.text
+        if not text.strip():
+            raise InvalidArgument("text", "prompt text must not be empty")
+    elif kind == "chat":
+        if not request.chat.messages:
+            raise InvalidArgument("chat.messages", "at least one message is needed")
+        for i, m in enumerate(request.chat.messages):
+            if not m.content.strip():
+                raise InvalidArgument(f"chat.messages[{i}].content", "must not be empty")
+        text = chat_to_text(request.chat.messages)
+    else:
+        raise InvalidArgument("prompt", "set either text or chat")
+    if len(text) > max_chars:
+        raise InvalidArgument("text" if kind == "text" else "chat",
+                              f"prompt has {len(text)} characters; the limit is {max_chars}")
+    return text
+
+
+def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router) -> RouteItem:
+    rid = request.request_id
+    if rid and not _REQUEST_ID.match(rid):
+        raise InvalidArgument("request_id", "must be 1-128 printable ASCII characters without spaces")
+    if rid and router.known(rid):
+        raise AlreadyExists(f"request_id {rid!r} was already routed; use a new id per request")
+    ov = request.overrides
+    if ov.exploration not in (pb.EXPLORATION_MODE_DEFAULT, pb.EXPLORATION_MODE_NEVER, pb.EXPLORATION_MODE_ALWAYS):
+        raise InvalidArgument("overrides.exploration", f"unknown value {ov.exploration}")
+    item = RouteItem(tenant=request.tenant, request_id=rid, allowed=tuple(ov.allowed_models),
+                     excluded=tuple(ov.excluded_models), exploration=int(ov.exploration))
+    router.tenant(item.tenant)
+    if not router._mask(item).any():
+        raise NoModelAvailable("no zoo model is available for this request after the overrides "
+                               f"(available now: {', '.join(router._available_names()) or 'none'})")
+    return item
+
+
+def route_reply(router: Router, d: Decision) -> pb.RouteReply:
+    costs = router.costs()
+    preds = [pb.ModelPrediction(model=n, p_hat=float(d.p_hat[k]), cost=float(costs[k]),
+                                cost_raw=float(router.cost_raw[k]), available=bool(d.available[k]))
+             for k, n in enumerate(router.names)]
+    return pb.RouteReply(request_id=d.request_id, model=router.names[d.served], exploration=d.exploration,
+                         explored_models=[router.names[k] for k in d.invoked] if d.exploration else [],
+                         predictions=preds, queue=d.queue, cost=d.cost, cost_raw=d.cost_raw, alpha=d.alpha,
+                         tenant_request_index=d.t)
+
+
+def remaining(context: grpc.aio.ServicerContext, default: float) -> float:
+    """The time budget of this call: the caller's deadline if set, else the configured Triton timeout."""
+    left = context.time_remaining()
+    if left is None:
+        return default
+    if left <= 0.01:
+        raise DeadlineTooShort("the call's deadline expired before the model could be called")
+    return min(left, default)
+
+
+class RoutingServicer(pb_grpc.RoutingServiceServicer):
+    def __init__(self, router: Router, batcher: MicroBatcher[tuple[str, RouteItem], Routed | Exception],
+                 zoo: TritonZoo, *, max_prompt_chars: int, triton_timeout_s: float, cost_unit: str) -> None:
+        self.router = router
+        self.batcher = batcher
+        self.zoo = zoo
+        self.max_prompt_chars = max_prompt_chars
+        self.triton_timeout_s = triton_timeout_s
+        self.cost_unit = cost_unit
+
+    async def _route(self, request: pb.RouteRequest | pb.GenerateRequest) -> Routed:
+        text = prompt_text(request, self.max_prompt_chars)
+        item = route_item(request, self.router)
+        return await self.batcher.submit((text, item))
+
+    async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteReply:
+        routed = await self._route(request)
+        self.router.record(routed.decision, routed.embedding)
+        return route_reply(self.router, routed.decision)
+
+    async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackReply:
+        satisfaction = request.satisfaction if request.HasField("satisfaction") else None
+        labels = [(x.model, x.satisfaction) for x in request.labels]
+        result = await asyncio.wrap_future(self.router.feedback(request.tenant, request.request_id, satisfaction,
+                                                                labels))
+        return pb.FeedbackReply(request_id=result.request_id, duplicate=result.applied == 0,
+                                labels_applied=result.applied, labels_duplicate=result.duplicate,
+                                queue=result.queue, queue_updated=result.queue_updated)
+
+    async def SlaStatus(self, request: pb.SlaStatusRequest, context: grpc.aio.ServicerContext) -> pb.SlaStatusReply:
+        st = self.router.tenant(request.tenant)
+        n = max(st.requests, 1)
+        sat = st.sat_sum / st.labelled if st.labelled else 0.0
+        models = [pb.ModelShare(model=name, served=int(st.served[k]), share=float(st.served[k]) / n,
+                                invoked=int(st.invoked[k])) for k, name in enumerate(self.router.names)]
+        return pb.SlaStatusReply(tenant=st.cfg.name, alpha=st.cfg.alpha, queue=st.queue, requests=st.requests,
+                                 labelled=st.labelled, satisfaction=sat, mean_cost=st.cost_sum / n,
+                                 mean_cost_raw=st.cost_raw_sum / n, exploration_steps=st.explore_steps,
+                                 models=models, sla_met=st.labelled == 0 or sat >= st.cfg.alpha)
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsReply:
+        costs = self.router.costs()
+        return pb.ListModelsReply(cost_unit=self.cost_unit, models=[
+            pb.ZooModel(name=m.name, triton_model=m.triton_model, cost=float(costs[k]),
+                        cost_raw=float(self.router.cost_raw[k]), available=bool(self.router.available[k]))
+            for k, m in enumerate(self.router.models)])
+
+    async def Generate(self, request: pb.GenerateRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateReply]:
+        routed = await self._route(request)
+        d = routed.decision
+        yield pb.GenerateReply(route=route_reply(self.router, d))
+        budget = remaining(context, self.triton_timeout_s)
+        call = _Calls(self, prompt_text(request, self.max_prompt_chars), _sampling(request.sampling), budget)
+        async for reply in call.run(d):
+            yield reply
+        self.router.record(d, routed.embedding, served=call.served, invoked=tuple(sorted(call.invoked)),
+                           cost=call.cost, cost_raw=call.cost_raw)
+        yield pb.GenerateReply(done=pb.GenerateDone(served_model=self.router.names[call.served], cost=call.cost,
+                                                    cost_raw=call.cost_raw))
+
+
+def _sampling(s: pb.SamplingParameters) -> dict[str, float | int]:
+    out: dict[str, float | int] = {}
+    if s.max_tokens:
+        out["max_tokens"] = int(s.max_tokens)
+    for name in ("temperature", "top_p"):
+        if s.HasField(name):
+            v = getattr(s, name)
+            if not math.isfinite(v) or v < 0 or (name == "top_p" and v > 1):
+                raise InvalidArgument(f"sampling.{name}", f"out of range: {v}")
+            out[name] = v
+    return out
+
+
+class _Calls:
+    """The Triton calls of one Generate: the served model streamed, the other explored models in parallel."""
+
+    def __init__(self, svc: RoutingServicer, text: str, sampling: dict[str, float | int], budget: float) -> None:
+        self.svc, self.router, self.zoo = svc, svc.router, svc.zoo
+        self.text, self.sampling, self.budget = text, sampling, budget
+        self.invoked: set[int] = set()
+        self.latency_ms: dict[int, float] = {}
+        self.served = -1
+        self.cost = self.cost_raw = 0.0
+
+    def _charge(self, k: int, output: str) -> None:
+        m = self.router.models[k]
+        raw = (m.cost_per_request + m.cost_per_input_token * len(self.text) / 4
+               + m.cost_per_output_token * len(output) / 4)
+        self.router.observe_cost(k, raw)
+        self.invoked.add(k)
+        self.cost_raw += raw
+        self.cost += raw / float(self.router.cost_raw.max())
+
+    def _failed(self, k: int, exc: ZooError) -> None:
+        from .zoo import ModelUnavailable
+        if isinstance(exc, ModelUnavailable):
+            self.router.set_available(k, False)
+
+    async def _complete(self, k: int) -> str:
+        name = self.router.models[k].triton_model
+        started = time.perf_counter()
+        try:
+            out = await self.zoo.complete(name, self.text, sampling=self.sampling, timeout_s=self.budget)
+        finally:
+            self.latency_ms[k] = (time.perf_counter() - started) * 1e3
+        self._charge(k, out)
+        return out
+
+    async def run(self, d: Decision) -> AsyncIterator[pb.GenerateReply]:
+        order = [d.served, *[k for k in np.argsort(-d.p_hat, kind="stable") if d.available[k] and k != d.served]]
+        others = {k: asyncio.ensure_future(self._complete(k)) for k in d.invoked if k != d.served}
+        try:
+            async for reply in self._serve(order, others):
+                yield reply
+            for k, task in others.items():
+                if k == self.served:
+                    continue
+                try:
+                    text, err = await task, ""
+                except ZooError as exc:
+                    text, err = "", str(exc)
+                    self._failed(k, exc)
+                yield pb.GenerateReply(answer=pb.ModelAnswer(model=self.router.names[k], text=text, error=err,
+                                                             latency_ms=self.latency_ms.get(k, 0.0)))
+        finally:
+            for task in others.values():
+                task.cancel()
+
+    async def _serve(self, order: list[int], others: dict[int, asyncio.Future[str]]) -> AsyncIterator[pb.GenerateReply]:
+        last: ZooError | None = None
+        for k in order:
+            k = int(k)
+            if k in others:  # an explored model answered already: serve its answer whole
+                try:
+                    text = await others[k]
+                except ZooError as exc:
+                    last = exc
+                    self._failed(k, exc)
+                    continue
+                self.served = k
+                yield pb.GenerateReply(text=text)
+                return
+            chunks: list[str] = []
+            try:
+                name = self.router.models[k].triton_model
+                async for chunk in self.zoo.generate(name, self.text, sampling=self.sampling, timeout_s=self.budget):
+                    chunks.append(chunk)
+                    yield pb.GenerateReply(text=chunk)
+            except ZooError as exc:
+                if chunks:
+                    raise NoModelAvailable(f"model {self.router.names[k]!r} failed mid-answer: {exc}") from exc
+                last = exc
+                self._failed(k, exc)
+                continue
+            self.served = k
+            self._charge(k, "".join(chunks))
+            return
+        raise NoModelAvailable(f"every available model failed; last error: {last}")

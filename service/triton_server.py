@@ -1,0 +1,280 @@
+"""Start and stop the real Triton Inference Server that ships in the `nvidia-pytriton` wheel, without Docker.
+
+The wheel carries `tritonserver` 2.51 and the Python backend. Three things make the bundled binary run a plain
+model repository (measured, see ARCHITECTURE.md):
+
+- a backend directory holding `python/` with `libtriton_python.so`, `triton_python_backend_utils.py` and the
+  `triton_python_backend_stub` built for this interpreter's Python version;
+- `LD_LIBRARY_PATH` starting with this interpreter's LIBDIR, else the stub loads the system libpython and every
+  model fails with "'_thread.RLock' object has no attribute '_recursion_count'";
+- this interpreter's `bin` first on `PATH`: the stub finds site-packages (NumPy) through `python3` on PATH.
+
+The server runs in its own session (process group), so `stop()` takes down the stubs with it. Model control is
+explicit with every model loaded at start, so callers can unload and load models through the gRPC API.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from types import TracebackType
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+INSTALL_HINT = "pip install nvidia-pytriton==0.7.0"
+_BIND_ERRORS = ("address already in use", "failed to start grpc", "failed to start http", "failed to start metrics")
+
+
+class TritonStartError(RuntimeError):
+    """Triton did not become ready; the message ends with the tail of its log."""
+
+
+def triton_dist() -> Path:
+    """The `tritonserver` folder inside the installed nvidia-pytriton package."""
+    try:
+        import pytriton
+    except ImportError:
+        raise RuntimeError(f"the Triton server binary comes from nvidia-pytriton: {INSTALL_HINT}") from None
+    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise RuntimeError(f"no tritonserver binary under {root}; reinstall it: {INSTALL_HINT}")
+    return root
+
+
+def prepare_backend_dir(work_dir: Path) -> Path:
+    """Make `<work_dir>/backends/python` link to the Python backend for this interpreter; return `<work_dir>/backends`."""
+    dist = triton_dist()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise RuntimeError(f"nvidia-pytriton has no Python backend stub for Python {version} (looked for {stub})")
+    backends = Path(work_dir) / "backends"
+    target = backends / "python"
+    target.mkdir(parents=True, exist_ok=True)
+    source = dist / "backends" / "python"
+    for src in (source / "libtriton_python.so", source / "triton_python_backend_utils.py", stub):
+        dst = target / src.name
+        if dst.is_symlink() and dst.resolve() == src.resolve():
+            continue
+        dst.unlink(missing_ok=True)
+        dst.symlink_to(src)  # a copy would break the RPATH ($ORIGIN/...) to the wheel's bundled libraries
+    return backends
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (Triton cannot bind port 0 and report it back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env() -> dict[str, str]:
+    """Environment for tritonserver: this interpreter's LIBDIR first on LD_LIBRARY_PATH, its bin first on PATH."""
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    return env
+
+
+def _kill_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False when it no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a reused pgid of someone else's: not ours any more
+        return False
+    return True
+
+
+class TritonServer:
+    """A tritonserver process serving `model_repository` on 127.0.0.1; use as a context manager or start()/stop().
+
+    The gRPC port defaults to a free one; HTTP and metrics are off unless given a port (0: a free one). Logs go to `<work_dir>/tritonserver.log`.
+    `work_dir` defaults to a fresh temporary folder that stop() removes.
+    """
+
+    def __init__(
+        self,
+        model_repository: Path,
+        *,
+        work_dir: Path | None = None,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        startup_timeout_s: float = 60.0,
+        stop_grace_s: float = 10.0,
+        log_verbose: int = 0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self._own_work_dir = work_dir is None
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="messplus-triton-"))
+        self._ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.log_verbose = log_verbose
+        self.extra_args = tuple(extra_args)
+        self.log_path = self.work_dir / "tritonserver.log"
+        self.grpc_port: int | None = None
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
+        self.startup_s: float | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        """`127.0.0.1:<port>` of the gRPC endpoint (after start())."""
+        if self.grpc_port is None:
+            raise RuntimeError("TritonServer is not started")
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of tritonserver, which is also its process group id."""
+        return None if self._process is None else self._process.pid
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> TritonServer:
+        """Start the server and return once it answers ready over gRPC; raise TritonStartError otherwise."""
+        if self.running():
+            return self
+        if not self.model_repository.is_dir():
+            raise FileNotFoundError(f"model repository {self.model_repository} does not exist")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        backends = prepare_backend_dir(self.work_dir)
+        began = time.monotonic()
+        auto_ports = any(p == 0 for p in self._ports.values()) or not self._ports["grpc"]
+        attempts = 3 if auto_ports else 1  # a free port can be taken between probe and bind: retry with new ones
+        for attempt in range(attempts):
+            self._launch(backends)
+            try:
+                self._wait_ready(began + self.startup_timeout_s)
+                break
+            except TritonStartError as exc:
+                self._terminate()
+                if attempt + 1 == attempts or not any(e in str(exc).lower() for e in _BIND_ERRORS):
+                    raise
+        self.startup_s = time.monotonic() - began
+        return self
+
+    def _command(self, backends: Path) -> list[str]:
+        self.grpc_port = self._ports["grpc"] or free_port()
+        self.http_port = self._port_or_free("http")
+        self.metrics_port = self._port_or_free("metrics")
+        args = [
+            str(triton_dist() / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backends}",
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            f"--exit-timeout-secs={max(1, int(self.stop_grace_s) - 2)}",
+            f"--log-verbose={self.log_verbose}",
+        ]
+        for kind, port in (("http", self.http_port), ("metrics", self.metrics_port)):
+            args += [f"--allow-{kind}=false"] if port is None else [f"--{kind}-address=127.0.0.1", f"--{kind}-port={port}"]
+        return args + list(self.extra_args)
+
+    def _port_or_free(self, kind: str) -> int | None:
+        port = self._ports[kind]
+        return None if port is None else port or free_port()
+
+    def _launch(self, backends: Path) -> None:
+        command = self._command(backends)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+            log.flush()
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_env(),
+                cwd=self.work_dir,
+                start_new_session=True,
+            )
+        self._finalizer = weakref.finalize(self, _kill_group, self._process.pid, signal.SIGKILL)
+
+    def _wait_ready(self, deadline: float) -> None:
+        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            while time.monotonic() < deadline:
+                if self._process is None or self._process.poll() is not None:
+                    code = None if self._process is None else self._process.returncode
+                    raise TritonStartError(f"tritonserver exited with code {code} during start-up\n{self.log_tail()}")
+                try:
+                    if client.is_server_ready(client_timeout=1.0):
+                        return
+                except InferenceServerException:
+                    pass  # not listening yet
+                time.sleep(0.05)  # between readiness probes, never instead of one
+        raise TritonStartError(
+            f"tritonserver not ready within {self.startup_timeout_s:.0f} s at {self.grpc_url}\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log (for error messages)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return f"(no log at {self.log_path})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> int | None:
+        """SIGTERM the process group, SIGKILL it after the grace period; return tritonserver's exit code."""
+        code = self._terminate()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        return code
+
+    def _terminate(self) -> int | None:
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        pgid = process.pid
+        _kill_group(pgid, signal.SIGTERM)
+        try:
+            process.wait(timeout=self.stop_grace_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(pgid, signal.SIGKILL)
+            process.wait(timeout=self.stop_grace_s)
+        deadline = time.monotonic() + 2.0  # stubs exit right after the server; then make sure
+        while _kill_group(pgid, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _kill_group(pgid, signal.SIGKILL)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        return process.returncode
+
+    def load_model(self, name: str, timeout_s: float = 60.0) -> None:
+        """Load (or reload) a model of the repository through the gRPC control API."""
+        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            client.load_model(name, client_timeout=timeout_s)
+
+    def unload_model(self, name: str, timeout_s: float = 30.0) -> None:
+        """Unload a model through the gRPC control API."""
+        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            client.unload_model(name, client_timeout=timeout_s)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

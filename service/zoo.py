@@ -1,0 +1,229 @@
+"""The model zoo as the router sees it: text generation on Triton over gRPC (`tritonclient.grpc.aio`).
+
+Models follow the I/O convention of Triton's vLLM backend: `text_input` (BYTES), optional `stream` (BOOL)
+and `sampling_parameters` (BYTES, JSON), output `text_output` (BYTES). Decoupled models (vLLM and the demo
+zoo) are called with the bidirectional streaming RPC, one stream per generation; others with plain `infer`.
+Each model's config (decoupled or not, which optional inputs it declares) is read once and cached; inputs a
+model does not declare are not sent, so `sampling` is dropped for a model without `sampling_parameters`.
+`sampling` is a dict (sent as JSON) or a JSON string passed through unchanged.
+
+Every Triton call has a deadline. Failures raise one of:
+
+    ZooError                      base; `.model` names the model ("" for the server)
+    +-- ModelUnavailable          not loaded, unknown, not ready, or Triton unreachable: route elsewhere
+    +-- ModelTimeout              no complete answer within the deadline: retry elsewhere or give up
+    +-- ModelFailed               the model answered with an error (bad sampling parameters, backend
+                                  failure); `.message` is Triton's text: retrying the same call will not help
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+_UNAVAILABLE_HINTS = ("unknown model", "is not found", "not ready", "no available version", "unavailable")
+_UNAVAILABLE_CODES = ("UNAVAILABLE", "NOT_FOUND")
+
+
+class ZooError(Exception):
+    """Base of the errors a Triton call raises; `model` is the Triton model name."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(message)
+        self.model = model
+        self.message = message
+
+
+class ModelUnavailable(ZooError):
+    """The model cannot take requests now (unloaded, unknown, not ready) or Triton is unreachable."""
+
+    def __init__(self, model: str, detail: str = "") -> None:
+        text = f"model {model!r} is unavailable on Triton" + (f": {detail}" if detail else "")
+        super().__init__(model, text)
+
+
+class ModelTimeout(ZooError):
+    """The model did not finish within the deadline."""
+
+    def __init__(self, model: str, timeout_s: float) -> None:
+        super().__init__(model, f"model {model!r} did not answer within {timeout_s:.3g} s")
+        self.timeout_s = timeout_s
+
+
+class ModelFailed(ZooError):
+    """The model returned an error for this request."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(model, f"model {model!r} failed: {message}")
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _ModelInfo:
+    decoupled: bool
+    inputs: frozenset[str]
+
+
+def _error_code(exc: BaseException) -> str:
+    """The gRPC status name of an error ("" when it has none): 'UNAVAILABLE', 'DEADLINE_EXCEEDED', ..."""
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return str(exc.code().name)
+    if isinstance(exc, InferenceServerException) and exc.status():
+        return str(exc.status()).rsplit(".", 1)[-1]
+    return ""
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "details"):
+        return str(exc.details())
+    if isinstance(exc, InferenceServerException):
+        return str(exc.message())
+    return str(exc)
+
+
+def classify(model: str, exc: BaseException, timeout_s: float) -> ZooError:
+    """Map a tritonclient/gRPC error to the zoo's error tree."""
+    code, text = _error_code(exc), _error_text(exc)
+    if code == "DEADLINE_EXCEEDED":
+        return ModelTimeout(model, timeout_s)
+    if code in _UNAVAILABLE_CODES or any(hint in text.lower() for hint in _UNAVAILABLE_HINTS):
+        return ModelUnavailable(model, text)
+    return ModelFailed(model, text or f"{type(exc).__name__} {code}".strip())
+
+
+class TritonZoo:
+    """Client of one Triton server for the router. One gRPC channel; call close() (or use `async with`)."""
+
+    def __init__(self, url: str, *, control_timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.control_timeout_s = control_timeout_s
+        self._client = grpcaio.InferenceServerClient(url)
+        self._models: dict[str, _ModelInfo] = {}
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> TritonZoo:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def server_ready(self, timeout_s: float | None = None) -> bool:
+        """True when Triton answers ready (all its loaded models ready) within the timeout."""
+        try:
+            return bool(await self._client.is_server_ready(client_timeout=timeout_s or self.control_timeout_s))
+        except (InferenceServerException, grpc.RpcError):
+            return False
+
+    async def ready_models(self, names: Iterable[str], timeout_s: float | None = None) -> dict[str, bool]:
+        """Readiness per model, asked concurrently; all False when Triton cannot be reached."""
+        names = list(names)
+        timeout = timeout_s or self.control_timeout_s
+        answers = await asyncio.gather(
+            *(self._client.is_model_ready(n, client_timeout=timeout) for n in names), return_exceptions=True
+        )
+        if any(_error_code(a) in ("UNAVAILABLE", "DEADLINE_EXCEEDED") for a in answers if isinstance(a, Exception)):
+            return dict.fromkeys(names, False)
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer  # cancellation and friends pass through
+        return {n: a is True for n, a in zip(names, answers)}
+
+    async def complete(
+        self, triton_model: str, prompt: str, *, sampling: dict | str | None = None, timeout_s: float = 30.0
+    ) -> str:
+        """The whole answer of `triton_model` to `prompt` (one response, no streaming)."""
+        chunks = [c async for c in self.generate(triton_model, prompt, sampling=sampling, timeout_s=timeout_s, stream=False)]
+        return "".join(chunks)
+
+    async def generate(
+        self,
+        triton_model: str,
+        prompt: str,
+        *,
+        sampling: dict | str | None = None,
+        timeout_s: float = 30.0,
+        stream: bool = True,
+    ) -> AsyncIterator[str]:
+        """Text chunks of the answer as the model produces them; the whole call ends within timeout_s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        info = await self._info(triton_model, min(self.control_timeout_s, timeout_s))
+        inputs = self._inputs(info, prompt, sampling, stream)
+        remaining = max(deadline - loop.time(), 0.001)
+        try:
+            if info.decoupled:
+                async for chunk in self._stream(triton_model, inputs, remaining):
+                    yield chunk
+            else:
+                result = await self._client.infer(triton_model, inputs, client_timeout=remaining)
+                yield _text(result)
+        except (InferenceServerException, grpc.RpcError) as exc:
+            error = classify(triton_model, exc, timeout_s)
+            if isinstance(error, ModelUnavailable):
+                self._models.pop(triton_model, None)  # it may come back with another config
+            raise error from None
+
+    async def _stream(self, model: str, inputs: list, timeout_s: float) -> AsyncIterator[str]:
+        async def requests() -> AsyncIterator[dict]:
+            yield {"model_name": model, "inputs": inputs}
+
+        responses = self._client.stream_infer(requests(), stream_timeout=timeout_s)
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise error
+                text = _text(result)
+                if text:
+                    yield text
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    return
+        finally:
+            responses.cancel()  # a no-op once the stream has ended; frees it when the caller stops early
+
+    async def _info(self, model: str, timeout_s: float) -> _ModelInfo:
+        info = self._models.get(model)
+        if info is None:
+            try:
+                reply = await self._client.get_model_config(model, client_timeout=timeout_s)
+            except (InferenceServerException, grpc.RpcError) as exc:
+                error = classify(model, exc, timeout_s)
+                raise (ModelUnavailable(model, error.message) if isinstance(error, ModelFailed) else error) from None
+            config = reply.config
+            info = _ModelInfo(config.model_transaction_policy.decoupled, frozenset(i.name for i in config.input))
+            self._models[model] = info
+        return info
+
+    @staticmethod
+    def _inputs(info: _ModelInfo, prompt: str, sampling: dict | str | None, stream: bool) -> list[grpcclient.InferInput]:
+        values: list[tuple[str, str, np.ndarray]] = [
+            ("text_input", "BYTES", np.array([prompt.encode("utf-8")], dtype=np.object_))
+        ]
+        if "stream" in info.inputs:
+            values.append(("stream", "BOOL", np.array([stream and info.decoupled], dtype=bool)))
+        if sampling is not None and "sampling_parameters" in info.inputs:
+            encoded = (sampling if isinstance(sampling, str) else json.dumps(sampling)).encode("utf-8")
+            values.append(("sampling_parameters", "BYTES", np.array([encoded], dtype=np.object_)))
+        inputs = []
+        for name, dtype, array in values:
+            tensor = grpcclient.InferInput(name, [1], dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs
+
+
+def _text(result: grpcclient.InferResult) -> str:
+    """The text of one response ("" for an empty final response)."""
+    array = result.as_numpy("text_output")
+    if array is None:
+        return ""
+    return "".join(v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1))

