@@ -178,6 +178,7 @@ class TritonZoo:
             yield {"model_name": model, "inputs": inputs}
 
         responses = self._client.stream_infer(requests(), stream_timeout=timeout_s)
+        ended = False
         try:
             async for result, error in responses:
                 if error is not None:
@@ -185,10 +186,10 @@ class TritonZoo:
                 text = _text(result)
                 if text:
                     yield text
-                if result.get_response().parameters["triton_final_response"].bool_param:
-                    return
+            ended = True
         finally:
-            responses.cancel()  # a no-op once the stream has ended; frees it when the caller stops early
+            if not ended:
+                responses.cancel()
 
     async def _info(self, model: str, timeout_s: float) -> _ModelInfo:
         info = self._models.get(model)

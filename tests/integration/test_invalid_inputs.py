@@ -1,0 +1,135 @@
+"""Every bad input gets its gRPC status and a message naming what to fix, over a real connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from messplus.v1 import routing_pb2 as pb
+from messplus.v1 import routing_pb2_grpc as pb_grpc
+
+from .conftest import DemoZoo
+from .router_process import RouterProcess, config_toml
+
+pytestmark = pytest.mark.triton
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory: pytest.TempPathFactory, demo_zoo: DemoZoo,
+         encoder_onnx: Path) -> Iterator[pb_grpc.RoutingServiceStub]:
+    root = tmp_path_factory.mktemp("invalid")
+    text = config_toml(root / "state", demo_zoo.server.grpc_url, encoder_onnx, demo_zoo.models)
+    text = text.replace("grace_s = 5", "grace_s = 5\nmax_prompt_chars = 5000\nmax_message_bytes = 65536")
+    proc = RouterProcess(root, text).start()
+    with grpc.insecure_channel(proc.address) as ch:
+        yield pb_grpc.RoutingServiceStub(ch)
+    proc.stop()
+
+
+def expect(call: object, request: object, code: grpc.StatusCode, words: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        result = call(request, timeout=10)  # type: ignore[operator]
+        if not isinstance(result, pb.RouteReply | pb.FeedbackReply | pb.SlaStatusReply):
+            list(result)  # a stream: errors arrive while reading it
+    assert err.value.code() == code, err.value.details()
+    assert words in err.value.details()
+
+
+ROUTE_CASES = [
+    (pb.RouteRequest(text="hi"), INVALID, "tenant: must not be empty"),
+    (pb.RouteRequest(tenant="nobody", text="hi"), INVALID, "tenant: unknown tenant 'nobody'"),
+    (pb.RouteRequest(tenant="acme"), INVALID, "prompt: set either text or chat"),
+    (pb.RouteRequest(tenant="acme", text="   "), INVALID, "text: prompt text must not be empty"),
+    (pb.RouteRequest(tenant="acme", text="x" * 5001), INVALID, "text: prompt has 5001 characters"),
+    (pb.RouteRequest(tenant="acme", chat=pb.Chat()), INVALID, "chat.messages: at least one message"),
+    (pb.RouteRequest(tenant="acme", chat=pb.Chat(messages=[pb.ChatMessage(role="user")])), INVALID,
+     "chat.messages[0].content"),
+    (pb.RouteRequest(tenant="acme", text="hi", request_id="has space"), INVALID, "request_id"),
+    (pb.RouteRequest(tenant="acme", text="hi", overrides=pb.RouteOverrides(allowed_models=["gpt-9"])), INVALID,
+     "overrides.allowed_models: unknown model 'gpt-9'"),
+    (pb.RouteRequest(tenant="acme", text="hi", overrides=pb.RouteOverrides(excluded_models=["nope"])), INVALID,
+     "overrides.excluded_models"),
+]
+
+
+@pytest.mark.parametrize(("request_", "code", "words"), ROUTE_CASES)
+def test_bad_route_and_generate_requests(stub: pb_grpc.RoutingServiceStub, request_: pb.RouteRequest,
+                                         code: grpc.StatusCode, words: str) -> None:
+    expect(stub.Route, request_, code, words)
+    gen = pb.GenerateRequest()
+    gen.ParseFromString(request_.SerializeToString())  # same field numbers for the shared fields
+    expect(stub.Generate, gen, code, words)
+
+
+def test_oversized_message_is_refused_by_grpc(stub: pb_grpc.RoutingServiceStub) -> None:
+    expect(stub.Route, pb.RouteRequest(tenant="acme", text="x" * 70000), grpc.StatusCode.RESOURCE_EXHAUSTED,
+           "larger than max")
+
+
+def test_reused_request_id_is_already_exists(stub: pb_grpc.RoutingServiceStub) -> None:
+    stub.Route(pb.RouteRequest(tenant="acme", text="first", request_id="dup-1"), timeout=10)
+    expect(stub.Route, pb.RouteRequest(tenant="acme", text="second", request_id="dup-1"),
+           grpc.StatusCode.ALREADY_EXISTS, "dup-1")
+
+
+def test_all_models_excluded_is_unavailable(stub: pb_grpc.RoutingServiceStub) -> None:
+    names = [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=5).models]
+    expect(stub.Route, pb.RouteRequest(tenant="acme", text="hi", overrides=pb.RouteOverrides(excluded_models=names)),
+           grpc.StatusCode.UNAVAILABLE, "no zoo model is available")
+
+
+@pytest.fixture
+def routed(stub: pb_grpc.RoutingServiceStub) -> pb.RouteReply:
+    return stub.Route(pb.RouteRequest(tenant="acme", text="Name a prime number.",
+                                      overrides=pb.RouteOverrides(exploration=pb.EXPLORATION_MODE_NEVER)), timeout=10)
+
+
+def feedback_cases(r: pb.RouteReply) -> list[tuple[pb.FeedbackRequest, grpc.StatusCode, str]]:
+    rid, other = r.request_id, next(p.model for p in r.predictions if p.model != r.model)
+    return [
+        (pb.FeedbackRequest(tenant="acme", request_id="no-such-id", satisfaction=1.0), NOT_FOUND, "no-such-id"),
+        (pb.FeedbackRequest(tenant="beta", request_id=rid, satisfaction=1.0), NOT_FOUND, "tenant 'beta'"),
+        (pb.FeedbackRequest(tenant="", request_id=rid, satisfaction=1.0), INVALID, "tenant: must not be empty"),
+        (pb.FeedbackRequest(tenant="acme", request_id="", satisfaction=1.0), INVALID, "request_id: must not be empty"),
+        (pb.FeedbackRequest(tenant="acme", request_id=rid, satisfaction=float("nan")), INVALID, "satisfaction"),
+        (pb.FeedbackRequest(tenant="acme", request_id=rid, satisfaction=1.5), INVALID, "satisfaction"),
+        (pb.FeedbackRequest(tenant="acme", request_id=rid, satisfaction=-0.01), INVALID, "satisfaction"),
+        (pb.FeedbackRequest(tenant="acme", request_id=rid, satisfaction=float("inf")), INVALID, "satisfaction"),
+        (pb.FeedbackRequest(tenant="acme", request_id=rid), INVALID, "satisfaction: give satisfaction"),
+        (pb.FeedbackRequest(tenant="acme", request_id=rid, labels=[pb.ModelSatisfaction(model="gpt-9",
+                                                                                       satisfaction=1)]),
+         INVALID, "labels[0].model: unknown model 'gpt-9'"),
+        (pb.FeedbackRequest(tenant="acme", request_id=rid, labels=[pb.ModelSatisfaction(model=other,
+                                                                                       satisfaction=1)]),
+         INVALID, "labels[0].model: model"),
+        (pb.FeedbackRequest(tenant="acme", request_id=rid, labels=[pb.ModelSatisfaction(model=r.model,
+                                                                                       satisfaction=2)]),
+         INVALID, "labels[0].satisfaction"),
+    ]
+
+
+def test_bad_feedback(stub: pb_grpc.RoutingServiceStub, routed: pb.RouteReply) -> None:
+    for request, code, words in feedback_cases(routed):
+        expect(stub.Feedback, request, code, words)
+    status = stub.SlaStatus(pb.SlaStatusRequest(tenant="acme"), timeout=5)
+    assert status.labelled == 0, "a refused feedback changed the books"
+
+
+def test_conflicting_feedback_is_failed_precondition(stub: pb_grpc.RoutingServiceStub, routed: pb.RouteReply) -> None:
+    stub.Feedback(pb.FeedbackRequest(tenant="acme", request_id=routed.request_id, satisfaction=1.0), timeout=10)
+    expect(stub.Feedback, pb.FeedbackRequest(tenant="acme", request_id=routed.request_id, satisfaction=0.0),
+           grpc.StatusCode.FAILED_PRECONDITION, "write-once")
+
+
+@pytest.mark.parametrize(("tenant", "words"), [("", "tenant: must not be empty"), ("ghost", "unknown tenant")])
+def test_bad_sla_status(stub: pb_grpc.RoutingServiceStub, tenant: str, words: str) -> None:
+    expect(stub.SlaStatus, pb.SlaStatusRequest(tenant=tenant), INVALID, words)
+
+
+def test_bad_sampling_parameters(stub: pb_grpc.RoutingServiceStub) -> None:
+    req = pb.GenerateRequest(tenant="acme", text="hi", sampling=pb.SamplingParameters(top_p=1.5))
+    expect(stub.Generate, req, INVALID, "sampling.top_p")
