@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,6 +166,7 @@ class App:
         if self._stopping:
             return
         self._stopping = True
+        began = time.monotonic()
         if self.server is not None:
             await self._set_health(False)
             await self.server.stop(self.cfg.server.grace_s)
@@ -175,10 +177,12 @@ class App:
         if hasattr(self, "router"):
             await asyncio.wrap_future(self.router.snapshot())
             self.store.close()
+        drained = time.monotonic() - began
         if hasattr(self, "zoo"):
             await self.zoo.close()
         if self.triton is not None:
             await asyncio.to_thread(self.triton.stop)
+        self.progress(f"drained and flushed in {drained:.2f}s; stopped in {time.monotonic() - began:.2f}s")
 
 
 async def serve(cfg: Config, *, port_file: str | None = None) -> None:

@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"messplus: configuration error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as exc:  # start-up failures (Triton, ports, files): one clear line, no trace
+        print(f"messplus: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -110,7 +110,7 @@ class Config:
 
     @property
     def state_dir(self) -> Path:
-        return Path(self.state.dir).expanduser()
+        return Path(self.state.dir).expanduser().resolve()
 
     def tenant(self, name: str) -> TenantConfig | None:
         return next((t for t in self.tenants if t.name == name), None)

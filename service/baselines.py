@@ -1,0 +1,201 @@
+"""Reference points for a replay, on the same stream of prompts: what a router has to beat.
+
+- cheapest single model whose accuracy (mean label on the stream) is at least alpha;
+- static mixture: the cheapest fixed random mix of models whose mean accuracy is alpha (a point on the lower
+  convex hull of (mean cost, accuracy)); it is given the true accuracies and needs nothing per request;
+- hindsight oracle: the cheapest per-prompt assignment reaching alpha with every label known, the linear program
+
+      min  sum_i sum_m c_im x_im   s.t.  sum_m x_im = 1 (each i),  (1/N) sum_i sum_m a_im x_im >= alpha,  x >= 0;
+
+- MESS+ reference semantics (`ReferenceRouter`): the paper's code's behaviour on the same router core.
+
+The LP in closed form (`min_cost_assignment`). Dualising only the accuracy constraint with a multiplier
+lambda >= 0, the Lagrangian separates by prompt: each prompt picks argmin_m c_im - lambda a_im. The accuracy
+A(lambda) of that assignment is a non-decreasing step function. If the cheapest assignment (lambda = 0, ties to
+the more accurate model) reaches alpha, it is optimal. Otherwise bisect to the breakpoint lambda* where A steps
+over alpha*N: the assignments just below (A_lo < alpha*N) and just above (A_hi >= alpha*N) both minimise the
+Lagrangian at lambda*, so their mix with weight theta = (alpha*N - A_lo) / (A_hi - A_lo) meets the constraint
+with equality and, by complementary slackness, is optimal. The static mixture is the same LP with one "prompt"
+whose costs and accuracies are the models' means.
+
+Missing labels: a model with an empty label on a prompt is unavailable to the oracle on that prompt; a prompt
+with no label at all is left out of the oracle (counted in `excluded`). Accuracies for the single model and the
+static mixture are means over each model's labelled prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .router import Router
+
+MAX_BISECT = 2000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Assignment:
+    """A (fractional) assignment x[N, K] of prompts to models, from `min_cost_assignment`."""
+
+    feasible: bool
+    x: np.ndarray            # [N, K], rows sum to 1
+    mean_cost: float         # sum(c * x) / N
+    satisfaction: float      # sum(a * x) / N
+    lam: float               # the multiplier at the breakpoint (0 when the cheapest assignment suffices)
+
+
+def _pick(score: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Per row, the argmin of score; ties go to the higher accuracy, then to the lower index."""
+    best = score.min(axis=1, keepdims=True)
+    key = np.where(score == best, acc, -np.inf)
+    return key.argmax(axis=1)
+
+
+def _onehot(choice: np.ndarray, K: int) -> np.ndarray:
+    x = np.zeros((choice.size, K))
+    x[np.arange(choice.size), choice] = 1.0
+    return x
+
+
+def min_cost_assignment(cost: np.ndarray, acc: np.ndarray, alpha: float,
+                        avail: np.ndarray | None = None) -> Assignment:
+    """Solve the LP above exactly. cost, acc [N, K]; `avail` (bool [N, K]) marks allowed pairs (default all).
+
+    Every row needs at least one allowed model. Infeasible (even the most accurate pick per prompt misses
+    alpha): returns that most accurate, then cheapest, assignment with feasible=False.
+    """
+    cost, acc = np.asarray(cost, np.float64), np.asarray(acc, np.float64)
+    avail = np.ones(cost.shape, np.bool_) if avail is None else np.asarray(avail, np.bool_)
+    N, K = cost.shape
+    if N == 0:
+        return Assignment(feasible=True, x=np.zeros((0, K)), mean_cost=0.0, satisfaction=float("nan"), lam=0.0)
+    if not avail.any(axis=1).all():
+        raise ValueError("min_cost_assignment: every row needs at least one available model")
+    c = np.where(avail, cost, np.inf)
+    a = np.where(avail, acc, 0.0)
+    target = alpha * N
+
+    def at(lam: float) -> np.ndarray:
+        return _pick(c - lam * a if lam > 0 else c, a)
+
+    def done(choice: np.ndarray, lam: float, feasible: bool = True, x: np.ndarray | None = None) -> Assignment:
+        x = _onehot(choice, K) if x is None else x
+        xc = np.where(x > 0, x * np.where(avail, cost, 0.0), 0.0)
+        return Assignment(feasible=feasible, x=x, mean_cost=float(xc.sum() / N), satisfaction=float((x * a).sum() / N),
+                          lam=lam)
+
+    def reached(choice: np.ndarray) -> float:
+        return float(a[np.arange(N), choice].sum())
+
+    cheapest = at(0.0)
+    if reached(cheapest) >= target:
+        return done(cheapest, 0.0)
+    most = _pick(np.where(avail, -a, np.inf), -c)  # most accurate, ties to the cheaper
+    if reached(most) < target:
+        return done(most, float("inf"), feasible=False)
+    lo, hi = 0.0, 1.0
+    for _ in range(MAX_BISECT):  # grow hi until the Lagrangian assignment reaches the target
+        if reached(at(hi)) >= target:
+            break
+        lo, hi = hi, hi * 2.0
+    else:
+        return done(most, float("inf"))
+    for _ in range(MAX_BISECT):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        if reached(at(mid)) >= target:
+            hi = mid
+        else:
+            lo = mid
+    x_lo, x_hi = at(lo), at(hi)
+    a_lo, a_hi = reached(x_lo), reached(x_hi)
+    theta = (target - a_lo) / (a_hi - a_lo)
+    x = (1.0 - theta) * _onehot(x_lo, K) + theta * _onehot(x_hi, K)
+    return done(x_hi, hi, x=x)
+
+
+# ------------------------------------------------------------------------------------------- baselines
+def cheapest_single(names: Sequence[str], mean_cost: np.ndarray, accuracy: np.ndarray, alpha: float) -> dict[str, Any]:
+    ok = [k for k in range(len(names)) if not np.isnan(accuracy[k]) and accuracy[k] >= alpha]
+    if not ok:
+        return {"feasible": False, "model": None, "mean_cost": None, "satisfaction": None}
+    k = min(ok, key=lambda j: (mean_cost[j], -accuracy[j]))
+    return {"feasible": True, "model": names[k], "mean_cost": float(mean_cost[k]),
+            "satisfaction": float(accuracy[k])}
+
+
+def static_mixture(names: Sequence[str], mean_cost: np.ndarray, accuracy: np.ndarray, alpha: float) -> dict[str, Any]:
+    known = ~np.isnan(accuracy)
+    if not known.any():
+        return {"feasible": False, "mix": {}, "mean_cost": None, "satisfaction": None}
+    sol = min_cost_assignment(mean_cost[None, :], np.nan_to_num(accuracy)[None, :], alpha, known[None, :])
+    mix = {names[k]: float(p) for k, p in enumerate(sol.x[0]) if p > 0}
+    return {"feasible": sol.feasible, "mix": mix, "mean_cost": sol.mean_cost, "satisfaction": sol.satisfaction}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Oracle:
+    solution: Assignment
+    rows: np.ndarray       # the prompts it covers (those with at least one label), in stream order
+    excluded: int
+
+
+def oracle(costs: np.ndarray, labels: np.ndarray, alpha: float) -> Oracle:
+    """The hindsight oracle on a stream: costs, labels [N, K] (NaN label = model unavailable on that prompt)."""
+    avail = ~np.isnan(labels)
+    rows = np.flatnonzero(avail.any(axis=1))
+    sol = min_cost_assignment(costs[rows], np.nan_to_num(labels[rows]), alpha, avail[rows])
+    return Oracle(solution=sol, rows=rows, excluded=int(labels.shape[0] - rows.size))
+
+
+def oracle_summary(o: Oracle, names: Sequence[str]) -> dict[str, Any]:
+    share = o.solution.x.mean(axis=0) if o.rows.size else np.zeros(len(names))
+    return {"feasible": o.solution.feasible, "mean_cost": o.solution.mean_cost,
+            "satisfaction": o.solution.satisfaction, "lambda": o.solution.lam, "excluded_prompts": o.excluded,
+            "model_share": {n: float(s) for n, s in zip(names, share) if s > 0}}
+
+
+def stream_baselines(names: Sequence[str], costs: np.ndarray, labels: np.ndarray, alpha: float) -> dict[str, Any]:
+    """The three label-based baselines on one stream (costs, labels [N, K] of the replayed prompts)."""
+    from .trace import _nanmean_cols
+
+    mean_cost, acc = costs.mean(axis=0), _nanmean_cols(labels)
+    return {"cheapest_single": cheapest_single(names, mean_cost, acc, alpha),
+            "static_mixture": static_mixture(names, mean_cost, acc, alpha),
+            "oracle": oracle_summary(oracle(costs, labels, alpha), names)}
+
+
+# ------------------------------------------------------------------------------------ MESS+ reference
+REFERENCE_V = 1e-6
+
+
+class ReferenceRouter(Router):
+    """The MESS+ paper code's semantics on the service's router core.
+
+    Differences from `Router`, each a subclass hook: costs are the raw configured costs, not normalised (with
+    V = 1e-6 the cost term all but vanishes, so the policy is bang-bang: cheapest while Q = 0, most likely
+    satisfying otherwise); labels train the heads only on exploration steps (exploitation labels move the
+    queue but are thrown away). The tenant must explore all models (explore_models = 0) with V = REFERENCE_V.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._exploit_pending: dict[int, object] = {}  # id -> the _Pending of an exploitation step (kept alive)
+
+    def costs(self) -> np.ndarray:
+        return self.cost_raw.copy()
+
+    def record(self, d: Any, embedding: np.ndarray, **kwargs: Any) -> Any:
+        fut = super().record(d, embedding, **kwargs)
+        if not d.exploration:
+            pending = self._cache.get(d.request_id)
+            if pending is not None:
+                self._exploit_pending[id(pending)] = pending
+        return fut
+
+    def _learn(self, pending: Any, new: dict[int, float], last_seq: int) -> None:
+        super()._learn(pending, {} if id(pending) in self._exploit_pending else new, last_seq)
