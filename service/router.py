@@ -276,7 +276,9 @@ class Router:
         row = RequestRow(request_id=d.request_id, tenant=d.tenant, t=d.t, served_model=self.names[served],
                          invoked=tuple(self.names[k] for k in invoked), exploration=d.exploration, cost=cost,
                          cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes())
-        return self.store.submit(_insert_request(row))
+        fut = self.store.submit(_insert_request(row))
+        fut.add_done_callback(_log_failure)
+        return fut
 
     def _remember(self, request_id: str, pending: _Pending) -> None:
         self._cache[request_id] = pending
@@ -324,6 +326,11 @@ class Router:
         """Persist the heads with the last label they have learned (replayed after a crash)."""
         snaps = [(n, *self.heads.snapshot(k)) for k, n in enumerate(self.names)]
         return self.store.submit(_write_heads(snaps, self.heads.features, self.heads.last_seq))
+
+
+def _log_failure(fut: Future[None]) -> None:
+    if fut.exception() is not None:
+        log.error("storing a routed request failed: %s", fut.exception())
 
 
 def _validated_labels(router: Router, pending: _Pending, satisfaction: float | None,

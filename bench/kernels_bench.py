@@ -1,4 +1,4 @@
-"""Timings of the kernels against their NumPy twins: `python -m messplus.kernels.bench`.
+"""Timings of the kernels against their NumPy twins: `python bench/kernels_bench.py`.
 
 Prints the best-of-repeats time per call and per request. Numbers only; nothing here is asserted.
 """
@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import decide_batch, head_init, head_predict, head_update, warmup
-from . import reference as ref
+from messplus.kernels import decide_batch, head_init, head_predict, head_update, warmup
+from messplus.kernels import reference as ref
 
 REPEATS = 7
 
