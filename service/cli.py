@@ -57,12 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config")
     check.set_defaults(func=_check_config)
 
-    try:
-        from .replay.cli import add_commands
-    except ImportError:
-        pass
-    else:
-        add_commands(sub)
+    from .replay import add_commands
+
+    add_commands(sub)
     return parser
 
 

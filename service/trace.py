@@ -169,7 +169,11 @@ def load_traces(paths: Sequence[str | Path], *, limit: int = 0) -> Trace:
     """Load and concatenate (`limit`: the first rows of each file)."""
     if not paths:
         raise TraceError("no trace given")
-    return concat([load_trace(p, limit=limit) for p in paths])
+    traces = [load_trace(p, limit=limit) for p in paths]
+    empty = [str(t.paths[0]) for t in traces if not len(t)]
+    if empty:
+        raise TraceError(f"no prompts in {', '.join(empty)}")
+    return concat(traces)
 
 
 # ------------------------------------------------------------------------------------------- embeddings

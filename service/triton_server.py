@@ -52,7 +52,7 @@ def triton_dist() -> Path:
 
 
 def prepare_backend_dir(work_dir: Path) -> Path:
-    """Make `<work_dir>/backends/python` link to the Python backend for this interpreter; return `<work_dir>/backends`."""
+    """Link `<work_dir>/backends/python` to the Python backend for this interpreter; return `<work_dir>/backends`."""
     dist = triton_dist()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -101,7 +101,8 @@ def _kill_group(pgid: int, sig: int) -> bool:
 class TritonServer:
     """A tritonserver process serving `model_repository` on 127.0.0.1; use as a context manager or start()/stop().
 
-    The gRPC port defaults to a free one; HTTP and metrics are off unless given a port (0: a free one). Logs go to `<work_dir>/tritonserver.log`.
+    The gRPC port defaults to a free one; HTTP and metrics are off unless given a port (0: a free one).
+    Logs go to `<work_dir>/tritonserver.log`.
     `work_dir` defaults to a fresh temporary folder that stop() removes.
     """
 
@@ -188,7 +189,10 @@ class TritonServer:
             f"--log-verbose={self.log_verbose}",
         ]
         for kind, port in (("http", self.http_port), ("metrics", self.metrics_port)):
-            args += [f"--allow-{kind}=false"] if port is None else [f"--{kind}-address=127.0.0.1", f"--{kind}-port={port}"]
+            if port is None:
+                args.append(f"--allow-{kind}=false")
+            else:
+                args += [f"--{kind}-address=127.0.0.1", f"--{kind}-port={port}"]
         return args + list(self.extra_args)
 
     def _port_or_free(self, kind: str) -> int | None:

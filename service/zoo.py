@@ -102,13 +102,18 @@ def classify(model: str, exc: BaseException, timeout_s: float) -> ZooError:
 class TritonZoo:
     """Client of one Triton server for the router. One gRPC channel; call close() (or use `async with`)."""
 
-    def __init__(self, url: str, *, control_timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, *, control_timeout_s: float = 2.0, close_timeout_s: float = 5.0) -> None:
         self.url = url
         self.control_timeout_s = control_timeout_s
+        self.close_timeout_s = close_timeout_s
         self._client = grpcaio.InferenceServerClient(url)
         self._models: dict[str, _ModelInfo] = {}
+        self._streams: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        """Let open streams end (up to close_timeout_s; see _pump), then close the channel."""
+        if self._streams:
+            await asyncio.wait(set(self._streams), timeout=self.close_timeout_s)
         await self._client.close()
 
     async def __aenter__(self) -> TritonZoo:
@@ -142,8 +147,8 @@ class TritonZoo:
         self, triton_model: str, prompt: str, *, sampling: dict | str | None = None, timeout_s: float = 30.0
     ) -> str:
         """The whole answer of `triton_model` to `prompt` (one response, no streaming)."""
-        chunks = [c async for c in self.generate(triton_model, prompt, sampling=sampling, timeout_s=timeout_s, stream=False)]
-        return "".join(chunks)
+        chunks = self.generate(triton_model, prompt, sampling=sampling, timeout_s=timeout_s, stream=False)
+        return "".join([c async for c in chunks])
 
     async def generate(
         self,
@@ -174,22 +179,41 @@ class TritonZoo:
             raise error from None
 
     async def _stream(self, model: str, inputs: list, timeout_s: float) -> AsyncIterator[str]:
+        queue: asyncio.Queue[tuple[str, BaseException | None] | None] = asyncio.Queue()
+        pump = asyncio.get_running_loop().create_task(self._pump(model, inputs, timeout_s, queue))
+        self._streams.add(pump)
+        pump.add_done_callback(self._streams.discard)
+        while (item := await queue.get()) is not None:  # the pump always ends with None, by the deadline
+            text, error = item
+            if error is not None:
+                raise error
+            yield text
+
+    async def _pump(self, model: str, inputs: list, timeout_s: float, queue: asyncio.Queue) -> None:
+        """Read one response stream to its end, in its own task, whatever the consumer does.
+
+        A consumer that stops early (break, cancellation, an error) never cancels the stream: Triton 2.51 leaks
+        the model instance when a client cancels a stream while its last responses are in flight (the model
+        then never finishes unloading and shutdown waits out --exit-timeout-secs). The deadline bounds it.
+        """
+
         async def requests() -> AsyncIterator[dict]:
             yield {"model_name": model, "inputs": inputs}
 
-        responses = self._client.stream_infer(requests(), stream_timeout=timeout_s)
-        ended = False
+        failed = False
         try:
-            async for result, error in responses:
-                if error is not None:
-                    raise error
-                text = _text(result)
-                if text:
-                    yield text
-            ended = True
+            async for result, error in self._client.stream_infer(requests(), stream_timeout=timeout_s):
+                if failed:
+                    continue
+                failed = error is not None
+                text = "" if failed else _text(result)
+                if failed or text:
+                    queue.put_nowait((text, error))
+        except Exception as exc:  # delivered to the consumer, which classifies it
+            if not failed:
+                queue.put_nowait(("", exc))
         finally:
-            if not ended:
-                responses.cancel()
+            queue.put_nowait(None)
 
     async def _info(self, model: str, timeout_s: float) -> _ModelInfo:
         info = self._models.get(model)
@@ -205,7 +229,9 @@ class TritonZoo:
         return info
 
     @staticmethod
-    def _inputs(info: _ModelInfo, prompt: str, sampling: dict | str | None, stream: bool) -> list[grpcclient.InferInput]:
+    def _inputs(
+        info: _ModelInfo, prompt: str, sampling: dict | str | None, stream: bool
+    ) -> list[grpcclient.InferInput]:
         values: list[tuple[str, str, np.ndarray]] = [
             ("text_input", "BYTES", np.array([prompt.encode("utf-8")], dtype=np.object_))
         ]

@@ -92,6 +92,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.trace_model = _parameter(config, "trace_model", args["model_name"])
         self.latency_s = float(_parameter(config, "latency_ms", "0")) / 1000.0
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         path = Path(args["model_repository"]) / _parameter(config, "outcomes_file", "outcomes.json")
         data = json.loads(path.read_text(encoding="utf-8"))
         self.outcomes: dict[str, list] = data["outcomes"]
@@ -112,14 +113,16 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
-            pieces = self._plan(request)
-        except RequestError as exc:
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=final)
-            return
-        except Exception as exc:  # never let one request take the model down
-            message = f"replay model failed: {type(exc).__name__}: {exc}"
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=final)
-            return
+            await self._respond(request, sender, final)
+        except Exception as exc:  # never let one request take the model down or leave its stream open
+            message = exc.args[0] if isinstance(exc, RequestError) else f"replay failed: {type(exc).__name__}: {exc}"
+            try:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=final)
+            except Exception:  # noqa: BLE001 - the request is gone (cancelled, or already final)
+                pass
+
+    async def _respond(self, request, sender, final: int) -> None:
+        pieces = self._plan(request)
         for index, piece in enumerate(pieces):
             if self.latency_s > 0:
                 await asyncio.sleep(self.latency_s / len(pieces))
@@ -139,7 +142,7 @@ class TritonPythonModel:
         text = self.answer(bytes(prompt))
         if max_tokens is not None:
             text = "".join(re.findall(r"\s*\S+\s*", text)[:max_tokens]).rstrip()
-        return _chunks(text, bool(stream))
+        return _chunks(text, bool(stream) and self.decoupled)
 
     def finalize(self) -> None:
         self.outcomes = {}

@@ -94,12 +94,14 @@ def build_demo_repository(
     models: list[str] | None = None,
     latency_ms: float = 0.0,
     instances: int = 1,
+    decoupled: bool = True,
 ) -> list[DemoModel]:
     """Write a Triton model repository replaying `models` of `trace_csv` into out_dir; return them, cheapest first.
 
     `models` defaults to DEFAULT_MODELS when the trace has them all, else to every model of the trace. Each
     model gets `<name>/config.pbtxt`, `<name>/outcomes.json` (only its own columns) and `<name>/1/model.py`.
-    Existing model directories of the same names are replaced.
+    Existing model directories of the same names are replaced. `decoupled=False` makes plain request/response
+    models (one response, no streaming), as a non-vLLM backend would serve.
     """
     trace_csv = Path(trace_csv)
     available = trace_models(trace_csv)
@@ -128,26 +130,23 @@ def build_demo_repository(
     for m in models:
         name = triton_model_name(m, taken)
         taken.add(name)
-        _write_model(out_dir / name, name, m, trace_csv.name, outcomes[m], latency_ms, instances)
+        config = _config_pbtxt(name, m, trace_csv.name, latency_ms, instances, decoupled)
+        _write_model(out_dir / name, m, trace_csv.name, outcomes[m], config)
         built.append(DemoModel(m, name, _mean(costs[m]), _mean(labels[m])))
     return sorted(built, key=lambda d: d.mean_cost)
 
 
-def _write_model(
-    model_dir: Path, name: str, trace_name: str, source: str, outcomes: dict, latency_ms: float, instances: int
-) -> None:
+def _write_model(model_dir: Path, trace_name: str, source: str, outcomes: dict, config: str) -> None:
     if model_dir.exists():
         shutil.rmtree(model_dir)
     (model_dir / "1").mkdir(parents=True)
     shutil.copyfile(MODEL_SOURCE, model_dir / "1" / "model.py")
     payload = {"trace_model": trace_name, "source_trace": source, "outcomes": outcomes}
     (model_dir / "outcomes.json").write_text(json.dumps(payload, separators=(",", ":")), encoding="utf-8")
-    (model_dir / "config.pbtxt").write_text(
-        _config_pbtxt(name, trace_name, source, latency_ms, instances), encoding="utf-8"
-    )
+    (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
 
 
-def _config_pbtxt(name: str, trace_name: str, source: str, latency_ms: float, instances: int) -> str:
+def _config_pbtxt(name: str, trace_name: str, source: str, latency_ms: float, instances: int, decoupled: bool) -> str:
     parameters = {
         "trace_model": trace_name,
         "source_trace": source,
@@ -160,7 +159,7 @@ def _config_pbtxt(name: str, trace_name: str, source: str, latency_ms: float, in
     return f"""name: {_quote(name)}
 backend: "python"
 max_batch_size: 0
-model_transaction_policy {{ decoupled: true }}
+model_transaction_policy {{ decoupled: {str(decoupled).lower()} }}
 input [
   {{ name: "text_input" data_type: TYPE_STRING dims: [ 1 ] }},
   {{ name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true }},
