@@ -143,15 +143,15 @@ class Router:
         self._restore_heads()
 
     def _restore_heads(self) -> None:
-        seq = 0
+        seq, complete = 0, True
         for k, name in enumerate(self.names):
             snap = self.store.head(name)
             if snap is None or snap[0] != self.heads.features:
-                seq = 0
+                seq, complete = 0, False
                 break
             self.heads.restore(k, snap[2], snap[3])
             seq = snap[1] if k == 0 else min(seq, snap[1])
-        if seq == 0:  # no complete snapshot: start from the prior and learn every stored label
+        if not complete:  # no snapshot of every head: start from the prior and learn every stored label
             fresh = Heads(self.names, self.heads.dim, prior_var=self.heads.prior_var,
                           prior_accuracy=[m.prior_accuracy for m in self.models])
             self.heads.W[:], self.heads.S[:] = fresh.W, fresh.S
