@@ -21,6 +21,7 @@ Usage from a shell::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -29,7 +30,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -278,22 +279,27 @@ def build_model(weights: dict[str, np.ndarray], config: dict, *, strip_prefix: s
 
 
 # ---------------------------------------------------------------------------------------------------- export
-def _atomic_save(model: onnx.ModelProto, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+@contextlib.contextmanager
+def _atomic_target(dst: Path, suffix: str = ".tmp") -> Iterator[str]:
+    """Yield a temporary path beside `dst`; on success it replaces `dst` (mode 0644), on failure it is removed."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; the model is not a secret
-        os.replace(tmp, out_path)
+        os.replace(tmp, dst)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
+
+
+def _atomic_save(model: onnx.ModelProto, out_path: Path) -> None:
+    with _atomic_target(out_path) as tmp, open(tmp, "wb") as f:
+        f.write(model.SerializeToString())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def export_minilm(out_path: Path, model_dir: Path | None = None, *, progress: Progress | None = None) -> Path:
@@ -356,11 +362,8 @@ def quantize_int8(
 
     say = progress or _noop
     src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp.onnx", dir=dst.parent)
-    os.close(fd)
-    try:
+    with _atomic_target(dst, suffix=".tmp.onnx") as tmp:
         quantize_dynamic(
             model_input=str(src),
             model_output=tmp,
@@ -368,14 +371,6 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
         )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     say(f"quantised {dst} ({dst.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.2f} s")
     return dst
 
