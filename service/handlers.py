@@ -106,13 +106,13 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         self.triton_timeout_s = triton_timeout_s
         self.cost_unit = cost_unit
 
-    async def _route(self, request: pb.RouteRequest | pb.GenerateRequest) -> Routed:
+    async def _route(self, request: pb.RouteRequest | pb.GenerateRequest) -> tuple[str, Routed]:
         text = prompt_text(request, self.max_prompt_chars)
         item = route_item(request, self.router)
-        return await self.batcher.submit((text, item))
+        return text, await self.batcher.submit((text, item))
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteReply:
-        routed = await self._route(request)
+        _, routed = await self._route(request)
         self.router.record(routed.decision, routed.embedding)
         return route_reply(self.router, routed.decision)
 
@@ -146,11 +146,11 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateReply]:
-        routed = await self._route(request)
+        text, routed = await self._route(request)
         d = routed.decision
         yield pb.GenerateReply(route=route_reply(self.router, d))
         budget = remaining(context, self.triton_timeout_s)
-        call = _Calls(self, prompt_text(request, self.max_prompt_chars), _sampling(request.sampling), budget)
+        call = _Calls(self, text, _sampling(request.sampling), budget)
         async for reply in call.run(d):
             yield reply
         self.router.record(d, routed.embedding, served=call.served, invoked=tuple(sorted(call.invoked)),
