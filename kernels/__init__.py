@@ -7,8 +7,8 @@ TypeError ("No matching definition"). Shape mismatches raise ValueError and bad 
 anything is written. `messplus.kernels.reference` holds the vectorised NumPy twin of each kernel.
 
     decide_batch(p_hat[B,K], cost[K], avail[B,K] bool, queue[B], alpha[B], V[B]) -> int64[B]
-    queue_update(q, alpha, s) -> float
-    queue_update_many(q[N], tenant[M] int64, alpha[N], s[M]) -> None             (q in place)
+    queue_update(q, target, s, floor) -> float
+    queue_update_many(q[N], tenant[M] int64, target[M], s[M], floor[N]) -> None  (q in place)
     explore_probability(t: int64, c) -> float
     counter_uniform(seed: uint64, stream: uint64, t: uint64) -> float
     draw_explore_batch(seed: uint64, stream[B] uint64, t[B] int64, c[B]) -> bool[B]

@@ -1,10 +1,12 @@
-"""The MESS+ virtual queue: how far behind its satisfaction target a tenant is.
+"""The virtual queue: how far behind its satisfaction target a tenant is.
 
-One step with target alpha and observed satisfaction s is
+One step with target a (alpha, plus the router's decaying safety margin), observed satisfaction s and floor f is
 
-    Q <- max(0, Q + alpha - s),
+    Q <- max(f, Q + a - s).
 
-so Q grows while the tenant is served below its target and drains, never below zero, while above it.
+With f = 0 this is the MESS+ queue (the Lindley recursion): Q grows while the tenant is served below target and
+drains, never below zero, while above it; the surplus of a good stretch is lost at the floor. With f < 0 (down
+to -inf) the queue keeps that surplus as a reserve of up to -f, which later requests may spend.
 """
 
 from __future__ import annotations
@@ -12,26 +14,26 @@ from __future__ import annotations
 from numba import float64, int64, njit, void
 
 
-@njit(float64(float64, float64, float64), cache=True, nogil=True)
-def queue_update(q, alpha, s):
-    """max(0, q + alpha - s)."""
-    return max(0.0, q + alpha - s)
+@njit(float64(float64, float64, float64, float64), cache=True, nogil=True)
+def queue_update(q, target, s, floor):
+    """max(floor, q + target - s)."""
+    return max(floor, q + target - s)
 
 
-@njit(void(float64[::1], int64[::1], float64[::1], float64[::1]), cache=True, nogil=True)
-def queue_update_many(q, tenant, alpha, s):
-    """For i = 0..M-1 in order: q[t] <- max(0, q[t] + alpha[t] - s[i]) with t = tenant[i]; in place.
+@njit(void(float64[::1], int64[::1], float64[::1], float64[::1], float64[::1]), cache=True, nogil=True)
+def queue_update_many(q, tenant, target, s, floor):
+    """For i = 0..M-1 in order: q[t] <- max(floor[t], q[t] + target[i] - s[i]) with t = tenant[i]; in place.
 
-    q[N] and alpha[N] are per tenant; tenant[M] and s[M] per observation. Every index is checked before
-    anything is written, so a bad index leaves q untouched.
+    q[N] and floor[N] are per tenant; tenant[M], target[M] and s[M] per observation. Every index is checked
+    before anything is written, so a bad index leaves q untouched.
     """
-    if alpha.shape[0] != q.shape[0]:
-        raise ValueError("queue_update_many: q and alpha must have the same length")
-    if s.shape[0] != tenant.shape[0]:
-        raise ValueError("queue_update_many: tenant and s must have the same length")
+    if floor.shape[0] != q.shape[0]:
+        raise ValueError("queue_update_many: q and floor must have the same length")
+    if s.shape[0] != tenant.shape[0] or target.shape[0] != tenant.shape[0]:
+        raise ValueError("queue_update_many: tenant, target and s must have the same length")
     for i in range(tenant.shape[0]):
         if tenant[i] < 0 or tenant[i] >= q.shape[0]:
             raise IndexError("queue_update_many: tenant index out of range")
     for i in range(tenant.shape[0]):
         t = tenant[i]
-        q[t] = queue_update(q[t], alpha[t], s[i])
+        q[t] = queue_update(q[t], target[i], s[i], floor[t])

@@ -27,29 +27,35 @@ def decide_batch_np(p_hat, cost, avail, queue, alpha, V):
 
 
 # ----------------------------------------------------------------------------------------------- queue
-def queue_update_np(q, alpha, s):
-    """max(0, q + alpha - s), elementwise."""
-    return np.maximum(0.0, q + alpha - s)
+def queue_update_np(q, target, s, floor):
+    """max(floor, q + target - s), elementwise."""
+    return np.maximum(floor, q + target - s)
 
 
-def queue_update_many_np(q, tenant, alpha, s):
+def queue_update_many_np(q, tenant, target, s, floor):
     """The same in-place result as queue_update_many, from the closed form of the Lindley recursion.
 
-    With increments d_j = alpha - s_j and partial sums S_n = d_1 + ... + d_n, the recursion
-    q_n = max(0, q_{n-1} + d_n) unrolls to q_n = S_n - min(-q_0, S_1, ..., S_n).
+    Per tenant, with r = q - floor the step is r <- max(0, r + d) with d_j = target_j - s_j; with partial sums
+    S_n = d_1 + ... + d_n it unrolls to r_n = S_n - min(-r_0, S_1, ..., S_n). A floor of -inf never binds:
+    q_n = q_0 + S_n.
     """
     if tenant.size == 0:
         return
     order = np.argsort(tenant, kind="stable")
     who = tenant[order]
-    steps = alpha[who] - s[order]
+    steps = target[order] - s[order]
     starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
     ends = np.r_[starts[1:], who.size] - 1
     totals = np.cumsum(steps)
     before = np.r_[0.0, totals][starts]
     partial = totals - np.repeat(before, ends - starts + 1)
-    lowest = np.minimum(-q[who[starts]], np.minimum.reduceat(partial, starts))
-    q[who[starts]] = partial[ends] - lowest
+    t0 = who[starts]
+    f = floor[t0]
+    free = np.isinf(f)
+    r0 = np.where(free, 0.0, q[t0] - np.where(free, 0.0, f))
+    lowest = np.minimum(-r0, np.minimum.reduceat(partial, starts))
+    bound = np.where(free, 0.0, f)
+    q[t0] = np.where(free, q[t0] + partial[ends], np.maximum(bound, bound + partial[ends] - lowest))  # no rounding below
 
 
 # ------------------------------------------------------------------------------------------ exploration

@@ -26,11 +26,12 @@ static mixture are means over each model's labelled prompts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from .config import TenantConfig
 from .router import Router
 
 MAX_BISECT = 2000
@@ -171,6 +172,13 @@ def stream_baselines(names: Sequence[str], costs: np.ndarray, labels: np.ndarray
 
 # ------------------------------------------------------------------------------------ MESS+ reference
 REFERENCE_V = 1e-6
+REFERENCE_C = 0.5
+
+
+def reference_tenant(tenant: TenantConfig) -> TenantConfig:
+    """The tenant with the MESS+ paper's policy: V ~ 0 on raw costs, c = 0.5, explore every model, no optimism,
+    no safety margin, the queue floored at 0."""
+    return replace(tenant, V=REFERENCE_V, c=REFERENCE_C, explore_models=0, optimism=0.0, margin=0.0, reserve=0.0)
 
 
 class ReferenceRouter(Router):
@@ -179,7 +187,7 @@ class ReferenceRouter(Router):
     Differences from `Router`, each a subclass hook: costs are the raw configured costs, not normalised (with
     V = 1e-6 the cost term all but vanishes, so the policy is bang-bang: cheapest while Q = 0, most likely
     satisfying otherwise); labels train the heads only on exploration steps (exploitation labels move the
-    queue but are thrown away). The tenant must explore all models (explore_models = 0) with V = REFERENCE_V.
+    queue but are thrown away). Its tenants must have the paper's policy (`reference_tenant`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -188,6 +196,9 @@ class ReferenceRouter(Router):
 
     def costs(self) -> np.ndarray:
         return self.cost_raw.copy()
+
+    def v_scale(self, st: Any) -> float:
+        return 1.0
 
     def record(self, d: Any, embedding: np.ndarray, **kwargs: Any) -> Any:
         fut = super().record(d, embedding, **kwargs)

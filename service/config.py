@@ -8,7 +8,8 @@ Sections and keys (all optional; the embedded default is the demo zoo on a local
     [triton]     url ("" = start the embedded Triton with the demo zoo), timeout_s, ready_poll_s
     [zoo]        cost_unit, cost_ema; [[zoo.models]] name, triton_model, cost_per_request,
                  cost_per_input_token, cost_per_output_token, prior_accuracy
-    [[tenants]]  name, alpha, V, c, explore_models, seed
+    [[tenants]]  name, alpha, V, c, explore_models, explore_budget, optimism, margin,
+                 reserve, seed
 
 Environment: `MESSPLUS_<SECTION>_<KEY>` overrides a scalar key, e.g. MESSPLUS_SERVER_LISTEN=0.0.0.0:50051,
 MESSPLUS_TRITON_URL=triton:8001, MESSPLUS_STATE_DIR=/var/lib/messplus. A bad value fails at start-up with a
@@ -86,11 +87,22 @@ class ZooConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TenantConfig:
+    """One SLA: the long-run mean satisfaction of the tenant's requests must stay >= alpha.
+
+    The defaults are the ones docs/ROUTING.md measured across every shared trace; MESS+ as published is
+    V ~ 0 on raw costs, c = 0.5, explore_models = 0, optimism = 0, margin = 0, reserve = 0
+    (explore_budget does not apply when every model is explored).
+    """
+
     name: str
     alpha: float
-    V: float = 1.0
-    c: float = 0.5
-    explore_models: int = 0  # 0: every available model (the MESS+ paper); N: the served one + N-1 most uncertain
+    V: float = 0.15             # cost weight, per unit of the tenant's mean cost per request so far
+    c: float = 0.2              # exploration probability min(1, c / t^(1/4)) at the tenant's request t
+    explore_models: int = 2     # 0: every available model; N: the exploit choice + N-1 it can afford to learn
+    explore_budget: float = 0.1 # exploration's extra models may cost up to this fraction of all the tenant spent
+    optimism: float = 1.0       # decisions use the upper sigma-bound of each model's satisfaction logit
+    margin: float = 0.3         # safety margin: the n-th label is held to alpha + margin / (2 sqrt(n))
+    reserve: float = -1.0       # satisfaction the queue may bank below zero; -1: unlimited, 0: the MESS+ floor
     seed: int = 0
 
 
@@ -292,6 +304,10 @@ def _validate_tenants(cfg: Config) -> None:
         _check(t.V > 0, f"{key}.V", "must be > 0")
         _check(t.c >= 0, f"{key}.c", "must be >= 0")
         _check(t.explore_models >= 0, f"{key}.explore_models", "must be >= 0")
+        _check(t.optimism >= 0, f"{key}.optimism", "must be >= 0")
+        _check(0 <= t.explore_budget <= 1, f"{key}.explore_budget", "must be in [0, 1]")
+        _check(0 <= t.margin <= 1, f"{key}.margin", "must be in [0, 1]")
+        _check(t.reserve >= 0 or t.reserve == -1, f"{key}.reserve", "must be >= 0, or -1 for unlimited")
         _check(t.seed >= 0, f"{key}.seed", "must be >= 0")
 
 

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .baselines import REFERENCE_V, ReferenceRouter, stream_baselines
+from .baselines import ReferenceRouter, reference_tenant, stream_baselines
 from .config import ModelConfig, PredictorConfig, TenantConfig
 from .errors import NoModelAvailable
 from .heads import Heads
@@ -92,6 +92,10 @@ class Policy:
     V: float | None = None
     c: float | None = None
     explore_models: int | None = None
+    explore_budget: float | None = None
+    optimism: float | None = None
+    margin: float | None = None
+    reserve: float | None = None
 
     def tenant(self, alpha: float, seed: int) -> TenantConfig:
         given = {k: v for k, v in asdict(self).items() if v is not None}
@@ -99,7 +103,7 @@ class Policy:
 
     def reference(self, alpha: float, seed: int) -> TenantConfig:
         t = self.tenant(alpha, seed)
-        return replace(t, V=REFERENCE_V, explore_models=0)
+        return reference_tenant(t)
 
 
 def split_stream(trace: Trace, seed: int, cond: Condition) -> tuple[np.ndarray, np.ndarray]:
@@ -368,7 +372,8 @@ def _entry(trace: Trace, alpha: float, runs: list[dict[str, Any]], refs: list[di
     return {"trace": trace.name, "alpha": alpha, "runs": runs, "baselines": baselines,
             "condition": {"feedback_rate": c.feedback_rate, "feedback_delay": c.feedback_delay,
                           "outages": [asdict(o) for o in c.outages], "warm_start": c.warm_start, "order": c.order},
-            "policy": {"V": tenant.V, "c": tenant.c, "explore_models": tenant.explore_models},
+            "policy": {k: getattr(tenant, k) for k in ("V", "c", "explore_models", "explore_budget", "optimism",
+                                                               "margin", "reserve")},
             "models": [{"name": m, "mean_cost": float(mc), "accuracy": None if math.isnan(ac) else float(ac)}
                        for m, mc, ac in zip(trace.models, trace.mean_cost, trace.accuracy)],
             "cost_unit": trace.cost_unit, "prompts": len(trace)}
@@ -570,6 +575,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--V", type=float, help="tenant V (default: the service default)")
     p.add_argument("--c", type=float, help="exploration constant c (default: the service default)")
     p.add_argument("--explore-models", type=int, help="models invoked per exploration step (0: all)")
+    p.add_argument("--explore-budget", type=float, help="fraction of spend exploration's extra models may cost")
+    p.add_argument("--optimism", type=float, help="tenant optimism (sigmas of the logit added in decisions)")
+    p.add_argument("--margin", type=float, help="tenant safety margin (the n-th label is held to alpha + m/(2 sqrt n))")
+    p.add_argument("--reserve", type=float, help="satisfaction the queue may bank below 0 (-1: unlimited, 0: MESS+)")
     p.add_argument("--no-reference", action="store_true", help="skip the MESS+ reference runs")
     p.add_argument("--grpc", metavar="ADDR", help="route through a running service (Route/Feedback) at HOST:PORT")
     p.add_argument("--tenant", default="default", help="the service tenant to drive with --grpc")
@@ -624,7 +633,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                      outages=tuple(Outage.parse(o) for o in args.outage), warm_start=args.warm_start,
                      order=args.order)
     setup = ReplaySetup(alphas=tuple(args.alpha), seeds=tuple(range(args.seeds)), cond=cond,
-                        policy=Policy(V=args.V, c=args.c, explore_models=args.explore_models),
+                        policy=Policy(V=args.V, c=args.c, explore_models=args.explore_models,
+                                      explore_budget=args.explore_budget,
+                                      optimism=args.optimism, margin=args.margin, reserve=args.reserve),
                         reference=not args.no_reference, progress=not args.quiet)
     started = time.perf_counter()
     trace = load_traces(args.trace, limit=args.limit)
@@ -635,8 +646,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if args.warm_start or len(args.alpha) != 1 or args.seeds != 1:
             raise SystemExit("messplus replay --grpc: one alpha, one seed, no --warm-start (restart the service "
                              "between runs; warm-start it with `messplus pretrain`)")
-        if (args.V, args.c, args.explore_models) != (None, None, None):
-            raise SystemExit("messplus replay --grpc: V, c and explore_models are the service tenant's; set them "
+        if any(v is not None for v in (args.V, args.c, args.explore_models, args.explore_budget, args.optimism,
+                                                 args.margin, args.reserve)):
+            raise SystemExit("messplus replay --grpc: the policy (V, c, explore_models, optimism, margin, reserve) "
+                             "is the service tenant's; set it "
                              "in its config")
         driver = GrpcDriver(args.grpc, args.tenant, trace.models)
         if abs(driver.alpha - args.alpha[0]) > 1e-9:

@@ -1,15 +1,24 @@
 """The router core: MESS+ decisions, the per-tenant virtual queues, feedback and learning.
 
-The service and `messplus replay` both run this class; neither re-implements any of it.
+The service and `messplus replay` both run this class; neither re-implements any of it. docs/ROUTING.md
+explains each choice below and what it measured.
 
-Per tenant k (alpha, V, c from config), models sorted by nothing in particular, costs normalised so the most
-expensive model costs 1:
+Per tenant k (alpha, V, c, explore_models, optimism, margin, reserve from config):
   1. t <- t + 1; explore with probability min(1, c / t^(1/4)) (a counter-based draw: reproducible by seed).
-  2. explore: invoke the available models (all, or the exploit choice plus the most uncertain ones when
-     `explore_models` is set); serve the answer predicted most satisfying; every answer can be labelled.
-  3. exploit: argmin_m V*cost_m + Q*(alpha - p_hat_m) over the available models (kernels.decide_batch).
-  4. on the served answer's first label s: Q <- max(0, Q + alpha - s) (kernels.queue_update), durably.
-  5. every label (served or not) trains that model's head.
+  2. every model's satisfaction is predicted as a logit mean mu and variance v (heads.py); decisions use the
+     optimistic p_opt = sigmoid(mu + optimism * sqrt(v)), so a model the router knows little about is tried
+     when the queue asks for satisfaction, and a dominated one stops being tried once it is known.
+  3. exploit: argmin_m V' * cost_m + max(0, Q) * (alpha - p_opt_m) over the available models
+     (kernels.decide_batch), with V' = V per unit of the tenant's mean cost per request so far.
+  4. explore: invoke the exploit choice plus the explore_models - 1 most uncertain models among its neighbours
+     in cost and those the exploration budget affords (0: all models); serve the invoked answer predicted most
+     satisfying (they are all paid for); every answer can be labelled.
+  5. on the served answer's first label s, the n-th of the tenant:
+        Q <- max(-reserve, Q + alpha + margin / (2 sqrt(n)) - s)      (kernels.queue_update), durably.
+     reserve 0 and margin 0 is the MESS+ queue. With an unlimited reserve the queue keeps the surplus of a
+     good stretch instead of losing it at the floor, and the decaying margin keeps the running satisfaction
+     on the safe side of alpha by a total of margin * sqrt(n) labels.
+  6. every label (served or not, exploration or not) trains that model's head.
 
 Order of effects for feedback, on the store's writer thread: read the request's stored labels, insert the new
 ones and the tenant's new queue in one transaction, commit, then update memory (queue, counters, heads),
@@ -41,6 +50,8 @@ from .store import RequestRow, Store, now
 log = logging.getLogger("messplus.router")
 
 EXPLORE_DEFAULT, EXPLORE_NEVER, EXPLORE_ALWAYS = 0, 1, 2
+SCALE_WARMUP = 20  # requests before a tenant's own mean cost sets the unit of V
+EXPLORE_COST_RATIO = 2.0  # exploration steps learn models at most this much dearer than the exploit choice
 
 
 @dataclass
@@ -55,6 +66,7 @@ class TenantState:
     cost_sum: float = 0.0
     cost_raw_sum: float = 0.0
     explore_steps: int = 0
+    explore_cost_raw: float = 0.0  # spent on exploration steps' extra (not served) models
     served: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     invoked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
@@ -135,6 +147,7 @@ class Router:
                 continue
             st.queue, st.requests, st.labelled, st.sat_sum = row.queue, row.requests, row.labelled, row.sat_sum
             st.cost_sum, st.cost_raw_sum, st.explore_steps = row.cost_sum, row.cost_raw_sum, row.explore_steps
+            st.explore_cost_raw = row.explore_cost_raw
             st.next_t = row.requests + 1
         for (tenant, model), (served, invoked) in self.store.model_counts().items():
             if tenant in self.tenants and model in self.index:
@@ -169,6 +182,17 @@ class Router:
     def costs(self) -> np.ndarray:
         """Normalised cost estimates: the most expensive model costs 1, so V is unitless."""
         return self.cost_raw / self.cost_raw.max()
+
+    def v_scale(self, st: TenantState) -> float:
+        """V is per unit of the tenant's own mean cost per request so far (the zoo's median model cost for its
+        first SCALE_WARMUP requests): this converts it to the units of `costs()`, where the dearest model is 1.
+
+        So V means the same at any alpha and in any cost unit: a model twice the tenant's going rate dearer
+        than another must be V / (Q * 2) likelier to satisfy to be chosen."""
+        going = st.cost_raw_sum / st.requests if st.requests >= SCALE_WARMUP else 0.0
+        if not (going > 0 and math.isfinite(going)):
+            going = float(np.median(self.cost_raw))
+        return float(self.cost_raw.max() / going)
 
     def observe_cost(self, model: int, cost_raw: float) -> None:
         """Move the running cost estimate towards what a real call cost."""
@@ -214,12 +238,14 @@ class Router:
                 ts[b], st.next_t = st.next_t, st.next_t + 1
             queue = np.array([st.queue for st in states], np.float64)
         alpha = np.array([st.cfg.alpha for st in states], np.float64)
-        V = np.array([st.cfg.V for st in states], np.float64)
+        V = np.array([st.cfg.V * self.v_scale(st) for st in states], np.float64)
         c = np.array([st.cfg.c for st in states], np.float64)
+        kappa = np.array([st.cfg.optimism for st in states], np.float64)
         streams = np.array([st.index for st in states], np.uint64)
         seed = np.uint64(states[0].cfg.seed if states else 0)
         explore = kernels.draw_explore_batch(seed, streams, ts, c) if B else np.zeros(0, np.bool_)
-        choice = kernels.decide_batch(p_hat, self.costs(), masks, queue, alpha, V)
+        p_dec = optimistic(p_hat, var, kappa)
+        choice = kernels.decide_batch(p_dec, self.costs(), masks, np.maximum(queue, 0.0), alpha, V)
         out: list[Decision | NoModelAvailable] = []
         for b, it in enumerate(items):
             if choice[b] < 0:
@@ -235,11 +261,21 @@ class Router:
         return [n for n, ok in zip(self.names, self.available) if ok]
 
     def _explored(self, st: TenantState, choice: int, var: np.ndarray, mask: np.ndarray) -> tuple[int, ...]:
+        """The exploit choice plus the explore_models - 1 most uncertain models among those it can afford: its
+        neighbours in cost (at most EXPLORE_COST_RATIO times as dear, and at least the next dearer one), and any
+        model whose cost fits in what is left of the exploration budget (explore_budget times all the tenant
+        has spent, minus what exploration's extra models have cost so far). The budget is what keeps a dear
+        model that started badly from being locked out, at a bounded price."""
         idx = np.flatnonzero(mask)
         n = st.cfg.explore_models
         if n == 0 or n >= len(idx):
             return tuple(int(i) for i in idx)
-        others = [int(i) for i in idx[np.argsort(-var[idx], kind="stable")] if i != choice]
+        cost = self.cost_raw[idx]
+        dearer = cost[cost > self.cost_raw[choice]]
+        limit = max(EXPLORE_COST_RATIO * self.cost_raw[choice], dearer.min() if dearer.size else 0.0)
+        left = st.cfg.explore_budget * st.cost_raw_sum - st.explore_cost_raw
+        near = idx[(cost <= limit) | (cost <= left)]
+        others = [int(i) for i in near[np.argsort(-var[near], kind="stable")] if i != choice]
         return tuple(sorted([choice, *others[: n - 1]]))
 
     def _decision(self, it: RouteItem, st: TenantState, t: int, explore: bool, choice: int, p: np.ndarray,
@@ -264,6 +300,7 @@ class Router:
         cost = d.cost if cost is None else cost
         cost_raw = d.cost_raw if cost_raw is None else cost_raw
         st = self.tenants[d.tenant]
+        extra = float(self.cost_raw[[k for k in invoked if k != served]].sum()) if d.exploration else 0.0
         emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
         self._remember(d.request_id, _Pending(d.tenant, served, invoked, emb))
         with self._lock:
@@ -271,11 +308,12 @@ class Router:
             st.cost_sum += cost
             st.cost_raw_sum += cost_raw
             st.explore_steps += int(d.exploration)
+            st.explore_cost_raw += extra
             st.served[served] += 1
             st.invoked[list(invoked)] += 1
         row = RequestRow(request_id=d.request_id, tenant=d.tenant, t=d.t, served_model=self.names[served],
                          invoked=tuple(self.names[k] for k in invoked), exploration=d.exploration, cost=cost,
-                         cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes())
+                         cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes(), explore_cost_raw=extra)
         fut = self.store.submit(_insert_request(row))
         fut.add_done_callback(_log_failure)
         return fut
@@ -328,6 +366,34 @@ class Router:
         return self.store.submit(_write_heads(snaps, self.heads.features, self.heads.last_seq))
 
 
+def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray) -> np.ndarray:
+    """sigmoid(mu + kappa * sqrt(var)) per row, from the moderated p = sigmoid(mu / sqrt(1 + pi var / 8))."""
+    if not p.size or not kappa.any():
+        return np.ascontiguousarray(p, dtype=np.float64)
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    mu = (np.log(q) - np.log1p(-q)) * np.sqrt(1 + np.pi * var / 8)
+    return np.ascontiguousarray(1 / (1 + np.exp(-(mu + kappa[:, None] * np.sqrt(var)))))
+
+
+
+def queue_floor(cfg: TenantConfig) -> float:
+    return -math.inf if cfg.reserve < 0 else -cfg.reserve
+
+
+def queue_step(cfg: TenantConfig, queue: float, n: int, satisfaction: float) -> float:
+    """The queue after the tenant's n-th queue-moving label (n >= 1)."""
+    target = cfg.alpha + cfg.margin / (2 * math.sqrt(max(n, 1)))
+    return kernels.queue_update(queue, target, satisfaction, queue_floor(cfg))
+
+
+def fold_queue(cfg: TenantConfig, satisfactions: Sequence[float]) -> float:
+    """The queue recomputed from the tenant's queue-moving labels in commit order (the labels table)."""
+    q = 0.0
+    for n, s in enumerate(satisfactions, start=1):
+        q = queue_step(cfg, q, n, float(s))
+    return q
+
+
 def _log_failure(fut: Future[None]) -> None:
     if fut.exception() is not None:
         log.error("storing a routed request failed: %s", fut.exception())
@@ -378,10 +444,11 @@ class _FeedbackJob:
                                    f"model {names[k]!r}; feedback is write-once")
             else:
                 new[k] = s
-        (queue,) = conn.execute("SELECT queue FROM tenants WHERE name = ?", (self.st.cfg.name,)).fetchone()
+        queue, labelled = conn.execute("SELECT queue, labelled FROM tenants WHERE name = ?",
+                                       (self.st.cfg.name,)).fetchone()
         moves = self.pending.served in new
         if moves:
-            queue = kernels.queue_update(float(queue), self.st.cfg.alpha, new[self.pending.served])
+            queue = queue_step(self.st.cfg, float(queue), int(labelled) + 1, new[self.pending.served])
             conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
                          "WHERE name = ?", (queue, new[self.pending.served], self.st.cfg.name))
         last_seq = 0
@@ -419,8 +486,9 @@ def _insert_request(row: RequestRow):  # type: ignore[no-untyped-def]
                       (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked),
                        int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now()))
         conn.execute("UPDATE tenants SET requests = requests + 1, cost_sum = cost_sum + ?, "
-                     "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ? WHERE name = ?",
-                     (row.cost, row.cost_raw, int(row.exploration), row.tenant))
+                     "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ?, "
+                     "explore_cost_raw = explore_cost_raw + ? WHERE name = ?",
+                     (row.cost, row.cost_raw, int(row.exploration), row.explore_cost_raw, row.tenant))
         for m in row.invoked:
             conn.execute("INSERT INTO model_counts (tenant, model, served, invoked) VALUES (?, ?, ?, 1) "
                          "ON CONFLICT (tenant, model) DO UPDATE SET served = served + excluded.served, "

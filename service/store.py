@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS tenants (
     sat_sum REAL NOT NULL DEFAULT 0,
     cost_sum REAL NOT NULL DEFAULT 0,
     cost_raw_sum REAL NOT NULL DEFAULT 0,
-    explore_steps INTEGER NOT NULL DEFAULT 0
+    explore_steps INTEGER NOT NULL DEFAULT 0,
+    explore_cost_raw REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS model_counts (
     tenant TEXT NOT NULL,
@@ -87,6 +88,7 @@ class TenantRow:
     cost_sum: float
     cost_raw_sum: float
     explore_steps: int
+    explore_cost_raw: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,10 +103,18 @@ class RequestRow:
     cost_raw: float
     alpha: float
     embedding: bytes | None
+    explore_cost_raw: float = 0.0  # what the exploration step's extra (not served) models cost
 
 
 Job = Callable[[sqlite3.Connection], Any]
 _STOP = object()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a state file written by an earlier version up to SCHEMA (columns are only ever added)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(tenants)")}
+    if "explore_cost_raw" not in have:
+        conn.execute("ALTER TABLE tenants ADD COLUMN explore_cost_raw REAL NOT NULL DEFAULT 0")
 
 
 def connect(path: Path, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
@@ -134,6 +144,7 @@ class Store:
         self._jobs: queue.Queue[Any] = queue.Queue()
         writer = connect(self.path, self._synchronous)
         writer.executescript(SCHEMA)
+        _migrate(writer)
         self._writer = writer
         self._reader = writer if inline else connect(self.path, self._synchronous)
         self._reader_lock = threading.Lock()
@@ -236,10 +247,10 @@ class Store:
             return self._reader.execute(sql, params).fetchall()
 
     def tenants(self) -> dict[str, TenantRow]:
-        rows = self.read("SELECT name, queue, requests, labelled, sat_sum, cost_sum, cost_raw_sum, explore_steps "
-                         "FROM tenants")
+        rows = self.read("SELECT name, queue, requests, labelled, sat_sum, cost_sum, cost_raw_sum, explore_steps, "
+                         "explore_cost_raw FROM tenants")
         return {r[0]: TenantRow(name=r[0], queue=r[1], requests=r[2], labelled=r[3], sat_sum=r[4], cost_sum=r[5],
-                                cost_raw_sum=r[6], explore_steps=r[7]) for r in rows}
+                                cost_raw_sum=r[6], explore_steps=r[7], explore_cost_raw=r[8]) for r in rows}
 
     def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
         return {(r[0], r[1]): (r[2], r[3]) for r in self.read("SELECT tenant, model, served, invoked FROM model_counts")}

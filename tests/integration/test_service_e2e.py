@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -67,11 +68,12 @@ def test_route_list_models_and_sla_status_answer(router_factory: Factory, demo_z
         chat = pb.Chat(messages=[pb.ChatMessage(role="user", content="Hi"), pb.ChatMessage(role="user", content="2+2?")])
         assert stub.Route(pb.RouteRequest(tenant="beta", chat=chat), timeout=10).model
         fb = stub.Feedback(pb.FeedbackRequest(tenant="acme", request_id="r-1", satisfaction=0.0), timeout=10)
-        assert fb.labels_applied == 1 and fb.queue == pytest.approx(0.75) and fb.queue_updated
+        first = 0.75 + 0.3 / 2  # alpha plus the default margin 0.3 / (2 sqrt(1)), minus satisfaction 0
+        assert fb.labels_applied == 1 and fb.queue == pytest.approx(first) and fb.queue_updated
         again = stub.Feedback(pb.FeedbackRequest(tenant="acme", request_id="r-1", satisfaction=0.0), timeout=10)
-        assert again.duplicate and again.labels_applied == 0 and again.queue == pytest.approx(0.75)
+        assert again.duplicate and again.labels_applied == 0 and again.queue == pytest.approx(first)
         status = stub.SlaStatus(pb.SlaStatusRequest(tenant="acme"), timeout=5)
-        assert (status.requests, status.labelled, status.satisfaction, status.queue) == (1, 1, 0.0, pytest.approx(0.75))
+        assert (status.requests, status.labelled, status.satisfaction, status.queue) == (1, 1, 0.0, pytest.approx(first))
 
 
 async def _drive(address: str, prompts: list[str], grader: TraceGrader, names: dict[str, str]) -> dict:
@@ -111,7 +113,8 @@ async def _drive(address: str, prompts: list[str], grader: TraceGrader, names: d
             if served_label is not None:
                 req.satisfaction = served_label
                 books["labels"].append(served_label)
-                books["queue"] = max(0.0, books["queue"] + 0.75 - served_label)
+                n = len(books["labels"])  # the default policy: margin 0.3, no floor
+                books["queue"] = books["queue"] + 0.75 + 0.3 / (2 * math.sqrt(n)) - served_label
             reply = await stub.Feedback(req, timeout=10)
             assert reply.labels_applied == len(labels) + (served_label is not None)
             assert reply.queue == pytest.approx(books["queue"], abs=1e-9)

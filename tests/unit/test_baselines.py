@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from messplus.service.baselines import (REFERENCE_V, ReferenceRouter, cheapest_single, min_cost_assignment, oracle,
+from messplus.service.baselines import (ReferenceRouter, reference_tenant, cheapest_single, min_cost_assignment, oracle,
                                         static_mixture, stream_baselines)
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.heads import Heads
@@ -160,7 +161,7 @@ MODELS = (ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1e-4)
 
 
 def _reference(c: float = 0.0) -> ReferenceRouter:
-    tenant = TenantConfig(name="t", alpha=0.8, V=REFERENCE_V, c=c)
+    tenant = replace(reference_tenant(TenantConfig(name="t", alpha=0.8)), c=c)
     return ReferenceRouter(MODELS, [tenant], Heads([m.name for m in MODELS], 4), Store(":memory:", inline=True))
 
 

@@ -132,55 +132,68 @@ def test_decide_batch_rejects_other_dtypes_and_layouts() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- queue
+FLOORS = st.one_of(st.just(0.0), st.just(-np.inf), st.floats(-50.0, 0.0))
+
+
 @fuzz
-@given(st.floats(0.0, 1e6), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
-def test_queue_update_is_clipped_lindley_step(q: float, alpha: float, s: float) -> None:
-    got = kernels.queue_update(q, alpha, s)
-    assert got >= 0.0
-    assert got == ref.queue_update_np(np.float64(q), alpha, s) == max(0.0, q + alpha - s)
+@given(st.floats(-1e3, 1e6), st.floats(0.0, 1.0), st.floats(0.0, 1.0), FLOORS)
+def test_queue_update_is_the_floored_lindley_step(q: float, target: float, s: float, floor: float) -> None:
+    q = max(q, floor)
+    got = kernels.queue_update(q, target, s, floor)
+    assert got >= floor
+    assert got == ref.queue_update_np(np.float64(q), target, s, floor) == max(floor, q + target - s)
+
+
+def test_queue_floor_zero_is_mess_plus_and_minus_inf_keeps_the_surplus() -> None:
+    assert kernels.queue_update(0.2, 0.7, 1.0, 0.0) == 0.0
+    assert kernels.queue_update(0.2, 0.7, 1.0, -np.inf) == pytest.approx(-0.1)
+    assert kernels.queue_update(0.2, 0.7, 1.0, -0.05) == -0.05
 
 
 @st.composite
 def queue_inputs(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
     N, M = draw(st.integers(1, 6)), draw(st.integers(0, 40))
+    floor = draw(arrays(np.float64, N, elements=FLOORS))
     q = draw(arrays(np.float64, N, elements=st.one_of(st.just(0.0), st.floats(0.0, 5.0))))
     tenant = draw(arrays(np.int64, M, elements=st.integers(0, N - 1)))
-    alpha = draw(arrays(np.float64, N, elements=UNIT))
+    target = draw(arrays(np.float64, M, elements=UNIT))
     s = draw(arrays(np.float64, M, elements=UNIT))
-    return q, tenant, alpha, s
+    return q, tenant, target, s, floor
 
 
 @fuzz
 @given(queue_inputs())
 def test_queue_update_many_matches_numpy_twin(args: tuple[np.ndarray, ...]) -> None:
-    q, tenant, alpha, s = args
+    q, tenant, target, s, floor = args
     got, want = q.copy(), q.copy()
-    assert kernels.queue_update_many(got, tenant, alpha, s) is None
-    ref.queue_update_many_np(want, tenant, alpha, s)
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    assert (got >= 0.0).all() and (want >= 0.0).all()
+    assert kernels.queue_update_many(got, tenant, target, s, floor) is None
+    ref.queue_update_many_np(want, tenant, target, s, floor)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    assert (got >= floor).all() and (want >= floor).all()
 
 
 @fuzz
 @given(queue_inputs())
 def test_queue_update_many_is_the_single_updates_in_order(args: tuple[np.ndarray, ...]) -> None:
-    q, tenant, alpha, s = args
+    q, tenant, target, s, floor = args
     got, want = q.copy(), q.copy()
-    kernels.queue_update_many(got, tenant, alpha, s)
-    for t, s_i in zip(tenant, s):
-        want[t] = kernels.queue_update(want[t], alpha[t], s_i)
+    kernels.queue_update_many(got, tenant, target, s, floor)
+    for t, a_i, s_i in zip(tenant, target, s):
+        want[t] = kernels.queue_update(want[t], a_i, s_i, floor[t])
     np.testing.assert_array_equal(got, want)
 
 
 def test_queue_update_many_checks_every_index_before_writing() -> None:
     q = np.array([1.0, 2.0])
     with pytest.raises(IndexError):
-        kernels.queue_update_many(q, np.array([0, 2]), np.ones(2), np.zeros(2))
+        kernels.queue_update_many(q, np.array([0, 2]), np.ones(2), np.zeros(2), np.zeros(2))
     with pytest.raises(IndexError):
-        kernels.queue_update_many(q, np.array([0, -1]), np.ones(2), np.zeros(2))
+        kernels.queue_update_many(q, np.array([0, -1]), np.ones(2), np.zeros(2), np.zeros(2))
     np.testing.assert_array_equal(q, [1.0, 2.0])
     with pytest.raises(ValueError):
-        kernels.queue_update_many(q, np.array([0]), np.ones(2), np.zeros(2))
+        kernels.queue_update_many(q, np.array([0]), np.ones(2), np.zeros(1), np.zeros(2))
+    with pytest.raises(ValueError):
+        kernels.queue_update_many(q, np.array([0]), np.ones(1), np.zeros(1), np.zeros(3))
 
 
 # ------------------------------------------------------------------------------------------- exploration

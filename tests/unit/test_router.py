@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,15 @@ import pytest
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.errors import Conflict, InvalidArgument, NotFound
 from messplus.service.heads import Heads
-from messplus.service.router import EXPLORE_ALWAYS, EXPLORE_NEVER, Decision, RouteItem, Router
+from messplus.service.router import EXPLORE_ALWAYS, EXPLORE_NEVER, Decision, RouteItem, Router, fold_queue
 from messplus.service.store import Store
 
 DIM = 8
 MODELS = (ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1.0),
           ModelConfig(name="mid", triton_model="mid", cost_per_request=3.0),
           ModelConfig(name="big", triton_model="big", cost_per_request=10.0))
-TENANTS = (TenantConfig(name="acme", alpha=0.8, V=1.0, c=0.0), TenantConfig(name="beta", alpha=0.6, c=0.0))
+TENANTS = (TenantConfig(name="acme", alpha=0.8, V=1.0, c=0.0), TenantConfig(name="beta", alpha=0.6, c=0.0),
+           TenantConfig(name="mess", alpha=0.8, c=0.0, explore_models=0, optimism=0.0, margin=0.0, reserve=0.0))
 
 
 def make_router(path: Path | str, **kw: object) -> Router:
@@ -58,13 +60,43 @@ def test_queue_grows_on_misses_and_then_buys_quality(router: Router) -> None:
     assert router.names[d.served] in ("mid", "big")
 
 
-def test_queue_update_is_max_zero(router: Router) -> None:
-    d = route(router)
-    res = router.feedback("acme", d.request_id, 1.0, []).result()
+def test_mess_plus_queue_is_max_zero(router: Router) -> None:
+    d = route(router, tenant="mess")
+    res = router.feedback("mess", d.request_id, 1.0, []).result()
     assert res.queue == 0.0 and res.queue_updated
+    d = route(router, tenant="mess")
+    res = router.feedback("mess", d.request_id, 0.0, []).result()
+    assert res.queue == pytest.approx(0.8)
+
+
+def test_default_queue_holds_labels_to_a_decaying_margin_and_banks_the_surplus(router: Router) -> None:
+    d = route(router)  # acme: alpha 0.8, margin 0.3, unlimited reserve
+    res = router.feedback("acme", d.request_id, 1.0, []).result()
+    assert res.queue == pytest.approx(0.8 + 0.3 / 2 - 1.0)  # -0.05: kept, not floored at 0
     d = route(router)
     res = router.feedback("acme", d.request_id, 0.0, []).result()
-    assert res.queue == pytest.approx(0.8)
+    assert res.queue == pytest.approx(-0.05 + 0.8 + 0.3 / (2 * math.sqrt(2)))
+    assert router.tenants["acme"].queue == res.queue
+
+
+def test_a_negative_queue_decides_like_an_empty_one(router: Router) -> None:
+    router.tenants["acme"].queue = -5.0
+    assert router.names[route(router).served] == "cheap"
+    router.tenants["acme"].queue = 50.0
+    assert router.names[route(router).served] == "big"
+
+
+def test_optimism_tries_an_unknown_model_when_the_queue_asks_for_satisfaction(router: Router) -> None:
+    router.tenants["acme"].queue = 50.0
+    p = np.array([[0.5, 0.7, 0.5]])
+    known = np.array([[0.0, 0.0, 0.0]])
+    unknown_big = np.array([[0.0, 0.0, 4.0]])
+    (d,) = router.decide([RouteItem(tenant="acme")], p, known)
+    assert isinstance(d, Decision) and router.names[d.served] == "mid"
+    (d,) = router.decide([RouteItem(tenant="acme")], p, unknown_big)
+    assert isinstance(d, Decision) and router.names[d.served] == "big"  # sigmoid(0 + 2) = 0.88 beats 0.7
+    (d,) = router.decide([RouteItem(tenant="mess")], p, unknown_big)
+    assert isinstance(d, Decision) and router.names[d.served] == "cheap"  # no optimism, queue 0
 
 
 def test_feedback_twice_changes_nothing_and_says_so(router: Router) -> None:
@@ -115,13 +147,39 @@ def test_empty_or_unknown_tenant_is_invalid(router: Router) -> None:
 
 
 def test_exploration_invokes_every_available_model_and_learns_all_labels(router: Router) -> None:
-    d = route(router, exploration=EXPLORE_ALWAYS)
+    d = route(router, tenant="mess", exploration=EXPLORE_ALWAYS)
     assert d.exploration and d.invoked == (0, 1, 2)
     assert router.names[d.served] == "big"  # highest p_hat
     before = router.heads.labels.copy()
-    res = router.feedback("acme", d.request_id, None, [("cheap", 0.0), ("mid", 1.0), ("big", 1.0)]).result()
+    res = router.feedback("mess", d.request_id, None, [("cheap", 0.0), ("mid", 1.0), ("big", 1.0)]).result()
     assert res.applied == 3 and res.queue_updated
     assert (router.heads.labels - before).tolist() == [1, 1, 1]
+
+
+def test_default_exploration_adds_the_most_uncertain_neighbour_in_cost(router: Router) -> None:
+    item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
+    p = np.array([[0.5, 0.5, 0.5]])
+    (d,) = router.decide([item], p, np.array([[0.1, 2.0, 3.0]]))  # choice: cheap (queue 0)
+    assert isinstance(d, Decision) and d.invoked == (0, 1)  # big is more uncertain, but 10x; mid is the next dearer
+    router.cost_raw[2] = 2.0  # now big is within 2x, and more uncertain
+    (d,) = router.decide([item], p, np.array([[0.1, 2.0, 3.0]]))
+    assert isinstance(d, Decision) and d.invoked == (0, 2)
+
+
+def test_the_exploration_budget_affords_a_dear_uncertain_model_and_is_spent(router: Router) -> None:
+    item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
+    p, var = np.array([[0.6, 0.5, 0.5]]), np.array([[0.1, 2.0, 3.0]])  # cheap is chosen and served
+    st = router.tenants["acme"]
+    st.cost_raw_sum = 95.0  # 10% of it (9.5) affords big (10) only once more spend comes in
+    (d,) = router.decide([item], p, var)
+    assert isinstance(d, Decision) and d.invoked == (0, 1)
+    st.cost_raw_sum = 100.0
+    (d,) = router.decide([item], p, var)
+    assert isinstance(d, Decision) and d.invoked == (0, 2)
+    router.record(d, np.ones(DIM, np.float32)).result()
+    assert st.explore_cost_raw == 10.0  # big's cost, not the served model's
+    (d,) = router.decide([item], p, var)
+    assert isinstance(d, Decision) and d.invoked == (0, 1)  # budget spent
 
 
 def test_labels_for_models_not_invoked_are_refused(router: Router) -> None:
@@ -148,6 +206,8 @@ def test_restart_keeps_queues_counts_and_heads(tmp_path: Path) -> None:
         r.feedback("acme", d.request_id, float(i % 2), []).result()
     queue, st = r.tenants["acme"].queue, r.tenants["acme"]
     counts = (st.requests, st.labelled, st.explore_steps, st.served.tolist())
+    explore_cost = st.explore_cost_raw
+    assert explore_cost > 0
     W = r.heads.W.copy()
     late = route(r)
     r.store.close()  # no final snapshot: labels after the last snapshot are replayed from the log
@@ -156,6 +216,7 @@ def test_restart_keeps_queues_counts_and_heads(tmp_path: Path) -> None:
     st2 = r2.tenants["acme"]
     assert st2.queue == queue
     assert (st2.requests - 1, st2.labelled, st2.explore_steps) == counts[:3]
+    assert st2.explore_cost_raw == explore_cost
     np.testing.assert_allclose(r2.heads.W, W, rtol=1e-12, atol=1e-12)
     r2.feedback("acme", late.request_id, 1.0, []).result()  # late feedback after restart still lands
     assert r2.tenants["acme"].labelled == st.labelled + 1
@@ -165,13 +226,33 @@ def test_restart_keeps_queues_counts_and_heads(tmp_path: Path) -> None:
 def test_queue_equals_recomputation_from_the_label_log(router: Router) -> None:
     rng = np.random.default_rng(0)
     for _ in range(50):
-        d = route(router, tenant=str(rng.choice(["acme", "beta"])))
+        d = route(router, tenant=str(rng.choice(["acme", "beta", "mess"])))
         if rng.random() < 0.8:
             router.feedback(d.tenant, d.request_id, float(rng.random()), []).result()
     for name, st in router.tenants.items():
-        rows = router.store.read("SELECT l.satisfaction, r.alpha FROM labels l JOIN requests r USING (request_id) "
+        rows = router.store.read("SELECT l.satisfaction FROM labels l JOIN requests r USING (request_id) "
                                  "WHERE r.tenant = ? AND l.moves_queue = 1 ORDER BY l.seq", (name,))
-        q = 0.0
-        for s, alpha in rows:
-            q = max(0.0, q + alpha - s)
-        assert st.queue == pytest.approx(q, abs=1e-12)
+        assert st.queue == pytest.approx(fold_queue(st.cfg, [s for (s,) in rows]), abs=1e-12)
+        q = 0.0  # and by hand, for the two policies in play
+        for n, (s,) in enumerate(rows, start=1):
+            if st.cfg.reserve == 0:
+                q = max(0.0, q + st.cfg.alpha - s)
+            else:
+                q = q + st.cfg.alpha + st.cfg.margin / (2 * math.sqrt(n)) - s
+        assert st.queue == pytest.approx(q, abs=1e-9)
+
+
+def test_a_state_file_from_before_the_exploration_budget_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE tenants (name TEXT PRIMARY KEY, queue REAL NOT NULL DEFAULT 0, requests INTEGER "
+                       "NOT NULL DEFAULT 0, labelled INTEGER NOT NULL DEFAULT 0, sat_sum REAL NOT NULL DEFAULT 0, "
+                       "cost_sum REAL NOT NULL DEFAULT 0, cost_raw_sum REAL NOT NULL DEFAULT 0, explore_steps INTEGER "
+                       "NOT NULL DEFAULT 0); INSERT INTO tenants (name, queue, requests) VALUES ('acme', 2.5, 7);")
+    conn.close()
+    r = make_router(path)
+    st = r.tenants["acme"]
+    assert (st.queue, st.requests, st.explore_cost_raw) == (2.5, 7, 0.0)
+    d = route(r, exploration=EXPLORE_ALWAYS)
+    assert r.store.tenants()["acme"].explore_cost_raw == pytest.approx(st.explore_cost_raw) and d.exploration
+    r.store.close()
