@@ -49,8 +49,9 @@ async function main() {
 
   // 4. The SLA as the router sees it.
   const sla = await unary('SlaStatus', { tenant: 'default' });
+  const shares = sla.models.map((m) => `${m.model}:${m.served}`).join(', ');
   console.log(`SlaStatus-> alpha=${sla.alpha} satisfaction=${sla.satisfaction.toFixed(3)} requests=${sla.requests} ` +
-              `mean_cost=${sla.mean_cost_raw.toFixed(6)} ` + sla.models.map((m) => `${m.model}:${m.served}`).join(', '));
+              `mean_cost=${sla.mean_cost_raw.toFixed(6)} ${shares}`);
 }
 
 main().then(() => router.close(), (err) => {
