@@ -192,6 +192,7 @@ def test_grpcurl_route_then_feedback(grpcurl: Any, router: RouterProcess, zoo_na
     assert route["model"] in zoo_names and route["alpha"] == 0.6 and route["tenant_request_index"] == "1"
     assert [p["model"] for p in route["predictions"]] == zoo_names  # grpcurl prints the proto field names
     assert all(0 <= p["p_hat"] <= 1 for p in route["predictions"])
+    assert route.keys() == readme_route_answer().keys(), "the README's grpcurl session no longer matches the server"
     fb = {"tenant": "beta", "request_id": route["request_id"], "satisfaction": 0.25}
     reply = json.loads(grpcurl("-d", json.dumps(fb), router.address, "messplus.v1.RoutingService/Feedback").stdout)
     assert reply == {"request_id": route["request_id"], "labels_applied": 1, "queue": pytest.approx(0.35),
@@ -199,6 +200,13 @@ def test_grpcurl_route_then_feedback(grpcurl: Any, router: RouterProcess, zoo_na
     status = json.loads(grpcurl("-d", '{"tenant": "beta"}', router.address,
                                 "messplus.v1.RoutingService/SlaStatus").stdout)
     assert status["labelled"] == "1" and status["satisfaction"] == 0.25 and "sla_met" not in status
+
+
+def readme_route_answer() -> dict[str, Any]:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("{", readme.index("messplus.v1.RoutingService/Route\n"))
+    answer: dict[str, Any] = json.loads(readme[start:readme.index("\n}\n", start) + 2])
+    return answer
 
 
 def test_grpcurl_shows_status_codes(grpcurl: Any, router: RouterProcess) -> None:
