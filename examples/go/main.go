@@ -1,7 +1,8 @@
 // A minimal messplus client in Go: route a prompt, generate through Triton, send feedback, read the SLA.
 //
 // The stubs are generated from the project's .proto into ./messplusv1 (protoc with protoc-gen-go and
-// protoc-gen-go-grpc on PATH); the .proto sets no go_package, so the M options map it to this module:
+// protoc-gen-go-grpc on PATH); the .proto sets no go_package, so the M options map it to this module. The
+// -I path is the repository's protos/ folder: change it when you copy this example elsewhere.
 //
 //	go generate && go mod tidy && go run . [127.0.0.1:50051]
 //

