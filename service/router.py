@@ -8,8 +8,11 @@ Per tenant k (alpha, V, c, explore_models, optimism, margin, reserve from config
   2. every model's satisfaction is predicted as a logit mean mu and variance v (heads.py); decisions use the
      optimistic p_opt = sigmoid(mu + optimism * sqrt(v)), so a model the router knows little about is tried
      when the queue asks for satisfaction, and a dominated one stops being tried once it is known.
-  3. exploit: argmin_m V' * cost_m + max(0, Q) * (alpha - p_opt_m) over the available models
-     (kernels.decide_batch), with V' = V per unit of the tenant's mean cost per request so far.
+  3. exploit: argmin_m V' * cost_m + max(0, Q + E) * (alpha - p_opt_m) over the available models
+     (kernels.decide_batch), with V' = V per unit of the tenant's mean cost per request so far, and E what the
+     routed requests still without a label are expected to add to Q (their targets minus their predicted
+     satisfaction, corrected by the predictor's measured bias): so late feedback does not make the queue
+     overshoot, and requests that never get feedback still count, as the SLA counts them.
   4. explore: invoke the exploit choice plus the explore_models - 1 most uncertain models among its neighbours
      in cost and those the exploration budget affords (0: all models); serve the invoked answer predicted most
      satisfying (they are all paid for); every answer can be labelled.
@@ -51,6 +54,7 @@ log = logging.getLogger("messplus.router")
 
 EXPLORE_DEFAULT, EXPLORE_NEVER, EXPLORE_ALWAYS = 0, 1, 2
 SCALE_WARMUP = 20  # requests before a tenant's own mean cost sets the unit of V
+BIAS_PRIOR_N = 20.0  # pseudo-labels of zero error behind the predictor's bias estimate
 EXPLORE_COST_RATIO = 2.0  # exploration steps learn models at most this much dearer than the exploit choice
 
 
@@ -66,7 +70,11 @@ class TenantState:
     cost_sum: float = 0.0
     cost_raw_sum: float = 0.0
     explore_steps: int = 0
-    explore_cost_raw: float = 0.0  # spent on exploration steps' extra (not served) models
+    explore_cost_raw: float = 0.0  # spent on exploration steps' models beyond the exploit choice
+    pending_sum: float = 0.0  # sum of target - p_served over routed requests whose served answer is unlabelled
+    pending_n: int = 0
+    resid_sum: float = 0.0    # sum of satisfaction - p_served over those that are labelled (predictor bias)
+    resid_n: int = 0
     served: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     invoked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
@@ -88,6 +96,7 @@ class Decision:
     served: int
     exploration: bool
     invoked: tuple[int, ...]
+    choice: int  # the exploit decision (== served unless exploring)
     p_hat: np.ndarray
     var: np.ndarray
     available: np.ndarray
@@ -112,6 +121,8 @@ class _Pending:
     served: int
     invoked: tuple[int, ...]
     embedding: np.ndarray
+    p_served: float | None = None
+    target: float | None = None
 
 
 class Router:
@@ -149,6 +160,10 @@ class Router:
             st.cost_sum, st.cost_raw_sum, st.explore_steps = row.cost_sum, row.cost_raw_sum, row.explore_steps
             st.explore_cost_raw = row.explore_cost_raw
             st.next_t = row.requests + 1
+        for name, (pending_sum, pending_n, resid_sum, resid_n) in self.store.expectations().items():
+            if name in self.tenants:
+                st = self.tenants[name]
+                st.pending_sum, st.pending_n, st.resid_sum, st.resid_n = pending_sum, pending_n, resid_sum, resid_n
         for (tenant, model), (served, invoked) in self.store.model_counts().items():
             if tenant in self.tenants and model in self.index:
                 self.tenants[tenant].served[self.index[model]] = served
@@ -237,6 +252,7 @@ class Router:
             for b, st in enumerate(states):
                 ts[b], st.next_t = st.next_t, st.next_t + 1
             queue = np.array([st.queue for st in states], np.float64)
+            expected = np.array([st.queue + expected_pending(st) for st in states], np.float64)
         alpha = np.array([st.cfg.alpha for st in states], np.float64)
         V = np.array([st.cfg.V * self.v_scale(st) for st in states], np.float64)
         c = np.array([st.cfg.c for st in states], np.float64)
@@ -245,7 +261,7 @@ class Router:
         seed = np.uint64(states[0].cfg.seed if states else 0)
         explore = kernels.draw_explore_batch(seed, streams, ts, c) if B else np.zeros(0, np.bool_)
         p_dec = optimistic(p_hat, var, kappa)
-        choice = kernels.decide_batch(p_dec, self.costs(), masks, np.maximum(queue, 0.0), alpha, V)
+        choice = kernels.decide_batch(p_dec, self.costs(), masks, np.maximum(expected, 0.0), alpha, V)
         out: list[Decision | NoModelAvailable] = []
         for b, it in enumerate(items):
             if choice[b] < 0:
@@ -287,7 +303,7 @@ class Router:
             invoked, served = (choice,), choice
         costs = self.costs()
         return Decision(request_id=it.request_id or uuid.uuid4().hex, tenant=it.tenant, t=t, served=served,
-                        exploration=explore, invoked=invoked, p_hat=p.copy(), var=var.copy(), available=mask.copy(),
+                        exploration=explore, invoked=invoked, choice=choice, p_hat=p.copy(), var=var.copy(), available=mask.copy(),
                         queue=queue, alpha=st.cfg.alpha, cost=float(costs[list(invoked)].sum()),
                         cost_raw=float(self.cost_raw[list(invoked)].sum()))
 
@@ -300,10 +316,14 @@ class Router:
         cost = d.cost if cost is None else cost
         cost_raw = d.cost_raw if cost_raw is None else cost_raw
         st = self.tenants[d.tenant]
-        extra = float(self.cost_raw[[k for k in invoked if k != served]].sum()) if d.exploration else 0.0
+        extra = float(self.cost_raw[[k for k in invoked if k != d.choice]].sum()) if d.exploration else 0.0
         emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
-        self._remember(d.request_id, _Pending(d.tenant, served, invoked, emb))
+        p_served = float(d.p_hat[served])
+        target = st.cfg.alpha + st.cfg.margin / (2 * math.sqrt(max(d.t, 1)))
+        self._remember(d.request_id, _Pending(d.tenant, served, invoked, emb, p_served, target))
         with self._lock:
+            st.pending_sum += target - p_served
+            st.pending_n += 1
             st.requests += 1
             st.cost_sum += cost
             st.cost_raw_sum += cost_raw
@@ -313,7 +333,8 @@ class Router:
             st.invoked[list(invoked)] += 1
         row = RequestRow(request_id=d.request_id, tenant=d.tenant, t=d.t, served_model=self.names[served],
                          invoked=tuple(self.names[k] for k in invoked), exploration=d.exploration, cost=cost,
-                         cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes(), explore_cost_raw=extra)
+                         cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes(), explore_cost_raw=extra,
+                         p_served=p_served, target=target)
         fut = self.store.submit(_insert_request(row))
         fut.add_done_callback(_log_failure)
         return fut
@@ -336,7 +357,8 @@ class Router:
             if row is not None and row.served_model in self.index:
                 emb = np.frombuffer(row.embedding or b"", dtype=np.float32)
                 pending = _Pending(row.tenant, self.index[row.served_model],
-                                   tuple(self.index[m] for m in row.invoked if m in self.index), emb)
+                                   tuple(self.index[m] for m in row.invoked if m in self.index), emb, row.p_served,
+                                   row.target)
         if pending is None or pending.tenant != tenant:
             raise NotFound(f"request_id {request_id!r} is not a request of tenant {tenant!r}")
         return pending
@@ -374,6 +396,16 @@ def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray) -> np.ndarray:
     mu = (np.log(q) - np.log1p(-q)) * np.sqrt(1 + np.pi * var / 8)
     return np.ascontiguousarray(1 / (1 + np.exp(-(mu + kappa[:, None] * np.sqrt(var)))))
 
+
+
+def expected_pending(st: TenantState) -> float:
+    """The deficit the tenant's routed-but-unlabelled requests are expected to add to the queue: each one's
+    target minus its predicted satisfaction, corrected by the predictor's mean error on the labelled ones (shrunk
+    towards 0 by BIAS_PRIOR_N pseudo-labels). Zero when every request is labelled."""
+    if st.pending_n <= 0:
+        return 0.0
+    bias = st.resid_sum / (st.resid_n + BIAS_PRIOR_N)
+    return st.pending_sum - bias * st.pending_n
 
 
 def queue_floor(cfg: TenantConfig) -> float:
@@ -465,10 +497,17 @@ class _FeedbackJob:
     def after_commit(self, result: FeedbackResult) -> None:
         st = self.st
         if self.moves:
+            s = self.new[self.pending.served]
             with self.router._lock:
                 st.queue = self.queue
                 st.labelled += 1
-                st.sat_sum += self.new[self.pending.served]
+                st.sat_sum += s
+                p, target = self.pending.p_served, self.pending.target
+                if p is not None and target is not None:  # it leaves the pending expectation for the queue
+                    st.pending_sum -= target - p
+                    st.pending_n -= 1
+                    st.resid_sum += s - p
+                    st.resid_n += 1
         if self.new:
             self.router._learn(self.pending, self.new, self.last_seq)
 
@@ -482,9 +521,10 @@ def _ensure_tenants(names: tuple[str, ...]):  # type: ignore[no-untyped-def]
 def _insert_request(row: RequestRow):  # type: ignore[no-untyped-def]
     def job(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw,"
-                      " alpha, embedding, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      " alpha, embedding, created, p_served, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked),
-                       int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now()))
+                       int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now(), row.p_served,
+                       row.target))
         conn.execute("UPDATE tenants SET requests = requests + 1, cost_sum = cost_sum + ?, "
                      "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ?, "
                      "explore_cost_raw = explore_cost_raw + ? WHERE name = ?",

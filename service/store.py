@@ -55,7 +55,9 @@ CREATE TABLE IF NOT EXISTS requests (
     cost_raw REAL NOT NULL,
     alpha REAL NOT NULL,
     embedding BLOB,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    p_served REAL,
+    target REAL
 );
 CREATE TABLE IF NOT EXISTS labels (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,7 +105,9 @@ class RequestRow:
     cost_raw: float
     alpha: float
     embedding: bytes | None
-    explore_cost_raw: float = 0.0  # what the exploration step's extra (not served) models cost
+    explore_cost_raw: float = 0.0  # what the exploration step's models beyond the exploit choice cost
+    p_served: float | None = None  # the predicted satisfaction of the served model when routed
+    target: float | None = None    # what its label will be held to: alpha plus the margin at its index
 
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -115,6 +119,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
     have = {row[1] for row in conn.execute("PRAGMA table_info(tenants)")}
     if "explore_cost_raw" not in have:
         conn.execute("ALTER TABLE tenants ADD COLUMN explore_cost_raw REAL NOT NULL DEFAULT 0")
+    have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    for column in ("p_served", "target"):
+        if column not in have:
+            conn.execute(f"ALTER TABLE requests ADD COLUMN {column} REAL")
 
 
 def connect(path: Path, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
@@ -252,12 +260,28 @@ class Store:
         return {r[0]: TenantRow(name=r[0], queue=r[1], requests=r[2], labelled=r[3], sat_sum=r[4], cost_sum=r[5],
                                 cost_raw_sum=r[6], explore_steps=r[7], explore_cost_raw=r[8]) for r in rows}
 
+    def expectations(self) -> dict[str, tuple[float, int, float, int]]:
+        """Per tenant: (sum of target - p_served, count) over requests whose served answer has no label yet, and
+        (sum of satisfaction - p_served, count) over those whose has: the router's expected-queue terms."""
+        out: dict[str, list[float]] = {}
+        for tenant, total, n in self.read(
+                "SELECT r.tenant, SUM(r.target - r.p_served), COUNT(*) FROM requests r WHERE r.p_served IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id AND "
+                "l.model = r.served_model) GROUP BY r.tenant"):
+            out.setdefault(tenant, [0.0, 0, 0.0, 0])[0:2] = [total, n]
+        for tenant, total, n in self.read(
+                "SELECT r.tenant, SUM(l.satisfaction - r.p_served), COUNT(*) FROM requests r JOIN labels l ON "
+                "l.request_id = r.request_id AND l.model = r.served_model WHERE r.p_served IS NOT NULL "
+                "GROUP BY r.tenant"):
+            out.setdefault(tenant, [0.0, 0, 0.0, 0])[2:4] = [total, n]
+        return {k: (float(v[0]), int(v[1]), float(v[2]), int(v[3])) for k, v in out.items()}
+
     def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
         return {(r[0], r[1]): (r[2], r[3]) for r in self.read("SELECT tenant, model, served, invoked FROM model_counts")}
 
     def request(self, request_id: str) -> RequestRow | None:
         rows = self.read("SELECT request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, alpha, "
-                         "embedding FROM requests WHERE request_id = ?", (request_id,))
+                         "embedding, p_served, target FROM requests WHERE request_id = ?", (request_id,))
         return _request_row(rows[0]) if rows else None
 
     def labels_of(self, request_id: str) -> dict[str, float]:
@@ -278,7 +302,7 @@ class Store:
 def _request_row(r: tuple[Any, ...]) -> RequestRow:
     return RequestRow(request_id=r[0], tenant=r[1], t=r[2], served_model=r[3],
                       invoked=tuple(m for m in r[4].split("\n") if m), exploration=bool(r[5]), cost=r[6],
-                      cost_raw=r[7], alpha=r[8], embedding=r[9])
+                      cost_raw=r[7], alpha=r[8], embedding=r[9], p_served=r[10], target=r[11])
 
 
 def now() -> float:

@@ -153,6 +153,9 @@ def test_kill_and_restart_keeps_every_queue_and_count(router_factory: Factory, d
             if i < 30:
                 stub.Feedback(pb.FeedbackRequest(tenant=tenant, request_id=r.request_id, satisfaction=float(i % 2)),
                               timeout=10)
+        # Route acknowledges before its record commits (group commit); Feedback waits for its own commit, and the
+        # writer commits in order, so labelling the last request makes every routed record durable first.
+        stub.Feedback(pb.FeedbackRequest(tenant=ids[-1][0], request_id=ids[-1][1], satisfaction=0.5), timeout=10)
         before = {t: stub.SlaStatus(pb.SlaStatusRequest(tenant=t), timeout=5) for t in ("acme", "beta")}
     router.kill()
     again = router_factory(name="again", state_dir=tmp_path / "state")

@@ -12,7 +12,8 @@ import pytest
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.errors import Conflict, InvalidArgument, NotFound
 from messplus.service.heads import Heads
-from messplus.service.router import EXPLORE_ALWAYS, EXPLORE_NEVER, Decision, RouteItem, Router, fold_queue
+from messplus.service.router import (BIAS_PRIOR_N, EXPLORE_ALWAYS, EXPLORE_NEVER, Decision, RouteItem, Router,
+                                     expected_pending, fold_queue)
 from messplus.service.store import Store
 
 DIM = 8
@@ -256,3 +257,30 @@ def test_a_state_file_from_before_the_exploration_budget_is_migrated(tmp_path: P
     d = route(r, exploration=EXPLORE_ALWAYS)
     assert r.store.tenants()["acme"].explore_cost_raw == pytest.approx(st.explore_cost_raw) and d.exploration
     r.store.close()
+
+
+def test_unlabelled_requests_count_in_decisions_by_their_expected_satisfaction(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    r = make_router(path)
+    ds = [route(r) for _ in range(3)]  # acme: each served "cheap" with p_hat 0.5, no feedback yet
+    targets = [0.8 + 0.3 / (2 * math.sqrt(t)) for t in (1, 2, 3)]
+    st = r.tenants["acme"]
+    assert expected_pending(st) == pytest.approx(sum(t - 0.5 for t in targets))
+    r.store.close()
+
+    r2 = make_router(path)  # the expectation is rebuilt from the stored requests
+    st2 = r2.tenants["acme"]
+    assert expected_pending(st2) == pytest.approx(sum(t - 0.5 for t in targets))
+    r2.feedback("acme", ds[0].request_id, 1.0, []).result()  # labelled: it leaves E, and says p_hat was 0.5 low
+    bias = 0.5 / (1 + BIAS_PRIOR_N)
+    assert (st2.pending_n, st2.resid_n) == (2, 1)
+    assert expected_pending(st2) == pytest.approx(sum(t - 0.5 for t in targets[1:]) - 2 * bias)
+    assert st2.queue == pytest.approx(targets[0] - 1.0)
+    r2.store.close()
+
+
+def test_pending_expectation_makes_the_router_buy_quality_before_feedback_arrives(router: Router) -> None:
+    for _ in range(30):  # 30 requests routed to "cheap" (p_hat 0.5 < alpha 0.8), none labelled yet
+        d = route(router)
+    assert router.tenants["acme"].queue == 0.0
+    assert router.names[d.served] != "cheap"  # the expected deficit already moved the decision
