@@ -180,8 +180,10 @@ class InProcess:
         return Step(d.served, d.invoked, d.exploration, d.queue, d)
 
     def record(self, step: Step, emb: np.ndarray, cost_raw: float) -> None:
+        """Count the request as the service's Route does: at the router's own cost estimate (the models' mean
+        costs), never the prompt's recorded cost, which only the judge sees."""
         d: Decision = step.handle
-        self.router.record(d, emb, cost=cost_raw / float(self.router.cost_raw.max()), cost_raw=cost_raw).result()
+        self.router.record(d, emb).result()
 
     def feedback(self, rid: str, served: int, labels: dict[int, float]) -> None:
         others = [(self.router.names[k], s) for k, s in labels.items() if k != served]
