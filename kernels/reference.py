@@ -55,7 +55,8 @@ def queue_update_many_np(q, tenant, target, s, floor):
     r0 = np.where(free, 0.0, q[t0] - np.where(free, 0.0, f))
     lowest = np.minimum(-r0, np.minimum.reduceat(partial, starts))
     bound = np.where(free, 0.0, f)
-    q[t0] = np.where(free, q[t0] + partial[ends], np.maximum(bound, bound + partial[ends] - lowest))  # no rounding below
+    # np.maximum: the closed form may round a hair below the floor
+    q[t0] = np.where(free, q[t0] + partial[ends], np.maximum(bound, bound + partial[ends] - lowest))
 
 
 # ------------------------------------------------------------------------------------------ exploration

@@ -3,7 +3,7 @@
 The service and `messplus replay` both run this class; neither re-implements any of it. docs/ROUTING.md
 explains each choice below and what it measured.
 
-Per tenant k (alpha, V, c, explore_models, optimism, margin, reserve from config):
+Per tenant k (alpha, V, c, explore_models, explore_budget, optimism, margin, reserve from config):
   1. t <- t + 1; explore with probability min(1, c / t^(1/4)) (a counter-based draw: reproducible by seed).
   2. every model's satisfaction is predicted as a logit mean mu and variance v (heads.py); decisions use the
      optimistic p_opt = sigmoid(mu + optimism * sqrt(v)), so a model the router knows little about is tried
@@ -303,7 +303,8 @@ class Router:
             invoked, served = (choice,), choice
         costs = self.costs()
         return Decision(request_id=it.request_id or uuid.uuid4().hex, tenant=it.tenant, t=t, served=served,
-                        exploration=explore, invoked=invoked, choice=choice, p_hat=p.copy(), var=var.copy(), available=mask.copy(),
+                        exploration=explore, invoked=invoked, choice=choice, p_hat=p.copy(), var=var.copy(),
+                        available=mask.copy(),
                         queue=queue, alpha=st.cfg.alpha, cost=float(costs[list(invoked)].sum()),
                         cost_raw=float(self.cost_raw[list(invoked)].sum()))
 
@@ -395,7 +396,6 @@ def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray) -> np.ndarray:
     q = np.clip(p, 1e-12, 1 - 1e-12)
     mu = (np.log(q) - np.log1p(-q)) * np.sqrt(1 + np.pi * var / 8)
     return np.ascontiguousarray(1 / (1 + np.exp(-(mu + kappa[:, None] * np.sqrt(var)))))
-
 
 
 def expected_pending(st: TenantState) -> float:

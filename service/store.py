@@ -105,7 +105,7 @@ class RequestRow:
     cost_raw: float
     alpha: float
     embedding: bytes | None
-    explore_cost_raw: float = 0.0  # what the exploration step's models beyond the exploit choice cost
+    explore_cost_raw: float = 0.0  # the exploration step's models beyond the exploit choice
     p_served: float | None = None  # the predicted satisfaction of the served model when routed
     target: float | None = None    # what its label will be held to: alpha plus the margin at its index
 

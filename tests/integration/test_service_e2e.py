@@ -73,7 +73,8 @@ def test_route_list_models_and_sla_status_answer(router_factory: Factory, demo_z
         again = stub.Feedback(pb.FeedbackRequest(tenant="acme", request_id="r-1", satisfaction=0.0), timeout=10)
         assert again.duplicate and again.labels_applied == 0 and again.queue == pytest.approx(first)
         status = stub.SlaStatus(pb.SlaStatusRequest(tenant="acme"), timeout=5)
-        assert (status.requests, status.labelled, status.satisfaction, status.queue) == (1, 1, 0.0, pytest.approx(first))
+        assert (status.requests, status.labelled, status.satisfaction) == (1, 1, 0.0)
+        assert status.queue == pytest.approx(first)
 
 
 async def _drive(address: str, prompts: list[str], grader: TraceGrader, names: dict[str, str]) -> dict:

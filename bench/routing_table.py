@@ -1,0 +1,231 @@
+"""The routing-quality table of docs/ROUTING.md: every shared trace x alpha x condition, 3 seeds, with baselines.
+
+    .venv/bin/python bench/routing_table.py --ablations [--seeds 3] [--out var/routing] [--only CASE ...]
+
+Each (trace, condition) is one `messplus replay` run through the service's own router core (the in-process
+path of service/replay.py, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
+same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the table between the
+`routing-table` markers of the doc (and the limits and ablation tables between theirs) is regenerated from
+those summaries, so every number there has this command behind it. Embeddings are cached in var/embeddings
+(the first run encodes ~18k prompts with MiniLM: about 15 minutes on 2 cores; later runs read the cache).
+`--only ablations --ablations` runs just the ablations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "service" / "demo" / "traces"
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    files: tuple[str, ...]
+    alphas: tuple[float, ...]
+
+
+CASES = (
+    Case("routerbench", ("routerbench_arc_wino_mbpp.csv",), (0.65, 0.70, 0.75, 0.80)),
+    Case("mmlu", ("routellm_mmlu.csv",), (0.72, 0.76)),
+    Case("gsm8k", ("routellm_gsm8k.csv",), (0.70, 0.78)),
+)
+DRIFT = (
+    Case("routerbench-by-benchmark", ("routerbench_arc_wino_mbpp.csv",), (0.70, 0.75)),
+    Case("mmlu-then-gsm8k", ("routellm_mmlu.csv", "routellm_gsm8k.csv"), (0.72,)),
+)
+# name -> (Condition keyword arguments, label in the table)
+CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "cold": ({}, "cold start, full feedback"),
+    "warm": ({"warm_start": 0.5}, "--warm-start 0.5"),
+    "rate": ({"feedback_rate": 0.2}, "--feedback-rate 0.2"),
+    "delay": ({"feedback_delay": 200}, "--feedback-delay 200"),
+    "outage": ({"outages": "@cheapest:0.45:0.55"}, "cheapest good model out for 10%"),
+}
+
+
+# name -> tenant policy changes from the defaults (service/config.py TenantConfig), run cold on every case
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "no safety margin (--margin 0)": {"margin": 0.0},
+    "MESS+ queue floor (--reserve 0)": {"reserve": 0.0},
+    "no optimism (--optimism 0)": {"optimism": 0.0},
+    "no exploration budget (--explore-budget 0)": {"explore_budget": 0.0},
+    "explore every model (--explore-models 0)": {"explore_models": 0},
+    "V = 1 (--V 1)": {"V": 1.0},
+    "c = 0.5 (--c 0.5)": {"c": 0.5},
+}
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.split(" (")[0].lower()).strip("-")
+
+
+def run(case: Case, cond_name: str, seeds: int, out: Path, emb_cache: Path,
+        policy: dict[str, Any] | None = None, reference: bool = True) -> list[dict[str, Any]]:
+    from messplus.service import replay as R
+    from messplus.service.encoder import ensure_exported
+    from messplus.service.trace import load_traces
+
+    kwargs, _ = CONDITIONS.get(cond_name, ({}, ""))
+    order = "source" if case.key == "routerbench-by-benchmark" else "shuffle"
+    outages = tuple(R.Outage.parse(o) for o in [kwargs["outages"]]) if "outages" in kwargs else ()
+    cond = R.Condition(feedback_rate=kwargs.get("feedback_rate", 1.0), feedback_delay=kwargs.get("feedback_delay", 0),
+                       warm_start=kwargs.get("warm_start", 0.0), outages=outages, order=order)
+    trace = load_traces([DATA / f for f in case.files])
+    onnx = ensure_exported(ROOT / "var", lambda m: print(f"routing_table: {m}", file=sys.stderr))
+    emb = R._embeddings(trace, onnx, R.PredictorConfig().max_tokens, 0, emb_cache, progress=True)
+    setup = R.ReplaySetup(alphas=case.alphas, seeds=tuple(range(seeds)), cond=cond, policy=R.Policy(**(policy or {})),
+                          reference=reference)
+    curves: dict[float, dict[str, Any]] = {}
+    started = time.perf_counter()
+    summary = R.replay(trace, emb, setup, curves=curves)
+    R.write_outputs(out / f"{case.key}-{cond_name}", summary, curves, plots=reference)
+    print(f"routing_table: {case.key} {cond_name}: {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    return summary
+
+
+def _f(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def table(out: Path, seeds: int) -> str:
+    """Markdown: one row per (trace, condition, alpha), means over seeds, worst case where it matters."""
+    lines = ["| trace | condition | alpha | satisfaction (min of seeds) | SLA met | cost / static mix | "
+             "cost / oracle | cost / MESS+ reference | reference satisfaction | exploration |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for case in (*CASES, *DRIFT):
+        for cond_name, (_, label) in CONDITIONS.items():
+            path = out / f"{case.key}-{cond_name}" / "summary.json"
+            if not path.exists():
+                continue
+            for e in json.loads(path.read_text()):
+                runs = e["runs"]
+                ref = e["baselines"]["messplus_reference"] or {}
+
+                def mean(k: str) -> float | None:
+                    xs = [r[k] for r in runs if r.get(k) is not None]
+                    return sum(xs) / len(xs) if xs else None
+
+                met = sum(r["sla_met"] for r in runs)
+                worst = max(r["cost_vs_static_mixture"] for r in runs)
+                lines.append(
+                    f"| {case.key} | {label} | {e['alpha']:.2f} | {_f(mean('satisfaction'), '.4f')} "
+                    f"({_f(min(r['satisfaction'] for r in runs), '.4f')}) | {met}/{len(runs)} | "
+                    f"{_f(mean('cost_vs_static_mixture'), '.2f')}x (max {_f(worst, '.2f')}) | "
+                    f"{_f(mean('cost_vs_oracle'), '.1f')}x | {_f(mean('cost_vs_reference'), '.2f')}x | "
+                    f"{_f(ref.get('satisfaction'), '.4f')} | {_f(mean('exploration_fraction'), '.3f')} |")
+    return "\n".join(lines)
+
+
+def ablation_table(out: Path) -> str:
+    """One row per ablation: over every cold (trace, alpha, seed) run, SLA met and cost against the static mix."""
+    lines = ["| policy | SLA met | cost / static mix: mean | max | worst satisfaction - alpha |",
+             "|---|---|---|---|---|"]
+    for name in ABLATIONS:
+        runs = []
+        for case in CASES:
+            path = out / "ablations" / _slug(name) / f"{case.key}-cold" / "summary.json"
+            if path.exists():
+                runs += [(r, e["alpha"]) for e in json.loads(path.read_text()) for r in e["runs"]]
+        if not runs:
+            continue
+        ratios = [r["cost_vs_static_mixture"] for r, _ in runs]
+        met = sum(r["sla_met"] for r, _ in runs)
+        lines.append(f"| {name} | {met}/{len(runs)} | {sum(ratios) / len(ratios):.2f}x | {max(ratios):.2f}x | "
+                     f"{min(r['satisfaction'] - a for r, a in runs):+.4f} |")
+    return "\n".join(lines)
+
+
+def per_source_limits() -> str:
+    """What knowing each source benchmark's accuracies would save over the static mixture (the hindsight
+    assignment restricted to per-benchmark means), beside the per-prompt oracle: how much there is to learn."""
+    import numpy as np
+
+    from messplus.service.baselines import min_cost_assignment
+    from messplus.service.trace import load_traces
+
+    lines = ["| trace | alpha | static mixture | per-benchmark oracle / static | per-prompt oracle / static |",
+             "|---|---|---|---|---|"]
+    for case in CASES:
+        t = load_traces([DATA / f for f in case.files])
+        src = np.array(t.sources)
+        lab = np.nan_to_num(t.labels, nan=0.0)
+        n, k = lab.shape
+        acc, cost = np.zeros((n, k)), np.zeros((n, k))
+        for s in np.unique(src):
+            m = src == s
+            acc[m], cost[m] = lab[m].mean(0), t.costs[m].mean(0)
+        for alpha in case.alphas:
+            static = min_cost_assignment(np.tile(t.costs.mean(0), (n, 1)), np.tile(lab.mean(0), (n, 1)), alpha)
+            group = min_cost_assignment(cost, acc, alpha)
+            oracle = min_cost_assignment(t.costs, lab, alpha)
+            lines.append(f"| {case.key} ({len(np.unique(src))} benchmarks) | {alpha:.2f} | {static.mean_cost:.3g} | "
+                         f"{group.mean_cost / static.mean_cost:.2f} | {oracle.mean_cost / static.mean_cost:.2f} |")
+    return "\n".join(lines)
+
+
+def _replace(text: str, name: str, body: str, command: str) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"no {begin} ... {end} markers in the doc")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n<!-- generated by `{command}`; do not edit by hand -->\n\n{body}\n\n{end}{tail}"
+
+
+def write_doc(doc: Path, out: Path, seeds: int, command: str) -> None:
+    text = doc.read_text(encoding="utf-8")
+    text = _replace(text, "routing-table", table(out, seeds), command)
+    text = _replace(text, "routing-limits", per_source_limits(), command)
+    text = _replace(text, "routing-ablations", ablation_table(out), command.replace("--seeds", "--ablation-seeds"))
+    doc.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "var" / "routing"))
+    ap.add_argument("--cache-dir", default=str(ROOT / "var" / "embeddings"))
+    ap.add_argument("--only", action="append", default=[], metavar="TRACE-CONDITION",
+                    help="run only these, e.g. gsm8k-cold (repeatable); the table still shows every summary in OUT")
+    ap.add_argument("--doc", default=str(ROOT / "docs" / "ROUTING.md"))
+    ap.add_argument("--table-only", action="store_true", help="regenerate the doc's table from OUT, run nothing")
+    ap.add_argument("--ablations", action="store_true", help="also run each ABLATIONS policy cold on every trace")
+    ap.add_argument("--ablation-seeds", type=int, default=2)
+    ap.add_argument("--plots-to", default=str(ROOT / "docs" / "img"), help="copy the cold-start plots here")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if not args.table_only:
+        jobs = [(c, k) for c in CASES for k in CONDITIONS] + [(c, "cold") for c in DRIFT]
+        for case, cond in jobs:
+            if args.only and f"{case.key}-{cond}" not in args.only:
+                continue
+            run(case, cond, args.seeds, out, Path(args.cache_dir))
+        if args.ablations:
+            for name, policy in ABLATIONS.items():
+                for case in CASES:
+                    run(case, "cold", args.ablation_seeds, out / "ablations" / _slug(name), Path(args.cache_dir),
+                        policy, reference=False)
+    img = Path(args.plots_to)
+    img.mkdir(parents=True, exist_ok=True)
+    for case in CASES:
+        src = out / f"{case.key}-cold"
+        for png in sorted(src.glob("*.png")):
+            shutil.copyfile(png, img / f"{case.key}-{png.name}")
+    command = "python bench/routing_table.py --ablations" + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
+    write_doc(Path(args.doc), out, args.seeds, command)
+    print(table(out, args.seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
