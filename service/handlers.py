@@ -70,6 +70,9 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router) ->
     item = RouteItem(tenant=request.tenant, request_id=rid, allowed=tuple(ov.allowed_models),
                      excluded=tuple(ov.excluded_models), exploration=int(ov.exploration))
     router.tenant(item.tenant)
+    left = set(item.allowed or router.names) - set(item.excluded)
+    if not left:
+        raise InvalidArgument("overrides.excluded_models", "the overrides exclude every model they allow")
     if not router._mask(item).any():
         raise NoModelAvailable("no zoo model is available for this request after the overrides "
                                f"(available now: {', '.join(router._available_names()) or 'none'})")

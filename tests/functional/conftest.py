@@ -1,7 +1,7 @@
 """Fault tests: real router processes, real Triton servers (the session's demo zoo, or one of a test's own when
 the test unloads models, kills Triton or needs slow models), real SQLite files, real signals.
 
-Measured figures go to $MESSPLUS_RELIABILITY_JSON when it is set (bench/reliability.py sets it).
+Measured figures go to $RELIABILITY_FIGURES_JSON when it is set (bench/reliability.py sets it).
 """
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ def router(tmp_path: Path, demo_zoo: DemoZoo, encoder_onnx: Path) -> Iterator[Ca
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """A dict the test fills with what it measured; merged into $MESSPLUS_RELIABILITY_JSON under the test's name."""
+    """A dict the test fills with what it measured; merged into $RELIABILITY_FIGURES_JSON under the test's name."""
     out: dict[str, Any] = {}
     yield out
-    path = os.environ.get("MESSPLUS_RELIABILITY_JSON")
+    path = os.environ.get("RELIABILITY_FIGURES_JSON")
     if path and out:
         file = Path(path)
         data = json.loads(file.read_text()) if file.exists() else {}
-        data[re.sub(r"\[.*\]$", "", request.node.name)] = out
+        data.setdefault(re.sub(r"\[.*\]$", "", request.node.name), {}).update(out)
         file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
