@@ -7,6 +7,7 @@ Per tenant (read from the router at scrape time, so they are never stale):
   messplus_tenant_exploration_rate.
 Per model: messplus_model_selections_total{tenant,model} (answers served), messplus_model_invocations_total,
   messplus_model_available, messplus_triton_request_duration_seconds, messplus_triton_errors_total{kind},
+  messplus_triton_streams_open,
   calibration: messplus_label_predicted_sum / messplus_label_observed_sum / messplus_labels_total (the mean
   predicted satisfaction of labelled answers against the mean observed one).
 Per RPC: messplus_rpc_duration_seconds{method,code} (Route and Generate latency histograms among them).
@@ -19,12 +20,13 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .router import Decision, Router
+    from .zoo import TritonZoo
 
 _RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -97,6 +99,11 @@ class Metrics:
     def watch(self, router: Router) -> None:
         self._router = router
         self.registry.register(_RouterCollector(router))
+
+    def watch_zoo(self, zoo: TritonZoo) -> None:
+        streams = Gauge("messplus_triton_streams_open", "Triton response streams still open (each ends by its "
+                        "call's deadline)", registry=self.registry)
+        streams.set_function(lambda: len(zoo._streams))
 
     def serve(self, listen: str) -> int:
         """Start the HTTP endpoint on HOST:PORT (port 0: any free port); returns the bound port."""
