@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,7 @@ class TokenAuth:
 class RateLimiter:
     """One token bucket per tenant: `rate` requests per second sustained, bursts up to `burst`."""
 
-    def __init__(self, rate: float, burst: float = 0.0, clock: type[time.monotonic] | None = None) -> None:
+    def __init__(self, rate: float, burst: float = 0.0, clock: Callable[[], float] | None = None) -> None:
         self.rate = rate
         self.burst = burst or max(1.0, rate)
         self._clock = clock or time.monotonic
