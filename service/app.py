@@ -125,7 +125,8 @@ class App:
         size = cfg.server.max_message_bytes
         self.metrics.watch(self.router)
         self.metrics.watch_zoo(self.zoo)
-        guard = GuardInterceptor(auth=TokenAuth(load_tokens(cfg.security)), admission=Admission(cfg.server.max_inflight),
+        guard = GuardInterceptor(auth=TokenAuth(load_tokens(cfg.security)),
+                                 admission=Admission(cfg.server.max_inflight),
                                  limiter=RateLimiter(cfg.security.rate_limit_rps, cfg.security.rate_limit_burst),
                                  metrics=self.metrics, tenants=self.router.tenants)
         self.server = grpc.aio.server(

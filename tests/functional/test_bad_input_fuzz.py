@@ -107,9 +107,10 @@ route_msgs = mostly_bad(
               st.one_of(st.none(), texts, chats), overrides),
     st.builds(lambda t, r, p, o: _prompted(pb.RouteRequest, t, r, p, o), good_tenants, fresh_ids, good_texts,
               good_overrides))
-sampling = st.builds(lambda m, t, p: pb.SamplingParameters(max_tokens=m, **({"temperature": t} if t is not None else {}),
-                                                           **({"top_p": p} if p is not None else {})),
-                     st.sampled_from([0, 1, 5]), satisfactions, satisfactions)
+sampling = st.builds(
+    lambda m, t, p: pb.SamplingParameters(max_tokens=m, **({"temperature": t} if t is not None else {}),
+                                          **({"top_p": p} if p is not None else {})),
+    st.sampled_from([0, 1, 5]), satisfactions, satisfactions)
 generate_msgs = mostly_bad(
     st.builds(lambda t, r, p, o, s: _prompted(pb.GenerateRequest, t, r, p, o, sampling=s), tenants, request_ids,
               st.one_of(st.none(), texts, chats), overrides, sampling),

@@ -18,9 +18,11 @@ from ..integration.conftest import DemoZoo
 from .harness import Router, percentile, scrape
 
 pytestmark = pytest.mark.triton
-LATENCY_MS, MAX_INFLIGHT = 50, 8  # the zoo's service time and the router's admission limit
-CAPACITY = MAX_INFLIGHT / (LATENCY_MS / 1e3)  # calls/s the admitted slots can carry: 160/s
-SUSTAINABLE = 60.0  # the 1x rate: well inside capacity on this 2-core machine, client included
+# The zoo's service time and the router's admission limit: capacity = MAX_INFLIGHT / latency = 20 calls/s. As
+# with real LLMs, the model's time bounds throughput, not the router's CPU (kept low so that a shared 2-core
+# machine measures admission control, not CPU starvation of client, router and Triton).
+LATENCY_MS, MAX_INFLIGHT = 200, 4
+SUSTAINABLE = 10.0  # the 1x rate, half the capacity
 
 
 def test_caller_deadline_bounds_the_triton_call(start_zoo: Callable[..., DemoZoo], router: Callable[..., Router],
@@ -71,7 +73,9 @@ def summary(results: list[tuple[str, float]]) -> dict:
     ok = [t for s, t in results if s == "OK"]
     refused = [t for s, t in results if s == "RESOURCE_EXHAUSTED"]
     return {"calls": len(results), "codes": dict(Counter(s for s, _ in results)),
-            "admitted_p50_ms": round(percentile(ok, 0.5) * 1e3, 1), "admitted_p99_ms": round(percentile(ok, 0.99) * 1e3, 1),
+            "admitted_p50_ms": round(percentile(ok, 0.5) * 1e3, 1),
+            "admitted_p99_ms": round(percentile(ok, 0.99) * 1e3, 1),
+            "refused_p50_ms": round(percentile(refused, 0.5) * 1e3, 1) if refused else None,
             "refused_p99_ms": round(percentile(refused, 0.99) * 1e3, 1) if refused else None}
 
 
@@ -80,12 +84,13 @@ def test_ten_times_sustainable_load_is_refused_quickly_and_admitted_latency_hold
     zoo = start_zoo(latency_ms=LATENCY_MS)
     r = router(zoo=zoo, server={"max_inflight": MAX_INFLIGHT})
     asyncio.run(open_loop(r.address, SUSTAINABLE, 1.0))  # warm-up
-    x1 = summary(asyncio.run(open_loop(r.address, SUSTAINABLE, 4.0)))
-    x10 = summary(asyncio.run(open_loop(r.address, 10 * SUSTAINABLE, 4.0)))
+    x1 = summary(asyncio.run(open_loop(r.address, SUSTAINABLE, 6.0)))
+    x10 = summary(asyncio.run(open_loop(r.address, 10 * SUSTAINABLE, 6.0)))
     figures.update({"1x": x1, "10x": x10, "rate_1x_per_s": SUSTAINABLE, "max_inflight": MAX_INFLIGHT,
                     "model_latency_ms": LATENCY_MS})
     assert x1["codes"] == {"OK": x1["calls"]}, "1x must be sustainable"
     assert set(x10["codes"]) == {"OK", "RESOURCE_EXHAUSTED"}, x10["codes"]
     assert x10["codes"]["RESOURCE_EXHAUSTED"] > x10["calls"] / 2
-    assert x10["refused_p99_ms"] < 250, "refusals must be quick"
-    assert x10["admitted_p99_ms"] < 3 * x1["admitted_p99_ms"] + 100, "admitted calls lost their latency"
+    # quick: a refusal never waits for a model (its median is under one model call) and never queues
+    assert x10["refused_p50_ms"] < LATENCY_MS and x10["refused_p99_ms"] < 1000, "refusals must be quick"
+    assert x10["admitted_p99_ms"] < 1.5 * x1["admitted_p99_ms"] + 100, "admitted calls lost their latency"

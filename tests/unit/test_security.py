@@ -65,5 +65,6 @@ def test_security_config_is_checked_at_start_up(tmp_path: Path) -> None:
         config.from_mapping({"security": {"tokens_file": str(tmp_path / "missing")}}, env={})
     with pytest.raises(ConfigError, match="server.log_format"):
         config.from_mapping({"server": {"log_format": "xml"}}, env={})
-    cfg = config.from_mapping({}, env={"MESSPLUS_SECURITY_TOKENS": f"{A}=acme", "MESSPLUS_SECURITY_RATE_LIMIT_RPS": "5"})
+    env = {"MESSPLUS_SECURITY_TOKENS": f"{A}=acme", "MESSPLUS_SECURITY_RATE_LIMIT_RPS": "5"}
+    cfg = config.from_mapping({}, env=env)
     assert cfg.security.tokens == f"{A}=acme" and cfg.security.rate_limit_rps == 5.0
