@@ -26,12 +26,16 @@ from messplus import kernels
 from messplus.v1 import routing_pb2, routing_pb2_grpc
 
 from . import config as config_mod
+from . import logs
 from .config import Config, ModelConfig
 from .errors import ErrorInterceptor
+from .guard import Admission, GuardInterceptor
 from .handlers import Routed, RoutingServicer
 from .heads import Heads
+from .metrics import Metrics
 from .predictor import MicroBatcher, Predictor
 from .router import RouteItem, Router
+from .security import RateLimiter, TokenAuth, load_tokens, server_credentials
 from .store import Store
 from .zoo import TritonZoo
 
@@ -82,6 +86,8 @@ class App:
         self.triton = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.metrics_port = 0
+        self.metrics = Metrics()
         self.health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -121,26 +127,40 @@ class App:
         self.batcher = MicroBatcher(self._route_batch, max_batch=cfg.predictor.batch_max,
                                     max_delay_s=cfg.predictor.batch_delay_ms / 1e3)
         size = cfg.server.max_message_bytes
+        self.metrics.watch(self.router)
+        self.metrics.watch_zoo(self.zoo)
+        guard = GuardInterceptor(auth=TokenAuth(load_tokens(cfg.security)),
+                                 admission=Admission(cfg.server.max_inflight),
+                                 limiter=RateLimiter(cfg.security.rate_limit_rps, cfg.security.rate_limit_burst),
+                                 metrics=self.metrics, tenants=self.router.tenants)
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[ErrorInterceptor(), guard],  # the error mapping wraps the guard: its refusals get statuses
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
-            maximum_concurrent_rpcs=cfg.server.max_inflight)
+            maximum_concurrent_rpcs=cfg.server.max_inflight + 256)  # a backstop; the guard refuses first
         servicer = RoutingServicer(self.router, self.batcher, self.zoo, max_prompt_chars=cfg.server.max_prompt_chars,
-                                   triton_timeout_s=cfg.triton.timeout_s, cost_unit=cfg.zoo.cost_unit)
+                                   triton_timeout_s=cfg.triton.timeout_s, cost_unit=cfg.zoo.cost_unit,
+                                   metrics=self.metrics)
         routing_pb2_grpc.add_RoutingServiceServicer_to_server(servicer, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self.server)
-        self.port = self.server.add_insecure_port(cfg.server.listen)
+        creds = server_credentials(cfg.security)
+        self.port = (self.server.add_secure_port(cfg.server.listen, creds) if creds
+                     else self.server.add_insecure_port(cfg.server.listen))
         if not self.port:
             raise OSError(f"cannot listen on {cfg.server.listen}")
         await self.server.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.server.metrics_listen:
+            self.metrics_port = self.metrics.serve(cfg.server.metrics_listen)
+            self.progress(f"Prometheus metrics on http://{cfg.server.metrics_listen.rpartition(':')[0]}:"
+                          f"{self.metrics_port}/metrics")
         await self._poll_zoo()
         self._tasks.append(asyncio.create_task(self._poll_forever()))
         host = cfg.server.listen.rpartition(":")[0]
-        self.progress(f"listening on {host}:{self.port} (gRPC: {SERVICE_NAME}, health, reflection)")
+        tls = ("mutual TLS" if cfg.security.tls_client_ca else "TLS") if creds else "plaintext"
+        self.progress(f"listening on {host}:{self.port} ({tls}; gRPC: {SERVICE_NAME}, health, reflection)")
         return self.port
 
     async def _set_health(self, serving: bool) -> None:
@@ -176,6 +196,7 @@ class App:
             await self._set_health(False)
             if self.health is not None:
                 await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await asyncio.sleep(self.cfg.server.drain_delay_s)  # let load balancers see NOT_SERVING first
             await self.server.stop(self.cfg.server.grace_s)
         for task in self._tasks:
             task.cancel()
@@ -189,10 +210,18 @@ class App:
             await self.zoo.close()
         if self.triton is not None:
             await asyncio.to_thread(self.triton.stop)
+        self.metrics.close()
         self.progress(f"drained and flushed in {drained:.2f}s; stopped in {time.monotonic() - began:.2f}s")
 
 
+def _write_atomic(path: str, text: str) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 async def serve(cfg: Config, *, port_file: str | None = None) -> None:
+    logs.configure(cfg.server.log_format)
     app = App(cfg)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -201,9 +230,9 @@ async def serve(cfg: Config, *, port_file: str | None = None) -> None:
     try:
         port = await app.start()
         if port_file:
-            tmp = Path(port_file + ".tmp")
-            tmp.write_text(str(port))
-            os.replace(tmp, port_file)
+            if app.metrics_port:
+                _write_atomic(port_file + ".metrics", str(app.metrics_port))
+            _write_atomic(port_file, str(port))
         await stop.wait()
         app.progress("stopping: draining in-flight calls")
     finally:

@@ -2,7 +2,9 @@
 
 Sections and keys (all optional; the embedded default is the demo zoo on a local Triton)::
 
-    [server]     listen, max_message_bytes, max_prompt_chars, grace_s, max_inflight, metrics_listen
+    [server]     listen, max_message_bytes, max_prompt_chars, grace_s, drain_delay_s, max_inflight,
+                 metrics_listen, log_format
+    [security]   tls_cert, tls_key, tls_client_ca, tokens, tokens_file, rate_limit_rps, rate_limit_burst
     [state]      dir, synchronous, snapshot_every_labels
     [predictor]  onnx, max_tokens, threads, prior_var, batch_max, batch_delay_ms, providers
     [triton]     url ("" = start the embedded Triton with the demo zoo), timeout_s, ready_poll_s
@@ -23,7 +25,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,25 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_prompt_chars: int = 200_000
     grace_s: float = 10.0
-    max_inflight: int = 512
-    metrics_listen: str = ""
+    max_inflight: int = 512  # RoutingService calls at once; more get RESOURCE_EXHAUSTED (health is not counted)
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint; "" = off
+    drain_delay_s: float = 0.5  # on SIGTERM: NOT_SERVING this long before new calls are refused
+    log_format: str = "text"  # "text" or "json" (one JSON object per line, with the request id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecurityConfig:
+    tls_cert: str = ""  # PEM server certificate (chain); with tls_key: the gRPC port speaks TLS
+    tls_key: str = ""
+    tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mutual TLS)
+    tokens: str = ""  # "TOKEN=tenant1,tenant2;TOKEN2=*" (better: tokens_file or $MESSPLUS_SECURITY_TOKENS)
+    tokens_file: str = ""  # one "TOKEN tenant1,tenant2" per line ('*' = every tenant; '#' starts a comment)
+    rate_limit_rps: float = 0.0  # per tenant, sustained requests per second; 0 = no limit
+    rate_limit_burst: float = 0.0  # bucket size; 0 = max(1, rate_limit_rps)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +128,7 @@ class TenantConfig:
 @dataclass(frozen=True, kw_only=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     state: StateConfig = field(default_factory=StateConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
@@ -173,7 +193,7 @@ def _build(cls: Any, prefix: str, raw: Mapping[str, Any]) -> Any:
 
 
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    sections = {"server": ServerConfig, "state": StateConfig, "predictor": PredictorConfig,
+    sections = {"server": ServerConfig, "security": SecurityConfig, "state": StateConfig, "predictor": PredictorConfig,
                 "triton": TritonConfig, "zoo": ZooConfig}
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
     for var, value in env.items():
@@ -205,7 +225,7 @@ def _tenants(raw: Any) -> tuple[TenantConfig, ...]:
 def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
     """Build and validate a Config from parsed TOML, applying environment overrides."""
     merged = _env_overrides(dict(raw), os.environ if env is None else env)
-    known = {"server", "state", "predictor", "triton", "zoo", "tenants"}
+    known = {"server", "security", "state", "predictor", "triton", "zoo", "tenants"}
     for key in merged:
         if key not in known:
             raise ConfigError(key, f"unknown section (known: {', '.join(sorted(known))})")
@@ -213,6 +233,7 @@ def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     models = _models(zoo_raw.pop("models", []))
     cfg = Config(
         server=_build(ServerConfig, "server", merged.get("server", {})),
+        security=_build(SecurityConfig, "security", merged.get("security", {})),
         state=_build(StateConfig, "state", merged.get("state", {})),
         predictor=_build(PredictorConfig, "predictor", merged.get("predictor", {})),
         triton=_build(TritonConfig, "triton", merged.get("triton", {})),
@@ -258,6 +279,9 @@ def validate(cfg: Config) -> None:
     _check(cfg.server.max_prompt_chars >= 1, "server.max_prompt_chars", "must be >= 1")
     _check(cfg.server.grace_s >= 0, "server.grace_s", "must be >= 0")
     _check(cfg.server.max_inflight >= 1, "server.max_inflight", "must be >= 1")
+    _check(cfg.server.drain_delay_s >= 0, "server.drain_delay_s", "must be >= 0")
+    _check(cfg.server.log_format in ("text", "json"), "server.log_format", "must be text or json")
+    _validate_security(cfg.security)
     _check(cfg.state.synchronous.upper() in ("FULL", "NORMAL", "EXTRA"), "state.synchronous",
            "must be FULL, EXTRA or NORMAL")
     _check(cfg.state.snapshot_every_labels >= 1, "state.snapshot_every_labels", "must be >= 1")
@@ -273,6 +297,16 @@ def validate(cfg: Config) -> None:
     _check(0 < cfg.zoo.cost_ema <= 1, "zoo.cost_ema", "must be in (0, 1]")
     _validate_models(cfg)
     _validate_tenants(cfg)
+
+
+def _validate_security(sec: SecurityConfig) -> None:
+    _check(bool(sec.tls_cert) == bool(sec.tls_key), "security.tls_key", "tls_cert and tls_key go together")
+    _check(not sec.tls_client_ca or sec.tls, "security.tls_client_ca", "mutual TLS needs tls_cert and tls_key")
+    for key in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
+        path = getattr(sec, key)
+        _check(not path or Path(path).expanduser().is_file(), f"security.{key}", f"file not found: {path}")
+    _check(sec.rate_limit_rps >= 0, "security.rate_limit_rps", "must be >= 0")
+    _check(sec.rate_limit_burst >= 0, "security.rate_limit_burst", "must be >= 0")
 
 
 def _validate_models(cfg: Config) -> None:
@@ -319,7 +353,6 @@ def with_defaults(cfg: Config, demo_models: tuple[ModelConfig, ...]) -> Config:
     zoo = cfg.zoo if cfg.zoo.models else ZooConfig(
         cost_unit=cfg.zoo.cost_unit, cost_ema=cfg.zoo.cost_ema, models=demo_models)
     tenants = cfg.tenants or DEFAULT_TENANTS
-    out = Config(server=cfg.server, state=cfg.state, predictor=cfg.predictor, triton=cfg.triton, zoo=zoo,
-                 tenants=tenants)
+    out = replace(cfg, zoo=zoo, tenants=tenants)
     validate(out)
     return out

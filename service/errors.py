@@ -10,6 +10,7 @@ The tree::
     ├── PermissionDenied               PERMISSION_DENIED: the caller may not act for that tenant
     ├── Overloaded                     RESOURCE_EXHAUSTED: admission control or a tenant's rate limit
     ├── NoModelAvailable               UNAVAILABLE: no zoo model can serve the request now
+    ├── StorageUnavailable             UNAVAILABLE: the state store could not commit (disk full, I/O error)
     └── DeadlineTooShort               DEADLINE_EXCEEDED: the caller's deadline ran out before the work finished
     ConfigError(key)                   fatal at start-up: the configuration is wrong; names the key
 
@@ -67,6 +68,12 @@ class Overloaded(MessplusError):
 
 
 class NoModelAvailable(MessplusError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class StorageUnavailable(MessplusError):
+    """The durable write failed, so nothing was applied or acknowledged; the caller may retry."""
+
     code = grpc.StatusCode.UNAVAILABLE
 
 

@@ -19,6 +19,7 @@ from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
 from .errors import DeadlineTooShort, InvalidArgument, MessplusError, NoModelAvailable
+from .metrics import Metrics
 from .predictor import MicroBatcher, chat_to_text
 from .router import Decision, RouteItem, Router
 from .zoo import TritonZoo, ZooError
@@ -69,6 +70,9 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router) ->
     item = RouteItem(tenant=request.tenant, request_id=rid, allowed=tuple(ov.allowed_models),
                      excluded=tuple(ov.excluded_models), exploration=int(ov.exploration))
     router.tenant(item.tenant)
+    left = set(item.allowed or router.names) - set(item.excluded)
+    if not left:
+        raise InvalidArgument("overrides.excluded_models", "the overrides exclude every model they allow")
     if not router._mask(item).any():
         raise NoModelAvailable("no zoo model is available for this request after the overrides "
                                f"(available now: {', '.join(router._available_names()) or 'none'})")
@@ -98,7 +102,9 @@ def remaining(context: grpc.aio.ServicerContext, default: float) -> float:
 
 class RoutingServicer(pb_grpc.RoutingServiceServicer):
     def __init__(self, router: Router, batcher: MicroBatcher[tuple[str, RouteItem], Routed | Exception],
-                 zoo: TritonZoo, *, max_prompt_chars: int, triton_timeout_s: float, cost_unit: str) -> None:
+                 zoo: TritonZoo, *, max_prompt_chars: int, triton_timeout_s: float, cost_unit: str,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.router = router
         self.batcher = batcher
         self.zoo = zoo
@@ -114,6 +120,7 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteReply:
         _, routed = await self._route(request)
         self.router.record(routed.decision, routed.embedding)
+        self.metrics.routed(routed.decision)
         return route_reply(self.router, routed.decision)
 
     async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackReply:
@@ -121,6 +128,8 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         labels = [(x.model, x.satisfaction) for x in request.labels]
         result = await asyncio.wrap_future(self.router.feedback(request.tenant, request.request_id, satisfaction,
                                                                 labels))
+        if result.applied:
+            self.metrics.labelled(request.request_id, satisfaction, labels)
         return pb.FeedbackReply(request_id=result.request_id, duplicate=result.applied == 0,
                                 labels_applied=result.applied, labels_duplicate=result.duplicate,
                                 queue=result.queue, queue_updated=result.queue_updated)
@@ -155,6 +164,7 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
             yield reply
         self.router.record(d, routed.embedding, served=call.served, invoked=tuple(sorted(call.invoked)),
                            cost=call.cost, cost_raw=call.cost_raw)
+        self.metrics.routed(d, served=call.served)
         yield pb.GenerateReply(done=pb.GenerateDone(served_model=self.router.names[call.served], cost=call.cost,
                                                     cost_raw=call.cost_raw))
 
@@ -177,7 +187,8 @@ class _Calls:
 
     def __init__(self, svc: RoutingServicer, text: str, sampling: dict[str, float | int], budget: float) -> None:
         self.svc, self.router, self.zoo = svc, svc.router, svc.zoo
-        self.text, self.sampling, self.budget = text, sampling, budget
+        self.text, self.sampling = text, sampling
+        self.deadline = time.monotonic() + budget  # one budget for every call of this request, not one per call
         self.invoked: set[int] = set()
         self.latency_ms: dict[int, float] = {}
         self.served = -1
@@ -192,8 +203,15 @@ class _Calls:
         self.cost_raw += raw
         self.cost += raw / float(self.router.cost_raw.max())
 
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0.005:
+            raise DeadlineTooShort("the call's deadline expired before a model answered")
+        return left
+
     def _failed(self, k: int, exc: ZooError) -> None:
         from .zoo import ModelUnavailable
+        self.svc.metrics.triton_errors.labels(self.router.names[k], type(exc).__name__).inc()
         if isinstance(exc, ModelUnavailable):
             self.router.set_available(k, False)
 
@@ -201,9 +219,10 @@ class _Calls:
         name = self.router.models[k].triton_model
         started = time.perf_counter()
         try:
-            out = await self.zoo.complete(name, self.text, sampling=self.sampling, timeout_s=self.budget)
+            out = await self.zoo.complete(name, self.text, sampling=self.sampling, timeout_s=self._left())
         finally:
             self.latency_ms[k] = (time.perf_counter() - started) * 1e3
+            self.svc.metrics.triton.labels(self.router.names[k]).observe(self.latency_ms[k] / 1e3)
         self._charge(k, out)
         return out
 
@@ -242,9 +261,10 @@ class _Calls:
                 yield pb.GenerateReply(text=text)
                 return
             chunks: list[str] = []
+            started = time.perf_counter()
             try:
                 name = self.router.models[k].triton_model
-                async for chunk in self.zoo.generate(name, self.text, sampling=self.sampling, timeout_s=self.budget):
+                async for chunk in self.zoo.generate(name, self.text, sampling=self.sampling, timeout_s=self._left()):
                     chunks.append(chunk)
                     yield pb.GenerateReply(text=chunk)
             except ZooError as exc:
@@ -253,6 +273,7 @@ class _Calls:
                 last = exc
                 self._failed(k, exc)
                 continue
+            self.svc.metrics.triton.labels(self.router.names[k]).observe(time.perf_counter() - started)
             self.served = k
             self._charge(k, "".join(chunks))
             return

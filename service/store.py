@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import StorageUnavailable
+
 log = logging.getLogger("messplus.store")
 
 SCHEMA = """
@@ -219,8 +221,9 @@ class Store:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            failure = StorageUnavailable(f"the state store could not commit ({exc}); nothing was applied: retry")
             for _, _, fut in batch:
-                fut.set_exception(exc)
+                fut.set_exception(failure)
             return
         for (_, after, fut), (res, err) in zip(batch, results):
             if err is not None:

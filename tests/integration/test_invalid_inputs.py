@@ -76,10 +76,11 @@ def test_reused_request_id_is_already_exists(stub: pb_grpc.RoutingServiceStub) -
            grpc.StatusCode.ALREADY_EXISTS, "dup-1")
 
 
-def test_all_models_excluded_is_unavailable(stub: pb_grpc.RoutingServiceStub) -> None:
+def test_all_models_excluded_is_invalid_argument(stub: pb_grpc.RoutingServiceStub) -> None:
+    """Overrides that leave no model can never be served: the request is wrong, not the zoo unavailable."""
     names = [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=5).models]
     expect(stub.Route, pb.RouteRequest(tenant="acme", text="hi", overrides=pb.RouteOverrides(excluded_models=names)),
-           grpc.StatusCode.UNAVAILABLE, "no zoo model is available")
+           INVALID, "overrides.excluded_models: the overrides exclude every model they allow")
 
 
 @pytest.fixture

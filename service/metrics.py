@@ -1,0 +1,149 @@
+"""Prometheus metrics, on their own HTTP port (`server.metrics_listen`), in a registry of their own.
+
+Per tenant (read from the router at scrape time, so they are never stale):
+  messplus_tenant_queue, messplus_tenant_alpha, messplus_tenant_satisfaction (running mean of served labels),
+  messplus_tenant_sla_met, messplus_tenant_requests_total, messplus_tenant_labelled_total,
+  messplus_tenant_cost_total / _cost_raw_total (exploration included), messplus_tenant_exploration_steps_total,
+  messplus_tenant_exploration_rate.
+Per model: messplus_model_selections_total{tenant,model} (answers served), messplus_model_invocations_total,
+  messplus_model_available, messplus_triton_request_duration_seconds, messplus_triton_errors_total{kind},
+  messplus_triton_streams_open,
+  calibration: messplus_label_predicted_sum / messplus_label_observed_sum / messplus_labels_total (the mean
+  predicted satisfaction of labelled answers against the mean observed one).
+Per RPC: messplus_rpc_duration_seconds{method,code} (Route and Generate latency histograms among them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .router import Decision, Router
+    from .zoo import TritonZoo
+
+_RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _RouterCollector(Collector):
+    """The router's per-tenant and per-model state, read at scrape time."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        r = self.router
+        g = {name: GaugeMetricFamily(f"messplus_tenant_{name}", doc, labels=["tenant"]) for name, doc in (
+            ("queue", "the tenant's virtual queue Q (0 = the SLA constraint is slack)"),
+            ("alpha", "the tenant's satisfaction target"),
+            ("satisfaction", "mean satisfaction of the served answers that have feedback"),
+            ("sla_met", "1 when satisfaction >= alpha (or nothing is labelled yet)"),
+            ("exploration_rate", "exploration steps / routed requests"))}
+        c = {name: CounterMetricFamily(f"messplus_tenant_{name}", doc, labels=["tenant"]) for name, doc in (
+            ("requests", "routed requests"), ("labelled", "requests whose served answer has feedback"),
+            ("cost", "normalised cost of every model call, exploration included"),
+            ("cost_raw", "cost in the zoo's configured unit, exploration included"),
+            ("exploration_steps", "exploration steps"))}
+        sel = CounterMetricFamily("messplus_model_selections", "answers served per model", labels=["tenant", "model"])
+        inv = CounterMetricFamily("messplus_model_invocations", "calls per model, exploration included",
+                                  labels=["tenant", "model"])
+        with r._lock:
+            for name, st in r.tenants.items():
+                sat = st.sat_sum / st.labelled if st.labelled else 0.0
+                for key, value in (("queue", st.queue), ("alpha", st.cfg.alpha), ("satisfaction", sat),
+                                   ("sla_met", float(st.labelled == 0 or sat >= st.cfg.alpha)),
+                                   ("exploration_rate", st.explore_steps / st.requests if st.requests else 0.0)):
+                    g[key].add_metric([name], value)
+                for key, value in (("requests", st.requests), ("labelled", st.labelled), ("cost", st.cost_sum),
+                                   ("cost_raw", st.cost_raw_sum), ("exploration_steps", st.explore_steps)):
+                    c[key].add_metric([name], float(value))
+                for k, model in enumerate(r.names):
+                    sel.add_metric([name, model], float(st.served[k]))
+                    inv.add_metric([name, model], float(st.invoked[k]))
+        avail = GaugeMetricFamily("messplus_model_available", "1 when Triton reports the model ready", labels=["model"])
+        for k, model in enumerate(r.names):
+            avail.add_metric([model], float(r.available[k]))
+        yield from g.values()
+        yield from c.values()
+        yield from (sel, inv, avail)
+
+
+class Metrics:
+    """Every metric of one router process, and the hooks the handlers call."""
+
+    def __init__(self, max_pending: int = 50_000) -> None:
+        self.registry = CollectorRegistry()
+        self.rpc = Histogram("messplus_rpc_duration_seconds", "RoutingService call latency by method and status",
+                             ["method", "code"], registry=self.registry, buckets=_RPC_BUCKETS)
+        self.triton = Histogram("messplus_triton_request_duration_seconds", "latency of one Triton model call",
+                                ["model"], registry=self.registry, buckets=_RPC_BUCKETS)
+        self.triton_errors = Counter("messplus_triton_errors", "failed Triton calls by model and kind",
+                                     ["model", "kind"], registry=self.registry)
+        self.predicted = Counter("messplus_label_predicted", "sum of p_hat over labelled answers (calibration)",
+                                 ["model"], registry=self.registry)
+        self.observed = Counter("messplus_label_observed", "sum of observed satisfaction over labelled answers",
+                                ["model"], registry=self.registry)
+        self.labels = Counter("messplus_labels", "labels received per model", ["model"], registry=self.registry)
+        self._pending: OrderedDict[str, tuple[int, tuple[float, ...]]] = OrderedDict()
+        self._max_pending = max_pending
+        self._lock = threading.Lock()
+        self._router: Router | None = None
+        self.http = None
+
+    def watch(self, router: Router) -> None:
+        self._router = router
+        self.registry.register(_RouterCollector(router))
+
+    def watch_zoo(self, zoo: TritonZoo) -> None:
+        streams = Gauge("messplus_triton_streams_open", "Triton response streams still open (each ends by its "
+                        "call's deadline)", registry=self.registry)
+        streams.set_function(lambda: len(zoo._streams))
+
+    def serve(self, listen: str) -> int:
+        """Start the HTTP endpoint on HOST:PORT (port 0: any free port); returns the bound port."""
+        host, _, port = listen.rpartition(":")
+        self.http, _ = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        return int(self.http.server_address[1])
+
+    def close(self) -> None:
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+            self.http = None
+
+    # -- hooks -----------------------------------------------------------------------------------------------
+    def routed(self, d: Decision, served: int | None = None) -> None:
+        """Remember what was predicted for a request, for calibration when its feedback arrives."""
+        with self._lock:
+            self._pending[d.request_id] = (d.served if served is None else served, tuple(map(float, d.p_hat)))
+            while len(self._pending) > self._max_pending:
+                self._pending.popitem(last=False)
+
+    def labelled(self, request_id: str, satisfaction: float | None, labels: list[tuple[str, float]]) -> None:
+        """Predicted against observed, once per request (its first accepted feedback)."""
+        with self._lock:
+            pending = self._pending.pop(request_id, None)
+        if pending is None or self._router is None:
+            return
+        served, p_hat = pending
+        names = self._router.names
+        seen = {names[served]: satisfaction} if satisfaction is not None else {}
+        seen.update({m: s for m, s in labels if m not in seen})
+        for model, s in seen.items():
+            k = self._router.index.get(model)
+            if k is None or s is None:
+                continue
+            self.predicted.labels(model).inc(p_hat[k])
+            self.observed.labels(model).inc(s)
+            self.labels.labels(model).inc()
+
+    def triton_call(self, model: str, seconds: float, error: BaseException | None = None) -> None:
+        self.triton.labels(model).observe(seconds)
+        if error is not None:
+            self.triton_errors.labels(model, type(error).__name__).inc()

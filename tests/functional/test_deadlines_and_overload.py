@@ -1,0 +1,96 @@
+"""The caller's deadline bounds the Triton calls; at 10x the sustainable load the excess is refused at once
+(RESOURCE_EXHAUSTED) while admitted calls keep their latency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from messplus.v1 import routing_pb2 as pb
+from messplus.v1 import routing_pb2_grpc as pb_grpc
+
+from ..integration.conftest import DemoZoo
+from .harness import Router, percentile, scrape
+
+pytestmark = pytest.mark.triton
+# The zoo's service time and the router's admission limit: capacity = MAX_INFLIGHT / latency = 20 calls/s. As
+# with real LLMs, the model's time bounds throughput, not the router's CPU (kept low so that a shared 2-core
+# machine measures admission control, not CPU starvation of client, router and Triton).
+LATENCY_MS, MAX_INFLIGHT = 200, 4
+SUSTAINABLE = 10.0  # the 1x rate, half the capacity
+
+
+def test_caller_deadline_bounds_the_triton_call(start_zoo: Callable[..., DemoZoo], router: Callable[..., Router],
+                                                figures: dict) -> None:
+    zoo = start_zoo(latency_ms=1500)
+    r = router(zoo=zoo, server={"metrics_listen": "127.0.0.1:0"})
+    with r.channel() as ch:
+        stub = pb_grpc.RoutingServiceStub(ch)
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Generate(pb.GenerateRequest(tenant="acme", text="slow one", overrides=pb.RouteOverrides(
+                exploration=pb.EXPLORATION_MODE_NEVER)), timeout=0.4))
+        failed_s = time.monotonic() - began
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        open_streams = scrape(r.metrics_port)[("messplus_triton_streams_open", ())]
+        time.sleep(max(0.0, 0.7 - (time.monotonic() - began)))  # the model would answer only at 1.5 s
+        after = scrape(r.metrics_port)[("messplus_triton_streams_open", ())]
+    figures.update(deadline_s=0.4, caller_saw_error_after_s=round(failed_s, 3), streams_open_at_0_7_s=after)
+    assert failed_s < 0.6
+    assert open_streams <= 1 and after == 0, "the Triton stream outlived the caller's deadline"
+
+
+async def open_loop(address: str, rate: float, seconds: float) -> list[tuple[str, float]]:
+    """Generate calls started at a fixed rate whatever the answers (open loop): [(status, latency_s)]."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.RoutingServiceStub(ch)
+        out: list[tuple[str, float]] = []
+
+        async def one(i: int) -> None:
+            began = time.monotonic()
+            try:
+                async for _ in stub.Generate(pb.GenerateRequest(tenant="acme", text=f"q{i}: 2+2?", overrides=
+                                             pb.RouteOverrides(exploration=pb.EXPLORATION_MODE_NEVER)), timeout=10):
+                    pass
+                out.append(("OK", time.monotonic() - began))
+            except grpc.RpcError as err:
+                out.append((err.code().name, time.monotonic() - began))
+
+        tasks, start = [], time.monotonic()
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return out
+
+
+def summary(results: list[tuple[str, float]]) -> dict:
+    ok = [t for s, t in results if s == "OK"]
+    refused = [t for s, t in results if s == "RESOURCE_EXHAUSTED"]
+    return {"calls": len(results), "codes": dict(Counter(s for s, _ in results)),
+            "admitted_p50_ms": round(percentile(ok, 0.5) * 1e3, 1),
+            "admitted_p99_ms": round(percentile(ok, 0.99) * 1e3, 1),
+            "refused_p50_ms": round(percentile(refused, 0.5) * 1e3, 1) if refused else None,
+            "refused_p99_ms": round(percentile(refused, 0.99) * 1e3, 1) if refused else None}
+
+
+def test_ten_times_sustainable_load_is_refused_quickly_and_admitted_latency_holds(
+        start_zoo: Callable[..., DemoZoo], router: Callable[..., Router], figures: dict) -> None:
+    zoo = start_zoo(latency_ms=LATENCY_MS)
+    r = router(zoo=zoo, server={"max_inflight": MAX_INFLIGHT})
+    asyncio.run(open_loop(r.address, SUSTAINABLE, 1.0))  # warm-up
+    x1 = summary(asyncio.run(open_loop(r.address, SUSTAINABLE, 6.0)))
+    x10 = summary(asyncio.run(open_loop(r.address, 10 * SUSTAINABLE, 6.0)))
+    figures.update({"1x": x1, "10x": x10, "rate_1x_per_s": SUSTAINABLE, "max_inflight": MAX_INFLIGHT,
+                    "model_latency_ms": LATENCY_MS})
+    assert x1["codes"] == {"OK": x1["calls"]}, "1x must be sustainable"
+    assert set(x10["codes"]) == {"OK", "RESOURCE_EXHAUSTED"}, x10["codes"]
+    assert x10["codes"]["RESOURCE_EXHAUSTED"] > x10["calls"] / 2
+    # quick: a refusal never waits for a model (its median is under one model call) and never queues
+    assert x10["refused_p50_ms"] < LATENCY_MS and x10["refused_p99_ms"] < 1000, "refusals must be quick"
+    assert x10["admitted_p99_ms"] < 1.5 * x1["admitted_p99_ms"] + 100, "admitted calls lost their latency"

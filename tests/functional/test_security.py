@@ -1,0 +1,162 @@
+"""TLS and mutual TLS from config (certificates made here with `cryptography`), bearer tokens mapped to tenants,
+per-tenant rate limits; health stays open."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from messplus.v1 import routing_pb2 as pb
+from messplus.v1 import routing_pb2_grpc as pb_grpc
+
+from .harness import SERVING, Router
+
+pytestmark = pytest.mark.triton
+TOKEN_ACME, TOKEN_BETA = "acme-token-0123456789abcdef", "beta-token-fedcba9876543210"
+
+
+def _cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+          *, ca: bool = False, server: bool = False) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, issuer_key = issuer or (subject, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name).public_key(key.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def make_pki(root: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate signed by it, and a rogue client."""
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+
+    def write(name: str, data: bytes) -> None:
+        out[name] = root / name
+        out[name].write_bytes(data)
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("messplus test CA", ca_key, None, ca=True)
+    write("ca.pem", ca.public_bytes(serialization.Encoding.PEM))
+    for name, issuer, server in (("server", (ca.subject, ca_key), True), ("client", (ca.subject, ca_key), False),
+                                 ("rogue", None, False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write(f"{name}.pem", _cert(name, key, issuer, server=server).public_bytes(serialization.Encoding.PEM))
+        write(f"{name}-key.pem", pem_key(key))
+    return out
+
+
+def creds(pki: dict[str, Path], client: str | None = None) -> grpc.ChannelCredentials:
+    chain = (pki[f"{client}-key.pem"].read_bytes(), pki[f"{client}.pem"].read_bytes()) if client else (None, None)
+    return grpc.ssl_channel_credentials(root_certificates=pki["ca.pem"].read_bytes(), private_key=chain[0],
+                                        certificate_chain=chain[1])
+
+
+def list_models(channel: grpc.Channel, metadata: tuple = ()) -> grpc.StatusCode:
+    try:
+        pb_grpc.RoutingServiceStub(channel).ListModels(pb.ListModelsRequest(), timeout=5, metadata=metadata)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as err:
+        return err.code()
+
+
+def test_tls_and_mutual_tls_from_config(router: Callable[..., Router], tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    tls = router("tls", security={"tls_cert": str(pki["server.pem"]), "tls_key": str(pki["server-key.pem"])},
+                 client_tls=creds(pki))
+    with tls.channel() as ch:
+        assert list_models(ch) == grpc.StatusCode.OK
+    with grpc.insecure_channel(tls.address) as ch:
+        assert list_models(ch) == grpc.StatusCode.UNAVAILABLE  # plaintext to a TLS port
+    tls.stop()
+
+    mtls = router("mtls", security={"tls_cert": str(pki["server.pem"]), "tls_key": str(pki["server-key.pem"]),
+                                    "tls_client_ca": str(pki["ca.pem"])}, client_tls=creds(pki, "client"))
+    assert mtls.health() == SERVING
+    with mtls.channel() as ch:
+        assert list_models(ch) == grpc.StatusCode.OK
+    for who in (None, "rogue"):  # no client certificate, or one the CA did not sign
+        with grpc.secure_channel(mtls.address, creds(pki, who)) as ch:
+            assert list_models(ch) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_bearer_tokens_let_a_caller_act_only_for_its_own_tenants(router: Callable[..., Router],
+                                                                  tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# token tenants\n{TOKEN_ACME} acme\n")
+    r = router(security={"tokens_file": str(tokens)}, env={"MESSPLUS_SECURITY_TOKENS": f"{TOKEN_BETA}=beta"})
+    acme, beta = (("authorization", f"Bearer {TOKEN_ACME}"),), (("authorization", f"Bearer {TOKEN_BETA}"),)
+
+    def code(call: Callable[..., object], request: object, metadata: tuple = ()) -> grpc.StatusCode:
+        try:
+            call(request, timeout=10, metadata=metadata)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as err:
+            return err.code()
+
+    with r.channel() as ch:
+        stub = pb_grpc.RoutingServiceStub(ch)
+        route = pb.RouteRequest(tenant="acme", text="hello")
+        assert code(stub.Route, route) == grpc.StatusCode.UNAUTHENTICATED
+        assert code(stub.ListModels, pb.ListModelsRequest()) == grpc.StatusCode.UNAUTHENTICATED
+        assert code(stub.Route, route, (("authorization", "Bearer " + TOKEN_ACME[:-1] + "x"),)) == \
+            grpc.StatusCode.UNAUTHENTICATED
+        assert code(stub.Route, route, (("authorization", TOKEN_ACME),)) == grpc.StatusCode.UNAUTHENTICATED
+        assert code(stub.Route, route, acme) == grpc.StatusCode.OK
+        assert code(stub.Route, pb.RouteRequest(tenant="beta", text="hello"), acme) == grpc.StatusCode.PERMISSION_DENIED
+        assert code(stub.SlaStatus, pb.SlaStatusRequest(tenant="beta"), acme) == grpc.StatusCode.PERMISSION_DENIED
+        assert code(stub.SlaStatus, pb.SlaStatusRequest(tenant="acme"), acme) == grpc.StatusCode.OK
+        rid_beta = stub.Route(pb.RouteRequest(tenant="beta", text="mine"), timeout=10, metadata=beta).request_id
+        stolen = pb.FeedbackRequest(tenant="acme", request_id=rid_beta, satisfaction=0.0)
+        assert code(stub.Feedback, stolen, acme) == grpc.StatusCode.NOT_FOUND
+        assert code(stub.Feedback, pb.FeedbackRequest(tenant="beta", request_id=rid_beta, satisfaction=0.0), acme) \
+            == grpc.StatusCode.PERMISSION_DENIED
+        assert code(stub.Feedback, pb.FeedbackRequest(tenant="beta", request_id=rid_beta, satisfaction=1.0), beta) \
+            == grpc.StatusCode.OK
+        assert stub.SlaStatus(pb.SlaStatusRequest(tenant="beta"), timeout=5, metadata=beta).queue == \
+            pytest.approx(0.0)
+    assert r.health() == SERVING  # health needs no token
+
+
+def test_a_tenant_over_its_rate_limit_gets_resource_exhausted_and_others_do_not(
+        router: Callable[..., Router], figures: dict) -> None:
+    r = router(security={"rate_limit_rps": 5, "rate_limit_burst": 5})
+    with r.channel() as ch:
+        stub = pb_grpc.RoutingServiceStub(ch)
+
+        def burst(tenant: str, n: int) -> Counter[str]:
+            futures = [stub.SlaStatus.future(pb.SlaStatusRequest(tenant=tenant), timeout=10) for _ in range(n)]
+            out: Counter[str] = Counter()
+            for f in futures:
+                out["OK" if f.exception() is None else f.exception().code().name] += 1
+            return out
+
+        began = time.monotonic()
+        acme = burst("acme", 40)
+        took = time.monotonic() - began
+        beta = burst("beta", 5)
+        time.sleep(1.0)
+        later = burst("acme", 4)
+    figures.update(acme_burst_of_40=dict(acme), beta=dict(beta), acme_after_1s=dict(later))
+    assert acme["OK"] <= 5 + 5 * took + 1 and acme["RESOURCE_EXHAUSTED"] >= 40 - (5 + 5 * took + 1)
+    assert set(acme) == {"OK", "RESOURCE_EXHAUSTED"}
+    assert beta == {"OK": 5} and later == {"OK": 4}

@@ -1,0 +1,70 @@
+"""Token parsing, constant-time lookup semantics, the per-tenant token bucket, and the security config checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from messplus.service import config
+from messplus.service.errors import ConfigError, Overloaded, PermissionDenied, Unauthenticated
+from messplus.service.security import Grant, RateLimiter, TokenAuth, load_tokens
+
+A, B = "a" * 20, "b" * 20
+
+
+def test_tokens_come_from_the_inline_value_and_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "tokens"
+    f.write_text(f"# comment\n{B} beta, gamma  # trailing\n\n")
+    tokens = load_tokens(config.SecurityConfig(tokens=f"{A}=*", tokens_file=str(f)))
+    assert tokens == [(A.encode(), Grant(frozenset({"*"}))), (B.encode(), Grant(frozenset({"beta", "gamma"})))]
+
+
+@pytest.mark.parametrize("bad", ["short=acme", f"{A}=", f"{A}"])
+def test_a_malformed_token_entry_names_the_key(bad: str) -> None:
+    with pytest.raises(ConfigError, match="security.tokens"):
+        load_tokens(config.SecurityConfig(tokens=bad))
+
+
+def test_token_auth_maps_tokens_to_tenants() -> None:
+    auth = TokenAuth(load_tokens(config.SecurityConfig(tokens=f"{A}=acme;{B}=*")))
+    grant = auth.grant((("authorization", f"Bearer {A}"),))
+    auth.authorize(grant, "acme")
+    with pytest.raises(PermissionDenied, match="tenant"):
+        auth.authorize(grant, "beta")
+    auth.authorize(auth.grant((("authorization", f"bearer {B}"),)), "anyone")
+    for metadata in ((), (("authorization", A),), (("authorization", f"Bearer {A}x"),), (("x", f"Bearer {A}"),)):
+        with pytest.raises(Unauthenticated):
+            auth.grant(metadata)
+    assert TokenAuth([]).grant(()) is None  # no tokens configured: authentication is off
+
+
+def test_rate_limiter_is_a_token_bucket_per_tenant() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2.0, 3.0, clock=lambda: now[0])
+    for _ in range(3):
+        limiter.take("acme")
+    with pytest.raises(Overloaded, match="rate limit"):
+        limiter.take("acme")
+    limiter.take("beta")  # another tenant has its own bucket
+    now[0] = 0.5  # half a second refills one request at 2/s
+    limiter.take("acme")
+    with pytest.raises(Overloaded):
+        limiter.take("acme")
+    RateLimiter(0.0).take("acme")  # 0: no limit
+
+
+def test_security_config_is_checked_at_start_up(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="security.tls_key"):
+        config.from_mapping({"security": {"tls_cert": str(cert)}}, env={})
+    with pytest.raises(ConfigError, match="security.tls_client_ca"):
+        config.from_mapping({"security": {"tls_client_ca": str(cert)}}, env={})
+    with pytest.raises(ConfigError, match="security.tokens_file"):
+        config.from_mapping({"security": {"tokens_file": str(tmp_path / "missing")}}, env={})
+    with pytest.raises(ConfigError, match="server.log_format"):
+        config.from_mapping({"server": {"log_format": "xml"}}, env={})
+    env = {"MESSPLUS_SECURITY_TOKENS": f"{A}=acme", "MESSPLUS_SECURITY_RATE_LIMIT_RPS": "5"}
+    cfg = config.from_mapping({}, env=env)
+    assert cfg.security.tokens == f"{A}=acme" and cfg.security.rate_limit_rps == 5.0
