@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import sqlite3
 import time
@@ -83,9 +84,12 @@ def stored(db: Path) -> tuple[dict[str, tuple[float, float, int]], list[tuple[st
 
 
 def recomputed_queues(labels: list[tuple[str, str, float, int]]) -> dict[str, float]:
-    q = dict.fromkeys(ALPHA, 0.0)
+    """The default tenant policy's queue, folded by hand: the n-th label is held to alpha + 0.3 / (2 sqrt(n)),
+    with no floor (docs/ROUTING.md)."""
+    q, n = dict.fromkeys(ALPHA, 0.0), dict.fromkeys(ALPHA, 0)
     for tenant, _, s, _ in labels:
-        q[tenant] = max(0.0, q[tenant] + ALPHA[tenant] - s)
+        n[tenant] += 1
+        q[tenant] = q[tenant] + ALPHA[tenant] + 0.3 / (2 * math.sqrt(n[tenant])) - s
     return q
 
 
