@@ -55,8 +55,12 @@ class PredictorConfig:
     max_tokens: int = 256
     threads: int = 0
     prior_var: float = 1.0
-    batch_max: int = 16
-    batch_delay_ms: float = 0.5
+    # Micro-batching of concurrent Route/Generate calls (service.predictor.MicroBatcher). 64: the predictor's
+    # throughput on this CPU rises up to batch 64 (sorted sub-batches pad less) and 64 concurrent callers then
+    # share one batch; 5 ms: the most the predictor idles waiting for a batch's callers to come back (on
+    # loopback 64 came back within it). Measured in docs/BENCHMARKS.md (`make bench`).
+    batch_max: int = 64
+    batch_delay_ms: float = 5.0
     providers: str = ""
 
 
