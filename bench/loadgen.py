@@ -2,17 +2,20 @@
 
 Each client sends its next request as soon as the previous one answered (closed loop), on prompts taken in turn
 from one shared sequence (bench.prompts). The measurement window opens once every client has had an answer
-and the warm-up time has passed (at 256 clients the first wave alone can take seconds), and lasts `duration_s`.
-Reported per run: throughput, latency p50/p95/p99/max of the calls completed in the window, errors by status
-code and, for Generate, the time to the first text chunk.
+and the warm-up time has passed (at 256 clients the first wave alone takes seconds), and lasts `duration_s`.
+The calls *issued* in the window are the sample: clients stop issuing when it closes, and the run waits for
+those calls to finish (at most `drain_s`; any still running then are cancelled and counted as unfinished).
+Choosing calls by their start, not by their end, keeps long calls in the sample: a window shorter than a few
+latencies would otherwise keep mostly the short ones.
 
-Throughput is N / (mean time between two consecutive answers to the same client), Little's law for a closed
-loop; it is exact whatever the arrival pattern. A count of answers in the window (`window_rps`, also reported)
-is not: a micro-batching server answers in bursts (64 answers every ~2 s at 64 clients on this CPU) and a
-window counts one burst more or less depending on where its edges fall.
+Reported per run: throughput, latency p50/p95/p99/max, errors by status code and, for Generate, the time to
+the first text chunk. Throughput is N / (mean latency + mean client gap between an answer and the next call),
+Little's law for a closed loop: exact whatever the arrival pattern, where a count of answers in a window is
+not (a micro-batching server answers in bursts: 64 answers every few seconds at 64 clients on this CPU).
 
-Bounded: loopback addresses only, at most MAX_CLIENTS clients, every call has a deadline, and at the end of
-the window the calls still in flight are cancelled (the server drops a cancelled Route from its batch queue).
+Bounded: loopback addresses only, at most MAX_CLIENTS clients, every call has a deadline, the warm-up and the
+drain have caps, and calls still running after the drain are cancelled (the server drops a cancelled Route
+from its batch queue).
 
     python -m bench.loadgen --address 127.0.0.1:50051 --rpc route --clients 1,8,64 --duration 10
 """
@@ -47,7 +50,6 @@ class LoadResult:
     window_s: float
     completed: int
     throughput_rps: float
-    window_rps: float
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -85,24 +87,31 @@ class _Recorder:
         self.start = self.end = float("inf")
         self.last_end: dict[int, float] = {}
         self.latency: list[float] = []
-        self.cycles: list[float] = []
+        self.gaps: list[float] = []
         self.ttft: list[float] = []
         self.errors: Counter[str] = Counter()
-        self.attempts = 0
+        self.issued = 0
+        self.finished = 0
 
     def open_window(self, now: float) -> None:
         if self.start == float("inf") and len(self.last_end) == self.clients and now >= self.warm_until:
             self.start, self.end = now, now + self.duration
 
+    def in_window(self, began: float) -> bool:
+        return self.start <= began < self.end
+
+    def begin(self, client: int, began: float) -> None:
+        if self.in_window(began):
+            self.issued += 1
+            if client in self.last_end:
+                self.gaps.append(began - self.last_end[client])
+
     def done(self, client: int, began: float, ended: float, first: float | None, error: str | None) -> None:
-        prev = self.last_end.get(client)
         self.last_end[client] = ended
         self.open_window(ended)
-        if not self.start <= ended <= self.end:
+        if not self.in_window(began):
             return
-        self.attempts += 1
-        if prev is not None:
-            self.cycles.append(ended - prev)
+        self.finished += 1
         if error is not None:
             self.errors[error] += 1
             return
@@ -113,18 +122,19 @@ class _Recorder:
     def result(self, rpc: str, clients: int) -> LoadResult:
         lat = np.array(self.latency) * 1e3
         ttft = np.array(self.ttft) * 1e3
-        ok = lat.size / max(self.attempts, 1)
-        window = self.duration if self.start < float("inf") else 0.0
+        unfinished = self.issued - self.finished
+        errors = dict(self.errors) | ({"UNFINISHED": unfinished} if unfinished else {})
+        cycle = (float(np.mean(self.latency)) + (float(np.mean(self.gaps)) if self.gaps else 0.0)) if lat.size \
+            else float("inf")
 
         def pct(a: np.ndarray, q: float) -> float:
             return float(np.percentile(a, q)) if a.size else float("nan")
         return LoadResult(
-            rpc=rpc, clients=clients, window_s=window, completed=int(lat.size),
-            throughput_rps=clients / float(np.mean(self.cycles)) * ok if self.cycles else 0.0,
-            window_rps=lat.size / window if window else 0.0,
+            rpc=rpc, clients=clients, window_s=self.duration, completed=int(lat.size),
+            throughput_rps=clients / cycle * lat.size / max(self.issued, 1),
             p50_ms=pct(lat, 50), p95_ms=pct(lat, 95), p99_ms=pct(lat, 99),
             mean_ms=float(lat.mean()) if lat.size else float("nan"), max_ms=float(lat.max()) if lat.size else 0.0,
-            errors=dict(self.errors), error_rate=sum(self.errors.values()) / max(self.attempts, 1),
+            errors=errors, error_rate=(self.issued - lat.size) / max(self.issued, 1),
             ttft_p50_ms=pct(ttft, 50) if ttft.size else None, ttft_p99_ms=pct(ttft, 99) if ttft.size else None)
 
 
@@ -149,7 +159,7 @@ async def _call(stub: pb_grpc.RoutingServiceStub, rpc: str, tenant: str, text: s
 
 async def run_load(address: str, rpc: str, prompts: Sequence[str], clients: int, *, duration_s: float,
                    warmup_s: float = 1.0, tenant: str = "acme", deadline_s: float = 60.0,
-                   max_warmup_s: float = 30.0) -> LoadResult:
+                   max_warmup_s: float = 30.0, drain_s: float = 40.0) -> LoadResult:
     """Drive `clients` closed-loop clients through the warm-up (at least warmup_s, until every client had an
     answer, at most max_warmup_s), then measure `duration_s`."""
     check_loopback(address)
@@ -175,6 +185,7 @@ async def run_load(address: str, rpc: str, prompts: Sequence[str], clients: int,
             while time.perf_counter() < rec.end:
                 text = prompts[next(cursor) % len(prompts)]
                 began, error, first = time.perf_counter(), None, None
+                rec.begin(i, began)
                 try:
                     first = await _call(stub, rpc, tenant, text, deadline_s)
                 except grpc.aio.AioRpcError as exc:
@@ -191,7 +202,8 @@ async def run_load(address: str, rpc: str, prompts: Sequence[str], clients: int,
             rec.open_window(now)
             if rec.start == float("inf") and now > warm_limit:  # some client is still waiting: start anyway
                 rec.start, rec.end = now, now + duration_s
-        for t in tasks:
+        _, late = await asyncio.wait(tasks, timeout=drain_s)  # the calls issued in the window finish
+        for t in late:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         return rec.result(rpc, clients)
@@ -208,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clients", default="1,8,64,256", help="comma-separated client counts, one run each")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--drain", type=float, default=40.0)
     p.add_argument("--tenant", default="acme")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -215,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for n in (int(x) for x in args.clients.split(",")):
         r = asyncio.run(run_load(args.address, args.rpc, prompts, n, duration_s=args.duration,
-                                 warmup_s=args.warmup, tenant=args.tenant))
+                                 warmup_s=args.warmup, tenant=args.tenant,
+                                 drain_s=args.drain))
         print(r.line(), flush=True)
         results.append(asdict(r))
     if args.json:

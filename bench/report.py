@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +244,8 @@ def page(res: dict[str, Any]) -> str:
                      f"{r['batches']} | {r['mean_tokens']:.0f} |")
     L += ["", "## Generate: Route + Triton (demo zoo), streamed", "",
           f"Same router process for all client counts, {p['generate_s']:.0f} s windows. Exploration steps call "
-          "every model of the zoo in parallel; Triton and its Python-backend models share the same 2 cores.", ""]
+          "every model of the zoo in parallel; Triton and its Python-backend models share the same 2 cores. "
+          "Not at 256 clients: draining 256 calls of several seconds each does not fit the suite's 10 minutes.", ""]
     L += _load_rows(res["generate"])
     ttft = [f"{r['clients']}: {r['ttft_p50_ms']:.0f} ms" for r in res["generate"] if r.get("ttft_p50_ms")]
     L += ["", f"Time to the first text chunk, p50 by clients: {', '.join(ttft)}.", ""]
@@ -351,8 +353,10 @@ def _profile(res: dict[str, Any]) -> list[str]:
             "| thread | share of samples |", "|---|---|"]
     out += [f"| {name} | {share:.0%} |" for name, share in pr["threads"]]
     out += ["", "| function (inclusive) | share | | innermost Python frame (self) | share |", "|---|---|---|---|---|"]
-    for (a, x), (b, y) in zip(pr["inclusive"], pr["self"]):
-        out.append(f"| `{a}` | {x:.0%} | | `{b}` | {y:.0%} |")
+    for left, right in zip_longest(pr["inclusive"], pr["self"]):
+        a = f"`{left[0]}` | {left[1]:.0%}" if left else " | "
+        b = f"`{right[0]}` | {right[1]:.0%}" if right else " | "
+        out.append(f"| {a} | | {b} |")
     out.append("")
     return out
 
