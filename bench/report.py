@@ -227,7 +227,11 @@ def page(res: dict[str, Any]) -> str:
           "(default settings: predictor on all cores, micro-batching defaults) against a real Triton serving the "
           "demo zoo; the load generator runs in another process.", ""]
     L += _load_rows(route, extra=True)
-    L += ["", "![load](bench/load.png)", "",
+    L += ["", "In a closed loop the mean latency is N / throughput whatever the batching (Little's law): with a CPU "
+          "predictor that serves tens of prompts per second, 256 clients queue for four batches of 64 each. That "
+          "is what admission control (RESOURCE_EXHAUSTED under overload) is for, not a speed problem. `mean batch` "
+          "is the router's own count over its lifetime (from its stop log), warm-up included.",
+          "", "![load](bench/load.png)", "",
           "## The ceilings, same run", "",
           f"**gRPC ceiling**: `bench/echo_server.py`, a RoutingService that answers Route at once with a reply "
           f"shaped like the real one, served like the router (grpc.aio, same options and interceptor), "

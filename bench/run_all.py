@@ -49,14 +49,14 @@ CLIENTS = (1, 8, 64, 256)
 class Plan:
     echo_s: float = 3.0
     route_s: float = 8.0
-    generate_s: float = 6.0
+    generate_s: float = 8.0
     generate_clients: tuple[int, ...] = (1, 8, 64)  # 256 would not fit the 10-minute budget with its drain
     warmup_s: float = 2.0
     max_warmup_s: float = 30.0
     predictor_s: float = 4.0
     predictor_batches: tuple[int, ...] = (1, 8, 64)
     batching_s: float = 8.0
-    batching: tuple[tuple[int, float], ...] = ((16, 0.5),)  # the previous defaults
+    batching: tuple[tuple[int, float], ...] = ((16, 0.5), (64, 5.0))  # the previous defaults; a shorter delay
     profile_at_s: float = 60.0
     profile_s: float = 10.0
     soak_s: float = 300.0

@@ -110,6 +110,7 @@ class MicroBatcher(Generic[T, R]):
                 self._wakeup.set()
             await self._execute(loop, [(item, fut) for item, fut, _ in batch])
             self._expect = len(self._queue) + len(batch)
+            await asyncio.sleep(0)  # let the answered callers' handlers send their replies before the clock starts
             self._free_since = time.monotonic()
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
