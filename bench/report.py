@@ -228,7 +228,8 @@ def page(res: dict[str, Any]) -> str:
           "demo zoo; the load generator runs in another process.", ""]
     L += _load_rows(route, extra=True)
     L += ["", "In a closed loop the mean latency is N / throughput whatever the batching (Little's law): with a CPU "
-          "predictor that serves tens of prompts per second, 256 clients queue for four batches of 64 each. That "
+          f"predictor that serves {t['predictor_ceiling_rps']:.0f} prompts per second here, 256 clients queue for "
+          "four batches of 64 each. That "
           "is what admission control (RESOURCE_EXHAUSTED under overload) is for, not a speed problem. `mean batch` "
           "is the router's own count over its lifetime (from its stop log), warm-up included.",
           "", "![load](bench/load.png)", "",
@@ -278,15 +279,32 @@ def _missed(res: dict[str, Any], t: dict[str, Any]) -> list[str]:
                    f"{0.70 - t['throughput_ratio']:.0%} short of 70% ({0.70 * t['ceiling_rps'] - t['route64_rps']:.1f}"
                    " req/s).")
     if not t["p99_met"]:
+        soak, after = res["soak"], {r["batch"]: r for r in res["predictor2"]["results"]}[t["running_batch"]]
+        mb = soak["server"].get("mean_batch", float("nan"))
         out.append(f"- Route p99: {t['p99_ratio']:.2f}x the predictor's batch latency, {t['p99_ratio'] / 2:.2f}x the "
-                   "2x bound.")
+                   f"2x bound. The router ran batches of {mb:.1f} on average (64 possible): callers that come back "
+                   f"more than `batch_delay_ms` after their batch finished miss the next one and wait for it to end "
+                   f"too, so the tail waits for two or three batch times (Route p50 {soak['p50_ms']:.0f} ms, p95 "
+                   f"{soak['p95_ms']:.0f} ms, p99 {soak['p99_ms']:.0f} ms), and the batch time itself varies (the "
+                   f"predictor alone at batch {t['running_batch']}: p50 {after['p50_ms']:.0f} ms, p99 "
+                   f"{after['p99_ms']:.0f} ms, {after['batches']} batches, on a machine at load average "
+                   f"{res['phases']['soak']['load_before']:.1f}).")
+    pr = res.get("profile", {})
+    run = dict(pr.get("self", [])).get("Session.run (onnxruntime_inference_collection.py)")
+    if out and run is not None:
+        out.append(f"- Where the time goes (profile below): {run:.0%} of the router's non-idle samples are inside "
+                   "ONNX Runtime's `Session.run`, the encoder; gRPC, handlers, batching, the decision kernels and "
+                   f"SQLite share the other {1 - run:.0%}. The encoder bounds both throughput and latency.")
+    if res["total_s"] > 600:
+        out.append(f"- The suite took {res['total_s']:.0f} s, over its 600 s budget, on a machine at load average "
+                   f"{max(v['load_before'] for v in res['phases'].values()):.1f} at worst.")
     if not t["decide_met"]:
         out.append("- Decision kernel: see the kernel table.")
     if not t["second_start_met"]:
         out.append(f"- Second start: {t['second_start_kernels_s']:.2f} s compiling kernels.")
     if not out:
         return []
-    return ["### Missed in this run", "", *out, "", "What bounds them: the profile section below.", ""]
+    return ["### Missed in this run", "", *out, ""]
 
 
 def _batching(res: dict[str, Any]) -> list[str]:
@@ -304,7 +322,10 @@ def _batching(res: dict[str, Any]) -> list[str]:
                    f"{r['p99_ms']:.0f} | {mb:.1f} |" if mb is not None else
                    f"| {r['batch_max']}{tag} | {r['batch_delay_ms']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.0f} | "
                    f"{r['p99_ms']:.0f} | |")
-    out.append("")
+    out += ["", "These rows ran minutes apart on a shared machine whose load moved between 3 and 7 (phases table "
+            "below), so their req/s and latencies differ by more than any setting explains; the mean batch is the "
+            "robust signal: it shows whether 64 concurrent callers share one predictor batch or split into "
+            "smaller batches that alternate (each call then waits for two).", ""]
     return out
 
 
