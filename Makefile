@@ -14,5 +14,10 @@ setup-demo:
 setup-dev:
 	./scripts/setup.sh dev
 
+# The benchmark suite (< 10 minutes): load tests against this host's ceilings, kernels, memory; rewrites
+# docs/BENCHMARKS.md and the README's speed table.
+bench: setup-dev
+	.venv/bin/python -m bench.run_all
+
 protos: setup-dev
 	.venv/bin/python scripts/gen_protos.py

@@ -202,6 +202,7 @@ class App:
             task.cancel()
         if hasattr(self, "batcher"):
             await self.batcher.close()
+            self.progress(self.batcher.summary())
         if hasattr(self, "router"):
             await asyncio.wrap_future(self.router.snapshot())
             self.store.close()

@@ -75,8 +75,13 @@ class PredictorConfig:
     max_tokens: int = 256
     threads: int = 0
     prior_var: float = 1.0
-    batch_max: int = 16
-    batch_delay_ms: float = 0.5
+    # Micro-batching of concurrent Route/Generate calls (service.predictor.MicroBatcher). 64: 64 concurrent
+    # callers share one predictor batch (the p99 target compares Route with the predictor at the batch it runs
+    # at). 20 ms: the most the predictor idles waiting for a batch's callers to come back; with 5 ms, on the
+    # loaded 2-core box, 64 closed-loop callers stayed split in two alternating batches of ~32. A lone caller
+    # never waits. Measured in docs/BENCHMARKS.md (`make bench`).
+    batch_max: int = 64
+    batch_delay_ms: float = 20.0
     providers: str = ""
 
 
