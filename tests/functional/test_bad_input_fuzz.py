@@ -62,18 +62,22 @@ def fuzz_router(tmp_path_factory: pytest.TempPathFactory, demo_zoo: Any, encoder
 
 
 # -- strategies --------------------------------------------------------------------------------------------------
+# A proto3 string is UTF-8, so a lone surrogate cannot even be put in a message (invalid bytes are the raw-bytes
+# part's job). Hypothesis excludes them from text() by default, but that default is global state another test
+# module can change, so it is pinned here.
+chars = st.characters(exclude_categories=("Cs",))
 tenants = st.one_of(st.sampled_from(["acme", "beta", "", "nobody", "ACME", " acme", "a" * 300, "\x00", "tenant-ü"]),
-                    st.text(max_size=12))
+                    st.text(chars, max_size=12))
 request_ids = st.one_of(st.sampled_from(["", "unknown-id", "has space", "x" * 129, "\u00e9t\u00e9", "\t"]),
                         st.builds(lambda t, i: KNOWN[t][i % len(KNOWN[t])], st.sampled_from(["acme", "beta"]),
                                   st.integers(0, 19)),
-                        st.uuids().map(str), st.text(max_size=8))
+                        st.uuids().map(str), st.text(chars, max_size=8))
 satisfactions = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
                           st.sampled_from([0.0, 1.0, 0.5, -0.0, 1.0000001, -1e-300, float("nan"), 2.0]))
 small, big = st.sampled_from([0, 1, 10]), st.sampled_from([MAX_PROMPT, MAX_PROMPT + 1, 40_000, MAX_MESSAGE + 10])
 fill = st.sampled_from(["x", " ", "é", "\n"])
 # mostly short text; 1 in 40 huge (over the prompt limit, or over the message size limit: those are slow to refuse)
-texts = st.integers(0, 39).flatmap(lambda k: st.text(max_size=40) if k < 36 else st.builds(
+texts = st.integers(0, 39).flatmap(lambda k: st.text(chars, max_size=40) if k < 36 else st.builds(
     lambda n, c: c * n, small if k < 39 else big, fill))
 models = st.one_of(st.sampled_from(["", "gpt-9"]), st.builds(lambda i: MODELS[i % len(MODELS)], st.integers(0, 99)))
 chats = st.builds(lambda ms: pb.Chat(messages=[pb.ChatMessage(role=r, content=c) for r, c in ms]),
@@ -93,7 +97,7 @@ def _prompted(cls: type, tenant: str, rid: str, prompt: Any, ov: pb.RouteOverrid
 
 
 good_tenants, fresh_ids = st.sampled_from(["acme", "beta"]), st.one_of(st.just(""), st.uuids().map(str))
-good_texts = st.text(st.characters(min_codepoint=33), min_size=1, max_size=30)
+good_texts = st.text(st.characters(min_codepoint=33, exclude_categories=("Cs",)), min_size=1, max_size=30)
 good_overrides = st.builds(lambda x: pb.RouteOverrides(exploration=x), st.sampled_from([0, 1, 2]))
 
 
