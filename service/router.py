@@ -346,7 +346,9 @@ class Router:
             self._cache.popitem(last=False)
 
     def known(self, request_id: str) -> bool:
-        return request_id in self._cache
+        """Was this id routed before: in memory (the last cache_size requests), else in the state file (older
+        ones, and those routed before a restart)."""
+        return request_id in self._cache or self.store.request_exists(request_id)
 
     # -- feedback ------------------------------------------------------------------------------------------------
     def _pending(self, tenant: str, request_id: str) -> _Pending:

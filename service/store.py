@@ -282,6 +282,9 @@ class Store:
     def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
         return {(r[0], r[1]): (r[2], r[3]) for r in self.read("SELECT tenant, model, served, invoked FROM model_counts")}
 
+    def request_exists(self, request_id: str) -> bool:
+        return bool(self.read("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)))
+
     def request(self, request_id: str) -> RequestRow | None:
         rows = self.read("SELECT request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, alpha, "
                          "embedding, p_served, target FROM requests WHERE request_id = ?", (request_id,))

@@ -284,3 +284,16 @@ def test_pending_expectation_makes_the_router_buy_quality_before_feedback_arrive
         d = route(router)
     assert router.tenants["acme"].queue == 0.0
     assert router.names[d.served] != "cheap"  # the expected deficit already moved the decision
+
+
+def test_a_request_id_is_known_after_the_memory_cache_forgets_it_and_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    r = make_router(path, cache_size=2)
+    first = route(r, request_id="caller-1")
+    for i in range(3):
+        route(r, request_id=f"later-{i}")
+    assert "caller-1" not in r._cache and r.known("caller-1") and not r.known("never")
+    r.store.close()
+    r2 = make_router(path)
+    assert r2.known(first.request_id) and r2.known("later-2") and not r2.known("never")
+    r2.store.close()
