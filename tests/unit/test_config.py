@@ -62,6 +62,10 @@ def test_environment_overrides_a_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "env", "key"), [
     (GOOD.replace("alpha = 0.75", "alpha = 1.5"), {}, "tenants[0].alpha"),
     (GOOD.replace("V = 2.0", "V = -1"), {}, "tenants[0].V"),
+    (GOOD.replace("V = 2.0", "V = 2.0\nmargin = 2"), {}, "tenants[0].margin"),
+    (GOOD.replace("V = 2.0", "V = 2.0\nreserve = -3"), {}, "tenants[0].reserve"),
+    (GOOD.replace("V = 2.0", "V = 2.0\noptimism = -1"), {}, "tenants[0].optimism"),
+    (GOOD.replace("V = 2.0", "V = 2.0\nexplore_budget = 1.5"), {}, "tenants[0].explore_budget"),
     (GOOD.replace('listen = "127.0.0.1:6000"', 'listen = "nope"'), {}, "server.listen"),
     (GOOD.replace("cost_per_request = 0.001", "cost_per_request = -1"), {}, "zoo.models[0].cost_per_request"),
     (GOOD.replace('name = "large"', 'name = "small"'), {}, "zoo.models[1].name"),
@@ -82,3 +86,11 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str]
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         config.load(tmp_path / "absent.toml", env={})
+
+
+def test_tenant_policy_defaults_and_the_mess_plus_settings_load(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD.replace("V = 2.0", "V = 2.0\nmargin = 0\nreserve = 0\noptimism = 0")))
+    t = cfg.tenants[0]
+    assert (t.V, t.margin, t.reserve, t.optimism, t.explore_budget) == (2.0, 0.0, 0.0, 0.0, 0.1)
+    d = config.TenantConfig(name="x", alpha=0.7)
+    assert (d.V, d.c, d.explore_models, d.margin, d.reserve) == (0.15, 0.2, 2, 0.3, -1.0)
