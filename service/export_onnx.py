@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .encoder import default_model_dir
+from .trace import file_sha256
 
 OPSET = 17
 EXPORTER_VERSION = "1"
@@ -92,14 +92,6 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
         out[name] = arr.reshape(shape).astype(arr.dtype.newbyteorder("="), copy=True)
     return out
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------- graph
@@ -330,7 +322,7 @@ def export_minilm(out_path: Path, model_dir: Path | None = None, *, progress: Pr
     model = build_model(weights, config)
     meta = {
         "source_model": str(config.get("_name_or_path", "")) or model_dir.name,
-        "source_safetensors_sha256": _file_sha256(st_path),
+        "source_safetensors_sha256": file_sha256(st_path),
         "exporter_version": EXPORTER_VERSION,
         "pooling": "mean",
         "normalize": "l2",

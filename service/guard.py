@@ -11,9 +11,10 @@ this one, turns them into statuses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from typing import Any
 
 import grpc
@@ -45,6 +46,18 @@ class Admission:
 
 class _Call:
     """Book-keeping of one guarded call: the checks before, the metric and the log line after."""
+
+    @contextlib.contextmanager
+    def guarded(self) -> Iterator[None]:
+        """Admit the call, then record how it ended (failure included) and release its slot, whatever happens."""
+        try:
+            self.admit()
+            yield
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+        finally:
+            self.finish()
 
     def __init__(self, guard: GuardInterceptor, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         self.guard, self.method, self.context = guard, method, context
@@ -113,31 +126,19 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(self, method, request, context)
-            try:
-                call.admit()
+            with call.guarded():
                 reply = await fn(request, context)
                 call.saw(reply)
                 return reply
-            except BaseException as exc:
-                call.failed(exc)
-                raise
-            finally:
-                call.finish()
 
         return handler
 
     def _stream(self, method: str, fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(self, method, request, context)
-            try:
-                call.admit()
+            with call.guarded():
                 async for reply in fn(request, context):
                     call.saw(reply)
                     yield reply
-            except BaseException as exc:
-                call.failed(exc)
-                raise
-            finally:
-                call.finish()
 
         return handler

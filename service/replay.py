@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,6 +104,9 @@ class Policy:
     def reference(self, alpha: float, seed: int) -> TenantConfig:
         t = self.tenant(alpha, seed)
         return reference_tenant(t)
+
+
+POLICY_KEYS = tuple(f.name for f in fields(Policy))  # also the `replay` option names (--explore-budget: explore_budget)
 
 
 def split_stream(trace: Trace, seed: int, cond: Condition) -> tuple[np.ndarray, np.ndarray]:
@@ -374,8 +377,7 @@ def _entry(trace: Trace, alpha: float, runs: list[dict[str, Any]], refs: list[di
     return {"trace": trace.name, "alpha": alpha, "runs": runs, "baselines": baselines,
             "condition": {"feedback_rate": c.feedback_rate, "feedback_delay": c.feedback_delay,
                           "outages": [asdict(o) for o in c.outages], "warm_start": c.warm_start, "order": c.order},
-            "policy": {k: getattr(tenant, k) for k in ("V", "c", "explore_models", "explore_budget", "optimism",
-                                                               "margin", "reserve")},
+            "policy": {k: getattr(tenant, k) for k in POLICY_KEYS},
             "models": [{"name": m, "mean_cost": float(mc), "accuracy": None if math.isnan(ac) else float(ac)}
                        for m, mc, ac in zip(trace.models, trace.mean_cost, trace.accuracy)],
             "cost_unit": trace.cost_unit, "prompts": len(trace)}
@@ -635,9 +637,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                      outages=tuple(Outage.parse(o) for o in args.outage), warm_start=args.warm_start,
                      order=args.order)
     setup = ReplaySetup(alphas=tuple(args.alpha), seeds=tuple(range(args.seeds)), cond=cond,
-                        policy=Policy(V=args.V, c=args.c, explore_models=args.explore_models,
-                                      explore_budget=args.explore_budget,
-                                      optimism=args.optimism, margin=args.margin, reserve=args.reserve),
+                        policy=Policy(**{k: getattr(args, k) for k in POLICY_KEYS}),
                         reference=not args.no_reference, progress=not args.quiet)
     started = time.perf_counter()
     trace = load_traces(args.trace, limit=args.limit)
@@ -648,11 +648,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if args.warm_start or len(args.alpha) != 1 or args.seeds != 1:
             raise SystemExit("messplus replay --grpc: one alpha, one seed, no --warm-start (restart the service "
                              "between runs; warm-start it with `messplus pretrain`)")
-        if any(v is not None for v in (args.V, args.c, args.explore_models, args.explore_budget, args.optimism,
-                                                 args.margin, args.reserve)):
-            raise SystemExit("messplus replay --grpc: the policy (V, c, explore_models, optimism, margin, reserve) "
-                             "is the service tenant's; set it "
-                             "in its config")
+        if any(getattr(args, k) is not None for k in POLICY_KEYS):
+            raise SystemExit(f"messplus replay --grpc: the policy ({', '.join(POLICY_KEYS)}) is the service tenant's; "
+                             "set it in its config")
         driver = GrpcDriver(args.grpc, args.tenant, trace.models)
         if abs(driver.alpha - args.alpha[0]) > 1e-9:
             raise SystemExit(f"messplus replay --grpc: tenant {args.tenant!r} has alpha {driver.alpha}, not "

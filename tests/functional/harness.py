@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from ..integration.conftest import DemoZoo
 from ..integration.router_process import RouterProcess, config_toml
@@ -43,7 +42,7 @@ class Router(RouterProcess):
         super().__init__(workdir, config_text, env)
         self.client_tls = client_tls
 
-    def channel(self) -> grpc.Channel:
+    def channel(self) -> grpc.Channel:  # health() and wait_serving() of RouterProcess go through this
         if self.client_tls is None:
             return grpc.insecure_channel(self.address)
         return grpc.secure_channel(self.address, self.client_tls)
@@ -57,23 +56,6 @@ class Router(RouterProcess):
     @property
     def metrics_port(self) -> int:
         return int(Path(str(self.port_file) + ".metrics").read_text())
-
-    def health(self, timeout_s: float = 2.0) -> int:
-        with self.channel() as ch:
-            return int(health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
-                                                            timeout=timeout_s).status)
-
-    def wait_serving(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if self.health() == SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"router never reported SERVING:\n{self.log_tail()}")
-            time.sleep(0.05)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -76,20 +76,27 @@ class RouterProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def channel(self) -> grpc.Channel:
+        """A channel to the router (plaintext here; the fault tests' subclass speaks TLS when asked)."""
+        return grpc.insecure_channel(self.address)
+
+    def health(self, timeout_s: float = 2.0) -> int:
+        """The overall health status (health_pb2.HealthCheckResponse.ServingStatus)."""
+        with self.channel() as ch:
+            return int(health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""),
+                                                            timeout=timeout_s).status)
+
     def wait_serving(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.address) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while True:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"router never reported SERVING:\n{self.log_tail()}")
-                time.sleep(0.05)
+        while True:
+            try:
+                if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"router never reported SERVING:\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def stub(self, channel: grpc.Channel) -> routing_pb2_grpc.RoutingServiceStub:
         return routing_pb2_grpc.RoutingServiceStub(channel)

