@@ -68,7 +68,14 @@ async def load_then_sigterm(r: Router) -> dict:
     async with grpc.aio.insecure_channel(r.address) as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         tasks = [asyncio.create_task(worker(stub, w)) for w in range(16)] + [asyncio.create_task(watch_health())]
-        await asyncio.sleep(1.5)
+        # SIGTERM once the load is steady: at least 1.5 s in and 8 calls routed and still streaming. A fixed
+        # sleep was not enough on a busy 2-core box, where the first predictor batches can take longer.
+        began = time.monotonic()
+        while time.monotonic() - began < 30:
+            streaming = sum(1 for c in calls if c["routed"] is not None and "done" not in c)
+            if time.monotonic() - began >= 1.5 and streaming >= 8:
+                break
+            await asyncio.sleep(0.01)
         assert r.proc is not None
         state["sigterm"] = time.monotonic()
         r.proc.send_signal(signal.SIGTERM)
