@@ -52,16 +52,19 @@ CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-# name -> tenant policy changes from the defaults (service/config.py TenantConfig), run cold on every case
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "no safety margin (--margin 0)": {"margin": 0.0},
-    "MESS+ queue floor (--reserve 0)": {"reserve": 0.0},
-    "no optimism (--optimism 0)": {"optimism": 0.0},
-    "no exploration budget (--explore-budget 0)": {"explore_budget": 0.0},
-    "explore every model (--explore-models 0)": {"explore_models": 0},
-    "V = 1 (--V 1)": {"V": 1.0},
-    "c = 0.5 (--c 0.5)": {"c": 0.5},
+# name -> (tenant policy changes from the defaults (service/config.py TenantConfig), condition), on every case
+ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "defaults": ({}, "cold"),
+    "no safety margin (--margin 0)": ({"margin": 0.0}, "cold"),
+    "MESS+ queue floor (--reserve 0)": ({"reserve": 0.0}, "cold"),
+    "MESS+ linear queue (--debt-gain 0)": ({"debt_gain": 0.0}, "cold"),
+    "no optimism (--optimism 0)": ({"optimism": 0.0}, "cold"),
+    "no exploration budget (--explore-budget 0)": ({"explore_budget": 0.0}, "cold"),
+    "explore every model (--explore-models 0)": ({"explore_models": 0}, "cold"),
+    "V = 1 (--V 1)": ({"V": 1.0}, "cold"),
+    "c = 0.5 (--c 0.5)": ({"c": 0.5}, "cold"),
+    "defaults, sparse feedback": ({}, "rate"),
+    "no allowance for unlabelled requests (--confidence 0)": ({"confidence": 0.0}, "rate"),
 }
 
 
@@ -127,21 +130,22 @@ def table(out: Path, seeds: int) -> str:
 
 
 def ablation_table(out: Path) -> str:
-    """One row per ablation: over every cold (trace, alpha, seed) run, SLA met and cost against the static mix."""
-    lines = ["| policy | SLA met | cost / static mix: mean | max | worst satisfaction - alpha |",
-             "|---|---|---|---|---|"]
-    for name in ABLATIONS:
+    """One row per ablation: over every (trace, alpha, seed) run of its condition, SLA met and cost against the
+    static mix."""
+    lines = ["| policy | condition | SLA met | cost / static mix: mean | max | worst satisfaction - alpha |",
+             "|---|---|---|---|---|---|"]
+    for name, (_, cond) in ABLATIONS.items():
         runs = []
         for case in CASES:
-            path = out / "ablations" / _slug(name) / f"{case.key}-cold" / "summary.json"
+            path = out / "ablations" / _slug(name) / f"{case.key}-{cond}" / "summary.json"
             if path.exists():
                 runs += [(r, e["alpha"]) for e in json.loads(path.read_text()) for r in e["runs"]]
         if not runs:
             continue
         ratios = [r["cost_vs_static_mixture"] for r, _ in runs]
         met = sum(r["sla_met"] for r, _ in runs)
-        lines.append(f"| {name} | {met}/{len(runs)} | {sum(ratios) / len(ratios):.2f}x | {max(ratios):.2f}x | "
-                     f"{min(r['satisfaction'] - a for r, a in runs):+.4f} |")
+        lines.append(f"| {name} | {CONDITIONS[cond][1]} | {met}/{len(runs)} | {sum(ratios) / len(ratios):.2f}x | "
+                     f"{max(ratios):.2f}x | {min(r['satisfaction'] - a for r, a in runs):+.4f} |")
     return "\n".join(lines)
 
 
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only these, e.g. gsm8k-cold (repeatable); the table still shows every summary in OUT")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "ROUTING.md"))
     ap.add_argument("--table-only", action="store_true", help="regenerate the doc's table from OUT, run nothing")
-    ap.add_argument("--ablations", action="store_true", help="also run each ABLATIONS policy cold on every trace")
+    ap.add_argument("--ablations", action="store_true", help="also run each ABLATIONS policy under its condition on every trace")
     ap.add_argument("--ablation-seeds", type=int, default=2)
     ap.add_argument("--plots-to", default=str(ROOT / "docs" / "img"), help="copy the cold-start plots here")
     args = ap.parse_args(argv)
@@ -211,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             run(case, cond, args.seeds, out, Path(args.cache_dir))
         if args.ablations:
-            for name, policy in ABLATIONS.items():
+            for name, (policy, cond) in ABLATIONS.items():
                 for case in CASES:
-                    run(case, "cold", args.ablation_seeds, out / "ablations" / _slug(name), Path(args.cache_dir),
+                    run(case, cond, args.ablation_seeds, out / "ablations" / _slug(name), Path(args.cache_dir),
                         policy, reference=False)
     img = Path(args.plots_to)
     img.mkdir(parents=True, exist_ok=True)

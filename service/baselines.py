@@ -177,8 +177,9 @@ REFERENCE_C = 0.5
 
 def reference_tenant(tenant: TenantConfig) -> TenantConfig:
     """The tenant with the MESS+ paper's policy: V ~ 0 on raw costs, c = 0.5, explore every model, no optimism,
-    no safety margin, the queue floored at 0."""
-    return replace(tenant, V=REFERENCE_V, c=REFERENCE_C, explore_models=0, optimism=0.0, margin=0.0, reserve=0.0)
+    no safety margin, the queue floored at 0 and weighed linearly, and no allowance for unlabelled requests."""
+    return replace(tenant, V=REFERENCE_V, c=REFERENCE_C, explore_models=0, optimism=0.0, margin=0.0, reserve=0.0,
+                   confidence=0.0, debt_gain=0.0)
 
 
 class ReferenceRouter(Router):

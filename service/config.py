@@ -11,7 +11,7 @@ Sections and keys (all optional; the embedded default is the demo zoo on a local
     [zoo]        cost_unit, cost_ema; [[zoo.models]] name, triton_model, cost_per_request,
                  cost_per_input_token, cost_per_output_token, prior_accuracy
     [[tenants]]  name, alpha, V, c, explore_models, explore_budget, optimism, margin,
-                 reserve, seed
+                 reserve, confidence, debt_gain, seed
 
 Environment: `MESSPLUS_<SECTION>_<KEY>` overrides a scalar key, e.g. MESSPLUS_SERVER_LISTEN=0.0.0.0:50051,
 MESSPLUS_TRITON_URL=triton:8001, MESSPLUS_STATE_DIR=/var/lib/messplus. A bad value fails at start-up with a
@@ -114,7 +114,8 @@ class TenantConfig:
     """One SLA: the long-run mean satisfaction of the tenant's requests must stay >= alpha.
 
     The defaults are the ones docs/ROUTING.md measured across every shared trace; MESS+ as published is
-    V ~ 0 on raw costs, c = 0.5, explore_models = 0, optimism = 0, margin = 0, reserve = 0
+    V ~ 0 on raw costs, c = 0.5, explore_models = 0, optimism = 0, margin = 0, reserve = 0,
+    confidence = 0, debt_gain = 0
     (explore_budget does not apply when every model is explored).
     """
 
@@ -127,6 +128,8 @@ class TenantConfig:
     optimism: float = 1.0       # decisions use the upper sigma-bound of each model's satisfaction logit
     margin: float = 0.3         # safety margin: the n-th label is held to alpha + margin / (2 sqrt(n))
     reserve: float = -1.0       # satisfaction the queue may bank below zero; -1: unlimited, 0: the MESS+ floor
+    confidence: float = 1.0     # sigmas of the unlabelled requests' estimated satisfaction the queue also covers
+    debt_gain: float = 3.0      # the queue weighs this much more past half the margin's surplus (0: MESS+'s slope)
     seed: int = 0
 
 
@@ -347,6 +350,8 @@ def _validate_tenants(cfg: Config) -> None:
         _check(0 <= t.explore_budget <= 1, f"{key}.explore_budget", "must be in [0, 1]")
         _check(0 <= t.margin <= 1, f"{key}.margin", "must be in [0, 1]")
         _check(t.reserve >= 0 or t.reserve == -1, f"{key}.reserve", "must be >= 0, or -1 for unlimited")
+        _check(0 <= t.confidence <= 10, f"{key}.confidence", "must be in [0, 10]")
+        _check(0 <= t.debt_gain <= 100, f"{key}.debt_gain", "must be in [0, 100]")
         _check(t.seed >= 0, f"{key}.seed", "must be >= 0")
 
 

@@ -96,6 +96,8 @@ class Policy:
     optimism: float | None = None
     margin: float | None = None
     reserve: float | None = None
+    confidence: float | None = None
+    debt_gain: float | None = None
 
     def tenant(self, alpha: float, seed: int) -> TenantConfig:
         given = {k: v for k, v in asdict(self).items() if v is not None}
@@ -583,6 +585,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--optimism", type=float, help="tenant optimism (sigmas of the logit added in decisions)")
     p.add_argument("--margin", type=float, help="tenant safety margin (the n-th label is held to alpha + m/(2 sqrt n))")
     p.add_argument("--reserve", type=float, help="satisfaction the queue may bank below 0 (-1: unlimited, 0: MESS+)")
+    p.add_argument("--confidence", type=float,
+                   help="sigmas of the unlabelled requests' estimated satisfaction the queue also covers")
+    p.add_argument("--debt-gain", type=float,
+                   help="how much more the queue weighs past half the margin's surplus (0: MESS+'s linear queue)")
     p.add_argument("--no-reference", action="store_true", help="skip the MESS+ reference runs")
     p.add_argument("--grpc", metavar="ADDR", help="route through a running service (Route/Feedback) at HOST:PORT")
     p.add_argument("--tenant", default="default", help="the service tenant to drive with --grpc")

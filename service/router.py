@@ -3,19 +3,23 @@
 The service and `messplus replay` both run this class; neither re-implements any of it. docs/ROUTING.md
 explains each choice below and what it measured.
 
-Per tenant k (alpha, V, c, explore_models, explore_budget, optimism, margin, reserve from config):
+Per tenant k (alpha, V, c, explore_models, explore_budget, optimism, margin, reserve, confidence, debt_gain
+from config):
   1. t <- t + 1; explore with probability min(1, c / t^(1/4)) (a counter-based draw: reproducible by seed).
   2. every model's satisfaction is predicted as a logit mean mu and variance v (heads.py); decisions use the
      optimistic p_opt = sigmoid(mu + optimism * sqrt(v)), so a model the router knows little about is tried
      when the queue asks for satisfaction, and a dominated one stops being tried once it is known.
-  3. exploit: argmin_m V' * cost_m + max(0, Q + E) * (alpha - p_opt_m) over the available models
-     (kernels.decide_batch), with V' = V per unit of the tenant's mean cost per request so far, and E what the
-     routed requests still without a label are expected to add to Q (their targets minus their predicted
-     satisfaction, corrected by the predictor's measured bias): so late feedback does not make the queue
-     overshoot, and requests that never get feedback still count, as the SLA counts them.
-  4. explore: invoke the exploit choice plus the explore_models - 1 most uncertain models among its neighbours
-     in cost and those the exploration budget affords (0: all models); serve the invoked answer predicted most
-     satisfying (they are all paid for); every answer can be labelled.
+  3. exploit: argmin_m V' * cost_m + P * (alpha - p_opt_m) over the available models (kernels.decide_batch),
+     with V' = V per unit of the tenant's mean cost per request so far, and P the pressure of the queue:
+     max(0, Q + E), and debt_gain times more past half the surplus the margin has banked (debt_pressure). E is
+     what the routed requests still without a label are expected to add to Q (their targets minus their
+     predicted satisfaction, corrected by the predictor's measured bias, plus `confidence` standard errors of
+     that estimate): so late feedback does not make the queue overshoot, and requests that never get feedback
+     still count, as the SLA counts them.
+  4. explore: invoke the exploit choice plus the explore_models - 1 runners-up of step 3's objective with every
+     model at its plausible best (sigmoid(mu + EXPLORE_SIGMAS sigma)), among its neighbours in cost, the
+     models the exploration budget affords and those the queue could justify (0: all models); serve the invoked
+     answer predicted most satisfying (they are all paid for); every answer can be labelled.
   5. on the served answer's first label s, the n-th of the tenant:
         Q <- max(-reserve, Q + alpha + margin / (2 sqrt(n)) - s)      (kernels.queue_update), durably.
      reserve 0 and margin 0 is the MESS+ queue. With an unlimited reserve the queue keeps the surplus of a
@@ -56,6 +60,8 @@ EXPLORE_DEFAULT, EXPLORE_NEVER, EXPLORE_ALWAYS = 0, 1, 2
 SCALE_WARMUP = 20  # requests before a tenant's own mean cost sets the unit of V
 BIAS_PRIOR_N = 20.0  # pseudo-labels of zero error behind the predictor's bias estimate
 EXPLORE_COST_RATIO = 2.0  # exploration steps learn models at most this much dearer than the exploit choice
+EXPLORE_SIGMAS = 3.0  # exploration ranks each model at sigmoid(mu + 3 sigma): what it might plausibly be
+DEBT_BANK = 0.5  # the queue runs at its plain slope up to this share of the margin's surplus (margin sqrt(n))
 
 
 @dataclass
@@ -74,6 +80,7 @@ class TenantState:
     pending_sum: float = 0.0  # sum of target - p_served over routed requests whose served answer is unlabelled
     pending_n: int = 0
     resid_sum: float = 0.0    # sum of satisfaction - p_served over those that are labelled (predictor bias)
+    resid_sq: float = 0.0     # sum of (satisfaction - p_served)^2 over the same (the predictor's error spread)
     resid_n: int = 0
     served: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     invoked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -160,10 +167,11 @@ class Router:
             st.cost_sum, st.cost_raw_sum, st.explore_steps = row.cost_sum, row.cost_raw_sum, row.explore_steps
             st.explore_cost_raw = row.explore_cost_raw
             st.next_t = row.requests + 1
-        for name, (pending_sum, pending_n, resid_sum, resid_n) in self.store.expectations().items():
+        for name, (pending_sum, pending_n, resid_sum, resid_sq, resid_n) in self.store.expectations().items():
             if name in self.tenants:
                 st = self.tenants[name]
-                st.pending_sum, st.pending_n, st.resid_sum, st.resid_n = pending_sum, pending_n, resid_sum, resid_n
+                st.pending_sum, st.pending_n = pending_sum, pending_n
+                st.resid_sum, st.resid_sq, st.resid_n = resid_sum, resid_sq, resid_n
         for (tenant, model), (served, invoked) in self.store.model_counts().items():
             if tenant in self.tenants and model in self.index:
                 self.tenants[tenant].served[self.index[model]] = served
@@ -253,6 +261,7 @@ class Router:
                 ts[b], st.next_t = st.next_t, st.next_t + 1
             queue = np.array([st.queue for st in states], np.float64)
             expected = np.array([st.queue + expected_pending(st) for st in states], np.float64)
+            labelled = np.array([st.labelled for st in states], np.float64)
         alpha = np.array([st.cfg.alpha for st in states], np.float64)
         V = np.array([st.cfg.V * self.v_scale(st) for st in states], np.float64)
         c = np.array([st.cfg.c for st in states], np.float64)
@@ -261,7 +270,11 @@ class Router:
         seed = np.uint64(states[0].cfg.seed if states else 0)
         explore = kernels.draw_explore_batch(seed, streams, ts, c) if B else np.zeros(0, np.bool_)
         p_dec = optimistic(p_hat, var, kappa)
-        choice = kernels.decide_batch(p_dec, self.costs(), masks, np.maximum(expected, 0.0), alpha, V)
+        margin = np.array([st.cfg.margin for st in states], np.float64)
+        gain = np.array([st.cfg.debt_gain for st in states], np.float64)
+        pressure = np.maximum(debt_pressure(expected, margin, labelled, gain), 0.0)
+        costs = self.costs()
+        choice = kernels.decide_batch(p_dec, costs, masks, pressure, alpha, V)
         out: list[Decision | NoModelAvailable] = []
         for b, it in enumerate(items):
             if choice[b] < 0:
@@ -269,38 +282,47 @@ class Router:
                                             f"{', '.join(self._available_names()) or 'none'})"))
                 continue
             ex = it.exploration == EXPLORE_ALWAYS or (it.exploration == EXPLORE_DEFAULT and bool(explore[b]))
-            out.append(self._decision(it, states[b], int(ts[b]), ex, int(choice[b]), p_hat[b], var[b], masks[b],
-                                      float(queue[b])))
+            invoked: tuple[int, ...] = (int(choice[b]),)
+            if ex:
+                # exploration ranks models by the decision's own objective with each one at its plausible best
+                p_best = optimistic(p_hat[b:b + 1], var[b:b + 1], np.array([EXPLORE_SIGMAS]))[0]
+                rank = V[b] * costs + pressure[b] * (alpha[b] - p_best)
+                # the dearest model the queue could justify: what a perfect answer would be worth over the choice
+                worth = pressure[b] * (1.0 - p_dec[b, choice[b]]) / V[b] if V[b] > 0 else math.inf
+                invoked = self._explored(states[b], int(choice[b]), rank, masks[b], worth)
+            out.append(self._decision(it, states[b], int(ts[b]), ex, int(choice[b]), invoked, p_hat[b], var[b],
+                                      masks[b], float(queue[b])))
         return out
 
     def _available_names(self) -> list[str]:
         return [n for n, ok in zip(self.names, self.available) if ok]
 
-    def _explored(self, st: TenantState, choice: int, var: np.ndarray, mask: np.ndarray) -> tuple[int, ...]:
-        """The exploit choice plus the explore_models - 1 most uncertain models among those it can afford: its
-        neighbours in cost (at most EXPLORE_COST_RATIO times as dear, and at least the next dearer one), and any
+    def _explored(self, st: TenantState, choice: int, rank: np.ndarray, mask: np.ndarray,
+                  worth: float) -> tuple[int, ...]:
+        """The exploit choice plus the explore_models - 1 best-ranked models (lowest `rank`) among those it can
+        afford: its neighbours in cost (at most EXPLORE_COST_RATIO times as dear, and at least the next dearer
+        one), any model at most `worth` (in units of the dearest model's cost) dearer than the choice, and any
         model whose cost fits in what is left of the exploration budget (explore_budget times all the tenant
-        has spent, minus what exploration's extra models have cost so far). The budget is what keeps a dear
-        model that started badly from being locked out, at a bounded price."""
+        has spent, minus what exploration's extra models have cost so far). The budget and `worth` are what keep
+        a dear model that started badly from being locked out: the first at a bounded price, the second when
+        the queue says the SLA needs it."""
         idx = np.flatnonzero(mask)
         n = st.cfg.explore_models
         if n == 0 or n >= len(idx):
             return tuple(int(i) for i in idx)
         cost = self.cost_raw[idx]
         dearer = cost[cost > self.cost_raw[choice]]
-        limit = max(EXPLORE_COST_RATIO * self.cost_raw[choice], dearer.min() if dearer.size else 0.0)
+        limit = max(EXPLORE_COST_RATIO * self.cost_raw[choice], dearer.min() if dearer.size else 0.0,
+                    self.cost_raw[choice] + worth * self.cost_raw.max())
         left = st.cfg.explore_budget * st.cost_raw_sum - st.explore_cost_raw
         near = idx[(cost <= limit) | (cost <= left)]
-        others = [int(i) for i in near[np.argsort(-var[near], kind="stable")] if i != choice]
+        others = [int(i) for i in near[np.argsort(rank[near], kind="stable")] if i != choice]
         return tuple(sorted([choice, *others[: n - 1]]))
 
-    def _decision(self, it: RouteItem, st: TenantState, t: int, explore: bool, choice: int, p: np.ndarray,
-                  var: np.ndarray, mask: np.ndarray, queue: float) -> Decision:
-        if explore:
-            invoked = self._explored(st, choice, var, mask)
-            served = max(invoked, key=lambda k: (p[k], self.cost_raw[k]))  # ties: the dearer, more capable
-        else:
-            invoked, served = (choice,), choice
+    def _decision(self, it: RouteItem, st: TenantState, t: int, explore: bool, choice: int,
+                  invoked: tuple[int, ...], p: np.ndarray, var: np.ndarray, mask: np.ndarray,
+                  queue: float) -> Decision:
+        served = max(invoked, key=lambda k: (p[k], self.cost_raw[k]))  # ties: the dearer, more capable
         costs = self.costs()
         return Decision(request_id=it.request_id or uuid.uuid4().hex, tenant=it.tenant, t=t, served=served,
                         exploration=explore, invoked=invoked, choice=choice, p_hat=p.copy(), var=var.copy(),
@@ -401,13 +423,35 @@ def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray) -> np.ndarray:
 
 
 def expected_pending(st: TenantState) -> float:
-    """The deficit the tenant's routed-but-unlabelled requests are expected to add to the queue: each one's
-    target minus its predicted satisfaction, corrected by the predictor's mean error on the labelled ones (shrunk
-    towards 0 by BIAS_PRIOR_N pseudo-labels). Zero when every request is labelled."""
-    if st.pending_n <= 0:
+    """The deficit the tenant's routed-but-unlabelled requests are expected to add to the queue, plus
+    `confidence` standard errors of that estimate. Zero when every request is labelled.
+
+    The estimate is each one's target minus its predicted satisfaction, corrected by the predictor's mean error
+    on the labelled ones (shrunk towards 0 by BIAS_PRIOR_N pseudo-labels). Its error has two parts: the n
+    unlabelled outcomes' own spread (variance n s2) and the error of the bias estimate, which every one of them
+    shares (n^2 s2 / m, from m labels); s2 is the labelled residuals' variance (a prior of 1/4, the most a
+    label's can be, weighs BIAS_PRIOR_N labels). With sparse feedback (n ~ 4m) the second part grows like n and
+    the router holds the stream above alpha by what it cannot see; with full feedback n is the requests in
+    flight and it all but vanishes."""
+    n = st.pending_n
+    if n <= 0:
         return 0.0
-    bias = st.resid_sum / (st.resid_n + BIAS_PRIOR_N)
-    return st.pending_sum - bias * st.pending_n
+    m = st.resid_n + BIAS_PRIOR_N
+    bias = st.resid_sum / m
+    s2 = max(st.resid_sq - st.resid_sum * bias + 0.25 * BIAS_PRIOR_N, 0.0) / m
+    return st.pending_sum - bias * n + st.cfg.confidence * math.sqrt(s2 * (n + n * n / m))
+
+
+def debt_pressure(expected: np.ndarray, margin: np.ndarray, labelled: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """The queue the decisions weigh satisfaction by: the expected queue Q + E, and `gain` times more beyond
+    DEBT_BANK of the surplus the safety margin has banked (margin sqrt(n) after n labels); per row.
+
+    MESS+'s linear queue settles where the cost of lifting satisfaction balances it (Q* ~ V' dcost / dp), a
+    standing deficit that only vanishes as Q*/T over an infinite horizon. When lifting satisfaction takes a
+    much dearer model for a small gain, Q* outgrows the margin's surplus and the stream ends below alpha; the
+    steeper slope past the bank holds Q near it instead, so the margin's surplus pays the standing deficit."""
+    bank = DEBT_BANK * margin * np.sqrt(np.maximum(labelled, 1.0))
+    return expected + gain * np.maximum(expected - bank, 0.0)
 
 
 def queue_floor(cfg: TenantConfig) -> float:
@@ -509,6 +553,7 @@ class _FeedbackJob:
                     st.pending_sum -= target - p
                     st.pending_n -= 1
                     st.resid_sum += s - p
+                    st.resid_sq += (s - p) ** 2
                     st.resid_n += 1
         if self.new:
             self.router._learn(self.pending, self.new, self.last_seq)

@@ -263,21 +263,23 @@ class Store:
         return {r[0]: TenantRow(name=r[0], queue=r[1], requests=r[2], labelled=r[3], sat_sum=r[4], cost_sum=r[5],
                                 cost_raw_sum=r[6], explore_steps=r[7], explore_cost_raw=r[8]) for r in rows}
 
-    def expectations(self) -> dict[str, tuple[float, int, float, int]]:
+    def expectations(self) -> dict[str, tuple[float, int, float, float, int]]:
         """Per tenant: (sum of target - p_served, count) over requests whose served answer has no label yet, and
-        (sum of satisfaction - p_served, count) over those whose has: the router's expected-queue terms."""
+        (sum of satisfaction - p_served, sum of its square, count) over those whose has: the router's
+        expected-queue terms."""
         out: dict[str, list[float]] = {}
         for tenant, total, n in self.read(
                 "SELECT r.tenant, SUM(r.target - r.p_served), COUNT(*) FROM requests r WHERE r.p_served IS NOT NULL "
                 "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id AND "
                 "l.model = r.served_model) GROUP BY r.tenant"):
-            out.setdefault(tenant, [0.0, 0, 0.0, 0])[0:2] = [total, n]
-        for tenant, total, n in self.read(
-                "SELECT r.tenant, SUM(l.satisfaction - r.p_served), COUNT(*) FROM requests r JOIN labels l ON "
-                "l.request_id = r.request_id AND l.model = r.served_model WHERE r.p_served IS NOT NULL "
-                "GROUP BY r.tenant"):
-            out.setdefault(tenant, [0.0, 0, 0.0, 0])[2:4] = [total, n]
-        return {k: (float(v[0]), int(v[1]), float(v[2]), int(v[3])) for k, v in out.items()}
+            out.setdefault(tenant, [0.0, 0, 0.0, 0.0, 0])[0:2] = [total, n]
+        for tenant, total, sq, n in self.read(
+                "SELECT r.tenant, SUM(l.satisfaction - r.p_served), "
+                "SUM((l.satisfaction - r.p_served) * (l.satisfaction - r.p_served)), COUNT(*) FROM requests r "
+                "JOIN labels l ON l.request_id = r.request_id AND l.model = r.served_model "
+                "WHERE r.p_served IS NOT NULL GROUP BY r.tenant"):
+            out.setdefault(tenant, [0.0, 0, 0.0, 0.0, 0])[2:5] = [total, sq, n]
+        return {k: (float(v[0]), int(v[1]), float(v[2]), float(v[3]), int(v[4])) for k, v in out.items()}
 
     def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
         return {(r[0], r[1]): (r[2], r[3]) for r in self.read("SELECT tenant, model, served, invoked FROM model_counts")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.errors import Conflict, InvalidArgument, NotFound
 from messplus.service.heads import Heads
 from messplus.service.router import (BIAS_PRIOR_N, EXPLORE_ALWAYS, EXPLORE_NEVER, Decision, RouteItem, Router,
-                                     expected_pending, fold_queue)
+                                     debt_pressure, expected_pending, fold_queue)
 from messplus.service.store import Store
 
 DIM = 8
@@ -21,7 +22,8 @@ MODELS = (ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1.0),
           ModelConfig(name="mid", triton_model="mid", cost_per_request=3.0),
           ModelConfig(name="big", triton_model="big", cost_per_request=10.0))
 TENANTS = (TenantConfig(name="acme", alpha=0.8, V=1.0, c=0.0), TenantConfig(name="beta", alpha=0.6, c=0.0),
-           TenantConfig(name="mess", alpha=0.8, c=0.0, explore_models=0, optimism=0.0, margin=0.0, reserve=0.0))
+           TenantConfig(name="mess", alpha=0.8, c=0.0, explore_models=0, optimism=0.0, margin=0.0, reserve=0.0,
+                        confidence=0.0, debt_gain=0.0))
 
 
 def make_router(path: Path | str, **kw: object) -> Router:
@@ -157,30 +159,78 @@ def test_exploration_invokes_every_available_model_and_learns_all_labels(router:
     assert (router.heads.labels - before).tolist() == [1, 1, 1]
 
 
-def test_default_exploration_adds_the_most_uncertain_neighbour_in_cost(router: Router) -> None:
+# cheap is sure to be good, mid is known to be mediocre, big is unknown: with a queue, cheap stays the choice
+SURE_CHEAP = (np.array([[0.9, 0.5, 0.5]]), np.array([[0.01, 0.01, 3.0]]))
+
+
+def test_exploration_adds_the_runner_up_with_each_model_at_its_plausible_best(router: Router) -> None:
     item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
     p = np.array([[0.5, 0.5, 0.5]])
     (d,) = router.decide([item], p, np.array([[0.1, 2.0, 3.0]]))  # choice: cheap (queue 0)
-    assert isinstance(d, Decision) and d.invoked == (0, 1)  # big is more uncertain, but 10x; mid is the next dearer
-    router.cost_raw[2] = 2.0  # now big is within 2x, and more uncertain
+    assert isinstance(d, Decision) and d.invoked == (0, 1)  # big is as plausible, but 10x; mid is the next dearer
+    router.cost_raw[2] = 2.0  # now big is within 2x, and cheaper than mid
     (d,) = router.decide([item], p, np.array([[0.1, 2.0, 3.0]]))
     assert isinstance(d, Decision) and d.invoked == (0, 2)
 
 
+def test_with_a_queue_exploration_prefers_the_model_that_might_satisfy(router: Router) -> None:
+    item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
+    st = router.tenants["acme"]
+    st.cost_raw_sum = 100.0  # the budget (10% of it) affords big
+    (d,) = router.decide([item], *SURE_CHEAP)
+    assert isinstance(d, Decision) and d.choice == 0 and d.invoked == (0, 1)  # no queue: the cheaper runner-up
+    st.queue = 5.0
+    (d,) = router.decide([item], *SURE_CHEAP)
+    assert isinstance(d, Decision) and d.choice == 0 and d.invoked == (0, 2)  # mid cannot reach alpha, big might
+
+
 def test_the_exploration_budget_affords_a_dear_uncertain_model_and_is_spent(router: Router) -> None:
     item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
-    p, var = np.array([[0.6, 0.5, 0.5]]), np.array([[0.1, 2.0, 3.0]])  # cheap is chosen and served
     st = router.tenants["acme"]
+    st.queue = 5.0  # enough to want big, not enough to justify its price without the budget
     st.cost_raw_sum = 95.0  # 10% of it (9.5) affords big (10) only once more spend comes in
-    (d,) = router.decide([item], p, var)
-    assert isinstance(d, Decision) and d.invoked == (0, 1)
+    (d,) = router.decide([item], *SURE_CHEAP)
+    assert isinstance(d, Decision) and d.choice == 0 and d.invoked == (0, 1)
     st.cost_raw_sum = 100.0
-    (d,) = router.decide([item], p, var)
+    (d,) = router.decide([item], *SURE_CHEAP)
     assert isinstance(d, Decision) and d.invoked == (0, 2)
     router.record(d, np.ones(DIM, np.float32)).result()
     assert st.explore_cost_raw == 10.0  # big's cost, not the served model's
-    (d,) = router.decide([item], p, var)
+    (d,) = router.decide([item], *SURE_CHEAP)
     assert isinstance(d, Decision) and d.invoked == (0, 1)  # budget spent
+
+
+def test_a_deep_queue_explores_a_dear_model_without_budget(router: Router) -> None:
+    item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
+    st = router.tenants["acme"]
+    assert st.cost_raw_sum == 0.0  # no budget at all
+    st.queue = 5.0
+    (d,) = router.decide([item], *SURE_CHEAP)
+    assert isinstance(d, Decision) and d.invoked == (0, 1)
+    st.queue = 50.0  # now a perfect answer from big would be worth its price over cheap's
+    (d,) = router.decide([item], *SURE_CHEAP)
+    assert isinstance(d, Decision) and d.choice == 0 and d.invoked == (0, 2)
+
+
+def test_the_queue_weighs_more_past_half_the_margins_surplus() -> None:
+    # margin 0.3 after 100 labels has banked 0.3 * sqrt(100) = 3 labels; half of it is 1.5; gain 3
+    q = np.array([-2.0, 1.0, 1.5, 2.5])
+    ones = np.ones_like(q)
+    assert debt_pressure(q, 0.3 * ones, 100 * ones, 3 * ones) == pytest.approx([-2.0, 1.0, 1.5, 2.5 + 3 * 1.0])
+    assert (debt_pressure(q, 0.3 * ones, 100 * ones, 0 * ones) == q).all()  # gain 0: MESS+'s linear queue
+    assert debt_pressure(np.array([1.0]), np.array([0.3]), np.array([0.0]), np.array([3.0]))[0] == pytest.approx(
+        1.0 + 3 * (1.0 - 0.15))  # before the first label the bank is that of one label
+
+
+def test_a_standing_deficit_past_the_bank_buys_the_dearer_model(router: Router) -> None:
+    st = router.tenants["acme"]  # alpha 0.8, V 1 per going rate; mid is 0.1 likelier to satisfy at 2 more
+    item, p, var = RouteItem(tenant="acme", exploration=EXPLORE_NEVER), np.array([[0.6, 0.7, 0.7]]), np.zeros((1, 3))
+    st.labelled, st.queue = 400, 5.0  # banked 0.3 * sqrt(400) = 6, half is 3: the queue is 2 past it
+    (d,) = router.decide([item], p, var)
+    assert isinstance(d, Decision) and d.served == 1  # 5 + 3 * 2 = 11 > V' * 0.2 / 0.1 = 6.7
+    router.tenants["acme"].cfg = replace(st.cfg, debt_gain=0.0)
+    (d,) = router.decide([item], p, var)
+    assert isinstance(d, Decision) and d.served == 0  # linear: 5 < 6.7, the deficit stands
 
 
 def test_labels_for_models_not_invoked_are_refused(router: Router) -> None:
@@ -262,20 +312,29 @@ def test_a_state_file_from_before_the_exploration_budget_is_migrated(tmp_path: P
 def test_unlabelled_requests_count_in_decisions_by_their_expected_satisfaction(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     r = make_router(path)
-    ds = [route(r) for _ in range(3)]  # acme: each served "cheap" with p_hat 0.5, no feedback yet
-    targets = [0.8 + 0.3 / (2 * math.sqrt(t)) for t in (1, 2, 3)]
+    ds = [route(r) for _ in range(3)]  # acme: p_hat 0.5, 0.7, 0.9 for cheap, mid, big; no feedback yet
+    assert ds[0].served == 0  # the first goes to cheap; the next ones weigh what the first may have missed
+    # each one's target (alpha plus the margin at its index) minus the satisfaction predicted for what it was served
+    deficits = [0.8 + 0.3 / (2 * math.sqrt(d.t)) - float(d.p_hat[d.served]) for d in ds]
     st = r.tenants["acme"]
-    assert expected_pending(st) == pytest.approx(sum(t - 0.5 for t in targets))
+    assert st.cfg.confidence == 1.0
+    # no labels yet: no bias; the spread is the prior's 1/4, and the error of 3 guesses is sqrt(1/4 (3 + 9 / 20))
+    allowance = math.sqrt(0.25 * (3 + 9 / BIAS_PRIOR_N))
+    assert expected_pending(st) == pytest.approx(sum(deficits) + allowance)
     r.store.close()
 
     r2 = make_router(path)  # the expectation is rebuilt from the stored requests
     st2 = r2.tenants["acme"]
-    assert expected_pending(st2) == pytest.approx(sum(t - 0.5 for t in targets))
+    assert expected_pending(st2) == pytest.approx(sum(deficits) + allowance)
     r2.feedback("acme", ds[0].request_id, 1.0, []).result()  # labelled: it leaves E, and says p_hat was 0.5 low
-    bias = 0.5 / (1 + BIAS_PRIOR_N)
+    m = 1 + BIAS_PRIOR_N
+    bias = 0.5 / m
+    spread = (0.5 ** 2 - 0.5 * bias + 0.25 * BIAS_PRIOR_N) / m
     assert (st2.pending_n, st2.resid_n) == (2, 1)
-    assert expected_pending(st2) == pytest.approx(sum(t - 0.5 for t in targets[1:]) - 2 * bias)
-    assert st2.queue == pytest.approx(targets[0] - 1.0)
+    assert expected_pending(st2) == pytest.approx(sum(deficits[1:]) - 2 * bias + math.sqrt(spread * (2 + 4 / m)))
+    st2.cfg = replace(st2.cfg, confidence=0.0)  # without the allowance: the bias-corrected estimate alone
+    assert expected_pending(st2) == pytest.approx(sum(deficits[1:]) - 2 * bias)
+    assert st2.queue == pytest.approx(0.8 + 0.3 / 2 - 1.0)
     r2.store.close()
 
 
