@@ -184,6 +184,24 @@ def test_with_a_queue_exploration_prefers_the_model_that_might_satisfy(router: R
     assert isinstance(d, Decision) and d.choice == 0 and d.invoked == (0, 2)  # mid cannot reach alpha, big might
 
 
+def test_a_model_whose_exploration_label_is_in_flight_yields_to_the_next(router: Router) -> None:
+    item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
+    st = router.tenants["acme"]
+    st.queue = 5.0
+    router.cost_raw[2] = 3.5  # big now costs about what mid does; both are unknown
+    p, var = np.array([[0.9, 0.5, 0.5]]), np.array([[0.01, 3.0, 3.0]])
+    (d,) = router.decide([item], p, var)
+    assert isinstance(d, Decision) and d.invoked == (0, 1)  # as plausible as big, and cheaper
+    router.record(d, np.ones(DIM, np.float32)).result()
+    assert st.awaiting.tolist() == [False, True, False]
+    (d2,) = router.decide([item], p, var)
+    assert isinstance(d2, Decision) and d2.invoked == (0, 2)  # mid's label is on its way: learn big meanwhile
+    router.feedback("acme", d.request_id, None, [("mid", 1.0)]).result()
+    assert not st.awaiting.any()
+    (d3,) = router.decide([item], p, var)
+    assert isinstance(d3, Decision) and d3.invoked == (0, 1)
+
+
 def test_the_exploration_budget_affords_a_dear_uncertain_model_and_is_spent(router: Router) -> None:
     item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
     st = router.tenants["acme"]
