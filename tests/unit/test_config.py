@@ -66,6 +66,8 @@ def test_environment_overrides_a_key(tmp_path: Path) -> None:
     (GOOD.replace("V = 2.0", "V = 2.0\nreserve = -3"), {}, "tenants[0].reserve"),
     (GOOD.replace("V = 2.0", "V = 2.0\noptimism = -1"), {}, "tenants[0].optimism"),
     (GOOD.replace("V = 2.0", "V = 2.0\nexplore_budget = 1.5"), {}, "tenants[0].explore_budget"),
+    (GOOD.replace("V = 2.0", "V = 2.0\nconfidence = -1"), {}, "tenants[0].confidence"),
+    (GOOD.replace("V = 2.0", "V = 2.0\ndebt_gain = -0.5"), {}, "tenants[0].debt_gain"),
     (GOOD.replace('listen = "127.0.0.1:6000"', 'listen = "nope"'), {}, "server.listen"),
     (GOOD.replace("cost_per_request = 0.001", "cost_per_request = -1"), {}, "zoo.models[0].cost_per_request"),
     (GOOD.replace('name = "large"', 'name = "small"'), {}, "zoo.models[1].name"),
@@ -89,8 +91,11 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_tenant_policy_defaults_and_the_mess_plus_settings_load(tmp_path: Path) -> None:
-    cfg = config.load(write(tmp_path, GOOD.replace("V = 2.0", "V = 2.0\nmargin = 0\nreserve = 0\noptimism = 0")))
+    cfg = config.load(write(tmp_path, GOOD.replace(
+        "V = 2.0", "V = 2.0\nmargin = 0\nreserve = 0\noptimism = 0\nconfidence = 0\ndebt_gain = 0")))
     t = cfg.tenants[0]
     assert (t.V, t.margin, t.reserve, t.optimism, t.explore_budget) == (2.0, 0.0, 0.0, 0.0, 0.1)
+    assert (t.confidence, t.debt_gain) == (0.0, 0.0)
     d = config.TenantConfig(name="x", alpha=0.7)
     assert (d.V, d.c, d.explore_models, d.margin, d.reserve) == (0.15, 0.2, 2, 0.3, -1.0)
+    assert (d.confidence, d.debt_gain) == (1.0, 3.0)
