@@ -266,6 +266,7 @@ class Router:
             queue = np.array([st.queue for st in states], np.float64)
             expected = np.array([st.queue + expected_pending(st) for st in states], np.float64)
             labelled = np.array([st.labelled for st in states], np.float64)
+            awaiting = [st.awaiting.copy() for st in states]
         alpha = np.array([st.cfg.alpha for st in states], np.float64)
         V = np.array([st.cfg.V * self.v_scale(st) for st in states], np.float64)
         c = np.array([st.cfg.c for st in states], np.float64)
@@ -289,7 +290,7 @@ class Router:
             invoked: tuple[int, ...] = (int(choice[b]),)
             if ex:
                 # exploration ranks models by the decision's own objective with each one at its plausible best
-                p_best = optimistic(p_hat[b:b + 1], in_flight(var[b:b + 1], states[b].awaiting),
+                p_best = optimistic(p_hat[b:b + 1], in_flight(var[b:b + 1], awaiting[b]),
                                     np.array([EXPLORE_SIGMAS]))[0]
                 rank = V[b] * costs + pressure[b] * (alpha[b] - p_best)
                 # the dearest model the queue could justify: what a perfect answer would be worth over the choice
