@@ -297,7 +297,7 @@ class Router:
                 worth = pressure[b] * (1.0 - p_dec[b, choice[b]]) / V[b] if V[b] > 0 else math.inf
                 invoked = self._explored(states[b], int(choice[b]), rank, masks[b], worth)
             out.append(self._decision(it, states[b], int(ts[b]), ex, int(choice[b]), invoked, p_hat[b], var[b],
-                                      masks[b], float(queue[b])))
+                                      masks[b], float(queue[b]), costs))
         return out
 
     def _available_names(self) -> list[str]:
@@ -327,9 +327,8 @@ class Router:
 
     def _decision(self, it: RouteItem, st: TenantState, t: int, explore: bool, choice: int,
                   invoked: tuple[int, ...], p: np.ndarray, var: np.ndarray, mask: np.ndarray,
-                  queue: float) -> Decision:
+                  queue: float, costs: np.ndarray) -> Decision:
         served = max(invoked, key=lambda k: (p[k], self.cost_raw[k]))  # ties: the dearer, more capable
-        costs = self.costs()
         return Decision(request_id=it.request_id or uuid.uuid4().hex, tenant=it.tenant, t=t, served=served,
                         exploration=explore, invoked=invoked, choice=choice, p_hat=p.copy(), var=var.copy(),
                         available=mask.copy(),
@@ -345,10 +344,11 @@ class Router:
         cost = d.cost if cost is None else cost
         cost_raw = d.cost_raw if cost_raw is None else cost_raw
         st = self.tenants[d.tenant]
-        extra = float(self.cost_raw[[k for k in invoked if k != d.choice]].sum()) if d.exploration else 0.0
+        extras = [k for k in invoked if k != d.choice] if d.exploration else []
+        extra = float(self.cost_raw[extras].sum())
         emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
         p_served = float(d.p_hat[served])
-        target = st.cfg.alpha + st.cfg.margin / (2 * math.sqrt(max(d.t, 1)))
+        target = label_target(st.cfg, d.t)
         self._remember(d.request_id, _Pending(d.tenant, served, invoked, emb, p_served, target))
         with self._lock:
             st.pending_sum += target - p_served
@@ -360,8 +360,7 @@ class Router:
             st.explore_cost_raw += extra
             st.served[served] += 1
             st.invoked[list(invoked)] += 1
-            if d.exploration:
-                st.awaiting[[k for k in invoked if k != d.choice]] = True
+            st.awaiting[extras] = True
         row = RequestRow(request_id=d.request_id, tenant=d.tenant, t=d.t, served_model=self.names[served],
                          invoked=tuple(self.names[k] for k in invoked), exploration=d.exploration, cost=cost,
                          cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes(), explore_cost_raw=extra,
@@ -476,10 +475,14 @@ def queue_floor(cfg: TenantConfig) -> float:
     return -math.inf if cfg.reserve < 0 else -cfg.reserve
 
 
+def label_target(cfg: TenantConfig, n: int) -> float:
+    """What the tenant's n-th label is held to: alpha plus the decaying safety margin."""
+    return cfg.alpha + cfg.margin / (2 * math.sqrt(max(n, 1)))
+
+
 def queue_step(cfg: TenantConfig, queue: float, n: int, satisfaction: float) -> float:
     """The queue after the tenant's n-th queue-moving label (n >= 1)."""
-    target = cfg.alpha + cfg.margin / (2 * math.sqrt(max(n, 1)))
-    return kernels.queue_update(queue, target, satisfaction, queue_floor(cfg))
+    return kernels.queue_update(queue, label_target(cfg, n), satisfaction, queue_floor(cfg))
 
 
 def fold_queue(cfg: TenantConfig, satisfactions: Sequence[float]) -> float:
@@ -560,9 +563,10 @@ class _FeedbackJob:
 
     def after_commit(self, result: FeedbackResult) -> None:
         st = self.st
-        if self.moves:
-            s = self.new[self.pending.served]
-            with self.router._lock:
+        with self.router._lock:
+            st.awaiting[list(self.new)] = False
+            if self.moves:
+                s = self.new[self.pending.served]
                 st.queue = self.queue
                 st.labelled += 1
                 st.sat_sum += s
@@ -574,8 +578,6 @@ class _FeedbackJob:
                     st.resid_sq += (s - p) ** 2
                     st.resid_n += 1
         if self.new:
-            with self.router._lock:
-                st.awaiting[list(self.new)] = False
             self.router._learn(self.pending, self.new, self.last_seq)
 
 
