@@ -34,7 +34,7 @@ def _best_us(fn: Callable[[], object], number: int) -> float:
 
 
 def _decide_args(rng: np.random.Generator, B: int, K: int) -> tuple[np.ndarray, ...]:
-    return (rng.random((B, K)), rng.random(K), rng.random((B, K)) < 0.9,
+    return (rng.random((B, K)), rng.random((B, K)), rng.random((B, K)) < 0.9,
             rng.random(B) * 5, np.full(B, 0.7), np.full(B, 0.1))
 
 

@@ -50,6 +50,10 @@ CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
     "delay": ({"feedback_delay": 200}, "--feedback-delay 200"),
     "outage": ({"outages": "@cheapest:0.45:0.55"}, "cheapest good model out for 10%"),
 }
+# conditions only the ablations run
+ABLATION_CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "flat": ({"flat_costs": True}, "cold start, one price per model"),
+}
 
 
 # name -> (tenant policy changes from the defaults (service/config.py TenantConfig), condition), on every case
@@ -63,6 +67,7 @@ ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "explore every model (--explore-models 0)": ({"explore_models": 0}, "cold"),
     "V = 1 (--V 1)": ({"V": 1.0}, "cold"),
     "c = 0.5 (--c 0.5)": ({"c": 0.5}, "cold"),
+    "one price per model, not per input token (--flat-costs)": ({}, "flat"),
     "defaults, sparse feedback": ({}, "rate"),
     "no allowance for unlabelled requests (--confidence 0)": ({"confidence": 0.0}, "rate"),
 }
@@ -78,11 +83,12 @@ def run(case: Case, cond_name: str, seeds: int, out: Path, emb_cache: Path,
     from messplus.service.encoder import ensure_exported
     from messplus.service.trace import load_traces
 
-    kwargs, _ = CONDITIONS.get(cond_name, ({}, ""))
+    kwargs, _ = {**CONDITIONS, **ABLATION_CONDITIONS}.get(cond_name, ({}, ""))
     order = "source" if case.key == "routerbench-by-benchmark" else "shuffle"
     outages = tuple(R.Outage.parse(o) for o in [kwargs["outages"]]) if "outages" in kwargs else ()
     cond = R.Condition(feedback_rate=kwargs.get("feedback_rate", 1.0), feedback_delay=kwargs.get("feedback_delay", 0),
-                       warm_start=kwargs.get("warm_start", 0.0), outages=outages, order=order)
+                       warm_start=kwargs.get("warm_start", 0.0), outages=outages, order=order,
+                       flat_costs=kwargs.get("flat_costs", False))
     trace = load_traces([DATA / f for f in case.files])
     onnx = ensure_exported(ROOT / "var", lambda m: print(f"routing_table: {m}", file=sys.stderr))
     emb = R._embeddings(trace, onnx, R.PredictorConfig().max_tokens, 0, emb_cache, progress=True)
@@ -144,7 +150,8 @@ def ablation_table(out: Path) -> str:
             continue
         ratios = [r["cost_vs_static_mixture"] for r, _ in runs]
         met = sum(r["sla_met"] for r, _ in runs)
-        lines.append(f"| {name} | {CONDITIONS[cond][1]} | {met}/{len(runs)} | {sum(ratios) / len(ratios):.2f}x | "
+        label = {**CONDITIONS, **ABLATION_CONDITIONS}[cond][1]
+        lines.append(f"| {name} | {label} | {met}/{len(runs)} | {sum(ratios) / len(ratios):.2f}x | "
                      f"{max(ratios):.2f}x | {min(r['satisfaction'] - a for r, a in runs):+.4f} |")
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@ signature exactly: C-contiguous float64, int64 indices, bool masks, uint64 count
 TypeError ("No matching definition"). Shape mismatches raise ValueError and bad indices IndexError, before
 anything is written. `messplus.kernels.reference` holds the vectorised NumPy twin of each kernel.
 
-    decide_batch(p_hat[B,K], cost[K], avail[B,K] bool, queue[B], alpha[B], V[B]) -> int64[B]
+    decide_batch(p_hat[B,K], cost[B,K], avail[B,K] bool, queue[B], alpha[B], V[B]) -> int64[B]
     queue_update(q, target, s, floor) -> float
     queue_update_many(q[N], tenant[M] int64, target[M], s[M], floor[N]) -> None  (q in place)
     explore_probability(t: int64, c) -> float

@@ -2,14 +2,15 @@
 
 For request b and zoo model k the drift-plus-penalty score is
 
-    score[b, k] = V[b] * cost[k] + queue[b] * (alpha[b] - p_hat[b, k])
+    score[b, k] = V[b] * cost[b, k] + queue[b] * (alpha[b] - p_hat[b, k])
 
 and the request goes to the available model with the smallest score. Scores within a relative tolerance of the
 row minimum m count as ties,
 
     candidates(b) = {k : avail[b, k] and score[b, k] <= m + TIE_RTOL * |m|},
 
-which are broken by the lower cost, then the lower index. A row with no available model gets -1.
+which are broken by the lower cost, then the lower index. The cost is per request: what model k would
+charge for request b (a price per call plus a price per input token). A row with no available model gets -1.
 NaN scores are never chosen.
 """
 
@@ -20,18 +21,18 @@ from numba import boolean, float64, int64, njit
 
 TIE_RTOL = 1e-12
 
-_SIG = int64[::1](float64[:, ::1], float64[::1], boolean[:, ::1], float64[::1], float64[::1], float64[::1])
+_SIG = int64[::1](float64[:, ::1], float64[:, ::1], boolean[:, ::1], float64[::1], float64[::1], float64[::1])
 
 
 @njit(_SIG, cache=True, nogil=True)
 def decide_batch(p_hat, cost, avail, queue, alpha, V):
     """Chosen model per request: argmin_k over avail[b] of V*cost[k] + queue*(alpha - p_hat[b, k]); -1 if none.
 
-    p_hat[B, K], avail[B, K] (bool), cost[K], queue[B], alpha[B], V[B]; all C-contiguous. The row body is
+    p_hat[B, K], cost[B, K], avail[B, K] (bool), queue[B], alpha[B], V[B]; all C-contiguous. The row body is
     one piece on purpose: moving its parts into helper functions cost 15-20% in kernels/bench.py.
     """
     n_req, n_models = p_hat.shape
-    if cost.shape[0] != n_models or avail.shape[0] != n_req or avail.shape[1] != n_models:
+    if cost.shape[0] != n_req or cost.shape[1] != n_models or avail.shape[0] != n_req or avail.shape[1] != n_models:
         raise ValueError("decide_batch: p_hat, avail and cost disagree on B or K")
     if queue.shape[0] != n_req or alpha.shape[0] != n_req or V.shape[0] != n_req:
         raise ValueError("decide_batch: queue, alpha and V must have length B")
@@ -40,7 +41,7 @@ def decide_batch(p_hat, cost, avail, queue, alpha, V):
     for b in range(n_req):
         vb, qb, ab = V[b], queue[b], alpha[b]  # locals, so the score loop below does not reload them
         for k in range(n_models):  # branch-free, so it vectorises; +inf where unavailable
-            s = vb * cost[k] + qb * (ab - p_hat[b, k])
+            s = vb * cost[b, k] + qb * (ab - p_hat[b, k])
             score[k] = s if avail[b, k] else np.inf
         even, odd = np.inf, np.inf  # min(score) as two interleaved chains, which halves the compare latency
         for k in range(0, n_models - 1, 2):
@@ -54,7 +55,7 @@ def decide_batch(p_hat, cost, avail, queue, alpha, V):
         limit = best + TIE_RTOL * abs(best)
         choice, cheapest = -1, np.inf  # the cheapest, then first, available model within the tie band
         for k in range(n_models):
-            if score[k] <= limit and avail[b, k] and (choice < 0 or cost[k] < cheapest):
-                choice, cheapest = k, cost[k]
+            if score[k] <= limit and avail[b, k] and (choice < 0 or cost[b, k] < cheapest):
+                choice, cheapest = k, cost[b, k]
         out[b] = choice
     return out

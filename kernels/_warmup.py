@@ -27,7 +27,7 @@ def _warm_heads() -> None:
 
 def _warm_routing() -> None:
     ones, zero = np.ones(1), np.zeros(1, np.int64)
-    decide_batch(np.full((1, 1), 0.5), ones, np.ones((1, 1), np.bool_), ones, ones, ones)
+    decide_batch(np.full((1, 1), 0.5), np.ones((1, 1)), np.ones((1, 1), np.bool_), ones, ones, ones)
     queue_update(0.0, 0.5, 1.0, 0.0)
     queue_update_many(np.zeros(1), zero, ones, ones, np.zeros(1))
     explore_probability(np.int64(1), 1.0)

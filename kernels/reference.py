@@ -18,11 +18,11 @@ from ._heads import MIN_CURVATURE, PROBIT_SCALE
 # ---------------------------------------------------------------------------------------------- decide
 def decide_batch_np(p_hat, cost, avail, queue, alpha, V):
     """argmin over available k of V*cost + queue*(alpha - p_hat), ties by cost then index; -1 if none."""
-    score = V[:, None] * cost[None, :] + queue[:, None] * (alpha[:, None] - p_hat)
+    score = V[:, None] * cost + queue[:, None] * (alpha[:, None] - p_hat)
     best = np.fmin.reduce(np.where(avail, score, np.inf), axis=1, initial=np.inf)
     cand = avail & (score <= (best + TIE_RTOL * np.abs(best))[:, None])
-    cheapest = np.where(cand, cost[None, :], np.inf).min(axis=1, initial=np.inf)
-    first = cand & (cost[None, :] == cheapest[:, None])
+    cheapest = np.where(cand, cost, np.inf).min(axis=1, initial=np.inf)
+    first = cand & (cost == cheapest[:, None])
     return np.where(first.any(axis=1), first.argmax(axis=1), -1).astype(np.int64)
 
 

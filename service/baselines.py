@@ -195,8 +195,8 @@ class ReferenceRouter(Router):
         super().__init__(*args, **kwargs)
         self._exploit_pending: dict[int, object] = {}  # id -> the _Pending of an exploitation step (kept alive)
 
-    def costs(self) -> np.ndarray:
-        return self.cost_raw.copy()
+    def cost_scale(self) -> float:
+        return 1.0
 
     def v_scale(self, st: Any) -> float:
         return 1.0

@@ -10,7 +10,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
@@ -21,7 +21,7 @@ from messplus.v1 import routing_pb2_grpc as pb_grpc
 from .errors import DeadlineTooShort, InvalidArgument, MessplusError, NoModelAvailable
 from .metrics import Metrics
 from .predictor import MicroBatcher, chat_to_text
-from .router import Decision, RouteItem, Router
+from .router import Decision, RouteItem, Router, input_tokens
 from .zoo import TritonZoo, ZooError
 
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -80,9 +80,9 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router) ->
 
 
 def route_reply(router: Router, d: Decision) -> pb.RouteReply:
-    costs = router.costs()
-    preds = [pb.ModelPrediction(model=n, p_hat=float(d.p_hat[k]), cost=float(costs[k]),
-                                cost_raw=float(router.cost_raw[k]), available=bool(d.available[k]))
+    scale = router.cost_scale()
+    preds = [pb.ModelPrediction(model=n, p_hat=float(d.p_hat[k]), cost=float(d.model_costs[k] / scale),
+                                cost_raw=float(d.model_costs[k]), available=bool(d.available[k]))
              for k, n in enumerate(router.names)]
     return pb.RouteReply(request_id=d.request_id, model=router.names[d.served], exploration=d.exploration,
                          explored_models=[router.names[k] for k in d.invoked] if d.exploration else [],
@@ -114,7 +114,7 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
 
     async def _route(self, request: pb.RouteRequest | pb.GenerateRequest) -> tuple[str, Routed]:
         text = prompt_text(request, self.max_prompt_chars)
-        item = route_item(request, self.router)
+        item = replace(route_item(request, self.router), input_tokens=input_tokens(text))
         return text, await self.batcher.submit((text, item))
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteReply:
@@ -196,12 +196,12 @@ class _Calls:
 
     def _charge(self, k: int, output: str) -> None:
         m = self.router.models[k]
-        raw = (m.cost_per_request + m.cost_per_input_token * len(self.text) / 4
-               + m.cost_per_output_token * len(output) / 4)
-        self.router.observe_cost(k, raw)
+        tokens = input_tokens(self.text)
+        raw = m.cost_per_request + m.cost_per_input_token * tokens + m.cost_per_output_token * input_tokens(output)
+        self.router.observe_cost(k, raw, tokens)
         self.invoked.add(k)
         self.cost_raw += raw
-        self.cost += raw / float(self.router.cost_raw.max())
+        self.cost += raw / self.router.cost_scale()
 
     def _left(self) -> float:
         left = self.deadline - time.monotonic()

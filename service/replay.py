@@ -3,9 +3,10 @@
 Per alpha and seed: the prompts are shuffled by the seed (within each trace file, whose order is kept: drift);
 with `--warm-start F` a random fraction F of them trains the predictor's heads offline and the rest is replayed.
 A fresh `Router` (in-memory inline store, fresh heads) routes one prompt at a time: predict from the cached
-embedding, `decide`, `record` with the recorded cost of every invoked model, then feedback. The router's cost
-estimate of a model is its mean recorded cost on the trace; it never sees a per-prompt cost or a label it was
-not given. Feedback is the recorded label of what was served (of every invoked model on an exploration step);
+embedding, `decide`, `record` with the recorded cost of every invoked model, then feedback. The router is given
+a price list, as an operator configures one: per model a price per request and a price per input token (the
+prompt's characters / 4), fitted to the trace's recorded costs (`Trace.price_list`; `--flat-costs`: one price
+per model, its mean recorded cost). It never sees a prompt's recorded cost or a label it was not given. Feedback is the recorded label of what was served (of every invoked model on an exploration step);
 an empty label is no feedback for that model, never 0.
 
 Conditions: `--feedback-rate R` (each request gets its feedback with probability R, a seeded coin),
@@ -41,7 +42,7 @@ from .baselines import ReferenceRouter, reference_tenant, stream_baselines
 from .config import ModelConfig, PredictorConfig, TenantConfig
 from .errors import NoModelAvailable
 from .heads import Heads
-from .router import Decision, RouteItem, Router
+from .router import CHARS_PER_TOKEN, Decision, RouteItem, Router, input_tokens
 from .store import Store
 from .trace import Trace, TraceError
 
@@ -83,6 +84,7 @@ class Condition:
     outages: tuple[Outage, ...] = ()
     warm_start: float = 0.0
     order: str = "shuffle"  # shuffle | source (by source_benchmark, first appearance) | file
+    flat_costs: bool = False  # the router gets one price per model (its mean cost), not the trace's price list
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,9 +167,12 @@ class Driver(Protocol):
 class InProcess:
     """The service's Router (or the MESS+ reference subclass) over an in-memory store, run inline."""
 
-    def __init__(self, trace: Trace, tenant: TenantConfig, dim: int, *, reference: bool = False) -> None:
-        models = [ModelConfig(name=n, triton_model=n, cost_per_request=float(c))
-                  for n, c in zip(trace.models, trace.mean_cost)]
+    def __init__(self, trace: Trace, tenant: TenantConfig, dim: int, *, reference: bool = False,
+                 flat_costs: bool = False) -> None:
+        per_request, per_token = ((trace.mean_cost, np.zeros(len(trace.models))) if flat_costs
+                                  else trace.price_list(CHARS_PER_TOKEN))
+        models = [ModelConfig(name=n, triton_model=n, cost_per_request=float(c), cost_per_input_token=float(t))
+                  for n, c, t in zip(trace.models, per_request, per_token)]
         heads = Heads(trace.models, dim, prior_var=PredictorConfig().prior_var)  # the service's default prior
         cls = ReferenceRouter if reference else Router
         self.router = cls(models, [tenant], heads, Store(":memory:", inline=True), cache_size=len(trace) + 1,
@@ -179,14 +184,14 @@ class InProcess:
             self.router.set_available(int(k), bool(avail[k]))
         self._avail = avail.copy()
         p, var = self.router.heads.predict(emb[None, :])
-        (d,) = self.router.decide([RouteItem(tenant=TENANT, request_id=rid)], p, var)
+        (d,) = self.router.decide([RouteItem(tenant=TENANT, request_id=rid, input_tokens=input_tokens(text))], p, var)
         if isinstance(d, NoModelAvailable):
             return None
         return Step(d.served, d.invoked, d.exploration, d.queue, d)
 
     def record(self, step: Step, emb: np.ndarray, cost_raw: float) -> None:
-        """Count the request as the service's Route does: at the router's own cost estimate (the models' mean
-        costs), never the prompt's recorded cost, which only the judge sees."""
+        """Count the request as the service's Route does: at the router's own cost estimate (the price list
+        and the prompt's length), never the prompt's recorded cost, which only the judge sees."""
         d: Decision = step.handle
         self.router.record(d, emb).result()
 
@@ -340,7 +345,7 @@ def _one_run(trace: Trace, emb: np.ndarray | None, setup: ReplaySetup, alpha: fl
         if emb is None:
             raise ValueError("an in-process replay needs the prompt embeddings")
         tenant = setup.policy.reference(alpha, seed) if ref else setup.policy.tenant(alpha, seed)
-        driver = InProcess(trace, tenant, emb.shape[1], reference=ref)
+        driver = InProcess(trace, tenant, emb.shape[1], reference=ref, flat_costs=cond.flat_costs)
         trained = train_heads(driver.router.heads, emb, trace.labels, train)
     started = time.perf_counter()
     try:
@@ -578,6 +583,9 @@ def add_commands(sub: Any) -> None:
                    help="train the heads offline on a random fraction F of the prompts, replay the rest")
     p.add_argument("--order", choices=("shuffle", "source", "file"), default="shuffle",
                    help="stream order within each trace: seeded shuffle (default), by source_benchmark, as in the file")
+    p.add_argument("--flat-costs", action="store_true",
+                   help="give the router one price per model (its mean cost) instead of the trace's price list "
+                        "(per request plus per input token)")
     p.add_argument("--V", type=float, help="tenant V (default: the service default)")
     p.add_argument("--c", type=float, help="exploration constant c (default: the service default)")
     p.add_argument("--explore-models", type=int, help="models invoked per exploration step (0: all)")
@@ -641,7 +649,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                          "feedback-delay >= 0, 0 <= warm-start < 1, limit >= 0")
     cond = Condition(feedback_rate=args.feedback_rate, feedback_delay=args.feedback_delay,
                      outages=tuple(Outage.parse(o) for o in args.outage), warm_start=args.warm_start,
-                     order=args.order)
+                     order=args.order, flat_costs=args.flat_costs)
     setup = ReplaySetup(alphas=tuple(args.alpha), seeds=tuple(range(args.seeds)), cond=cond,
                         policy=Policy(**{k: getattr(args, k) for k in POLICY_KEYS}),
                         reference=not args.no_reference, progress=not args.quiet)
@@ -657,6 +665,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if any(getattr(args, k) is not None for k in POLICY_KEYS):
             raise SystemExit(f"messplus replay --grpc: the policy ({', '.join(POLICY_KEYS)}) is the service tenant's; "
                              "set it in its config")
+        if args.flat_costs:
+            raise SystemExit("messplus replay --grpc: the prices are the service's; set them in its config")
         driver = GrpcDriver(args.grpc, args.tenant, trace.models)
         if abs(driver.alpha - args.alpha[0]) > 1e-9:
             raise SystemExit(f"messplus replay --grpc: tenant {args.tenant!r} has alpha {driver.alpha}, not "

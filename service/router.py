@@ -63,6 +63,15 @@ BIAS_PRIOR_N = 20.0  # pseudo-labels of zero error behind the predictor's bias e
 EXPLORE_COST_RATIO = 2.0  # exploration steps learn models at most this much dearer than the exploit choice
 EXPLORE_SIGMAS = 3.0  # exploration ranks each model at sigmoid(mu + 3 sigma): what it might plausibly be
 DEBT_BANK = 0.5  # the queue runs at its plain slope up to this share of the margin's surplus (margin sqrt(n))
+CHARS_PER_TOKEN = 4.0  # input tokens are estimated from the prompt's length, as the service charges them
+OUTPUT_TOKENS_PRIOR = 256.0  # output tokens per call assumed for cost_per_output_token until calls are observed
+TYPICAL_TOKENS_PRIOR = 256.0  # input tokens of a typical request, until requests say otherwise
+TYPICAL_TOKENS_EMA = 0.01  # weight of each request in the running typical input length
+
+
+def input_tokens(text: str) -> float:
+    """The input tokens a prompt will be charged for, estimated as characters / CHARS_PER_TOKEN."""
+    return len(text) / CHARS_PER_TOKEN
 
 
 @dataclass
@@ -96,6 +105,7 @@ class RouteItem:
     allowed: tuple[str, ...] = ()
     excluded: tuple[str, ...] = ()
     exploration: int = EXPLORE_DEFAULT
+    input_tokens: float | None = None  # the prompt's input tokens (input_tokens()); None: a typical request
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +124,7 @@ class Decision:
     alpha: float
     cost: float
     cost_raw: float
+    model_costs: np.ndarray  # [K] what each model would cost for this request, in the zoo's unit (raw)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +157,12 @@ class Router:
         self.heads = heads
         self.store = store
         self.cost_ema = cost_ema
-        self.cost_raw = np.array([max(m.cost_per_request, 1e-12) for m in self.models], dtype=np.float64)
+        # a model's price for a request: a part per call (its cost_per_request plus its output tokens, learned
+        # from observed calls) and a part per input token, known from the prompt's length before the call
+        self.cost_fixed = np.array([m.cost_per_request + m.cost_per_output_token * OUTPUT_TOKENS_PRIOR
+                                    for m in self.models], dtype=np.float64)
+        self.cost_input = np.array([m.cost_per_input_token for m in self.models], dtype=np.float64)
+        self.typical_tokens = TYPICAL_TOKENS_PRIOR
         self.available = np.ones(len(self.models), dtype=np.bool_)
         self.tenants = {t.name: TenantState(cfg=t, index=i) for i, t in enumerate(tenants)}
         self._cache: OrderedDict[str, _Pending] = OrderedDict()
@@ -206,9 +222,22 @@ class Router:
             log.info("predictor heads: replayed %d labels since snapshot seq %d", replayed, seq)
 
     # -- costs and availability ----------------------------------------------------------------------------------
+    @property
+    def cost_raw(self) -> np.ndarray:
+        """Each model's cost estimate for a typical request (the running mean input length), in the zoo's unit."""
+        return self.request_costs(np.array([self.typical_tokens]))[0]
+
+    def request_costs(self, tokens: np.ndarray) -> np.ndarray:
+        """[B, K] cost estimates, in the zoo's unit, of requests with these input tokens ([B])."""
+        return np.maximum(self.cost_fixed[None, :] + self.cost_input[None, :] * tokens[:, None], 1e-12)
+
+    def cost_scale(self) -> float:
+        """The unit of normalised costs: the dearest model's cost for a typical request, so V is unitless."""
+        return float(self.cost_raw.max())
+
     def costs(self) -> np.ndarray:
-        """Normalised cost estimates: the most expensive model costs 1, so V is unitless."""
-        return self.cost_raw / self.cost_raw.max()
+        """Normalised cost estimates of a typical request: the most expensive model costs 1."""
+        return self.cost_raw / self.cost_scale()
 
     def v_scale(self, st: TenantState) -> float:
         """V is per unit of the tenant's own mean cost per request so far (the zoo's median model cost for its
@@ -219,12 +248,14 @@ class Router:
         going = st.cost_raw_sum / st.requests if st.requests >= SCALE_WARMUP else 0.0
         if not (going > 0 and math.isfinite(going)):
             going = float(np.median(self.cost_raw))
-        return float(self.cost_raw.max() / going)
+        return self.cost_scale() / going
 
-    def observe_cost(self, model: int, cost_raw: float) -> None:
-        """Move the running cost estimate towards what a real call cost."""
+    def observe_cost(self, model: int, cost_raw: float, tokens: float = 0.0) -> None:
+        """Move the model's per-call cost estimate towards what a real call of `tokens` input tokens cost, less
+        its input tokens' price (which is known)."""
         if cost_raw > 0 and math.isfinite(cost_raw):
-            self.cost_raw[model] += self.cost_ema * (cost_raw - self.cost_raw[model])
+            per_call = cost_raw - self.cost_input[model] * tokens
+            self.cost_fixed[model] += self.cost_ema * (per_call - self.cost_fixed[model])
 
     def set_available(self, model: int, ok: bool) -> None:
         self.available[model] = ok
@@ -267,6 +298,13 @@ class Router:
             expected = np.array([st.queue + expected_pending(st) for st in states], np.float64)
             labelled = np.array([st.labelled for st in states], np.float64)
             awaiting = [st.awaiting.copy() for st in states]
+        tokens = np.array([self.typical_tokens if it.input_tokens is None else it.input_tokens for it in items],
+                          np.float64)
+        for it in items:
+            if it.input_tokens is not None:
+                self.typical_tokens += TYPICAL_TOKENS_EMA * (it.input_tokens - self.typical_tokens)
+        raw = self.request_costs(tokens)
+        costs = raw / self.cost_scale()
         alpha = np.array([st.cfg.alpha for st in states], np.float64)
         V = np.array([st.cfg.V * self.v_scale(st) for st in states], np.float64)
         c = np.array([st.cfg.c for st in states], np.float64)
@@ -278,7 +316,6 @@ class Router:
         margin = np.array([st.cfg.margin for st in states], np.float64)
         gain = np.array([st.cfg.debt_gain for st in states], np.float64)
         pressure = np.maximum(debt_pressure(expected, margin, labelled, gain), 0.0)
-        costs = self.costs()
         choice = kernels.decide_batch(p_dec, costs, masks, pressure, alpha, V)
         out: list[Decision | NoModelAvailable] = []
         for b, it in enumerate(items):
@@ -292,34 +329,34 @@ class Router:
                 # exploration ranks models by the decision's own objective with each one at its plausible best
                 p_best = optimistic(p_hat[b:b + 1], in_flight(var[b:b + 1], awaiting[b]),
                                     np.array([EXPLORE_SIGMAS]))[0]
-                rank = V[b] * costs + pressure[b] * (alpha[b] - p_best)
+                rank = V[b] * costs[b] + pressure[b] * (alpha[b] - p_best)
                 # the dearest model the queue could justify: what a perfect answer would be worth over the choice
                 worth = pressure[b] * (1.0 - p_dec[b, choice[b]]) / V[b] if V[b] > 0 else math.inf
-                invoked = self._explored(states[b], int(choice[b]), rank, masks[b], worth)
+                invoked = self._explored(states[b], int(choice[b]), rank, masks[b], worth, raw[b])
             out.append(self._decision(it, states[b], int(ts[b]), ex, int(choice[b]), invoked, p_hat[b], var[b],
-                                      masks[b], float(queue[b]), costs))
+                                      masks[b], float(queue[b]), costs[b], raw[b]))
         return out
 
     def _available_names(self) -> list[str]:
         return [n for n, ok in zip(self.names, self.available) if ok]
 
     def _explored(self, st: TenantState, choice: int, rank: np.ndarray, mask: np.ndarray,
-                  worth: float) -> tuple[int, ...]:
+                  worth: float, raw: np.ndarray) -> tuple[int, ...]:
         """The exploit choice plus the explore_models - 1 best-ranked models (lowest `rank`) among those it can
         afford: its neighbours in cost (at most EXPLORE_COST_RATIO times as dear, and at least the next dearer
         one), any model at most `worth` (in units of the dearest model's cost) dearer than the choice, and any
         model whose cost fits in what is left of the exploration budget (explore_budget times all the tenant
         has spent, minus what exploration's extra models have cost so far). The budget and `worth` are what keep
         a dear model that started badly from being locked out: the first at a bounded price, the second when
-        the queue says the SLA needs it."""
+        the queue says the SLA needs it. `raw` is each model's cost for this request."""
         idx = np.flatnonzero(mask)
         n = st.cfg.explore_models
         if n == 0 or n >= len(idx):
             return tuple(int(i) for i in idx)
-        cost = self.cost_raw[idx]
-        dearer = cost[cost > self.cost_raw[choice]]
-        limit = max(EXPLORE_COST_RATIO * self.cost_raw[choice], dearer.min() if dearer.size else 0.0,
-                    self.cost_raw[choice] + worth * self.cost_raw.max())
+        cost = raw[idx]
+        dearer = cost[cost > raw[choice]]
+        limit = max(EXPLORE_COST_RATIO * raw[choice], dearer.min() if dearer.size else 0.0,
+                    raw[choice] + worth * self.cost_scale())
         left = st.cfg.explore_budget * st.cost_raw_sum - st.explore_cost_raw
         near = idx[(cost <= limit) | (cost <= left)]
         others = [int(i) for i in near[np.argsort(rank[near], kind="stable")] if i != choice]
@@ -327,13 +364,13 @@ class Router:
 
     def _decision(self, it: RouteItem, st: TenantState, t: int, explore: bool, choice: int,
                   invoked: tuple[int, ...], p: np.ndarray, var: np.ndarray, mask: np.ndarray,
-                  queue: float, costs: np.ndarray) -> Decision:
-        served = max(invoked, key=lambda k: (p[k], self.cost_raw[k]))  # ties: the dearer, more capable
+                  queue: float, costs: np.ndarray, raw: np.ndarray) -> Decision:
+        served = max(invoked, key=lambda k: (p[k], raw[k]))  # ties: the dearer, more capable
         return Decision(request_id=it.request_id or uuid.uuid4().hex, tenant=it.tenant, t=t, served=served,
                         exploration=explore, invoked=invoked, choice=choice, p_hat=p.copy(), var=var.copy(),
                         available=mask.copy(),
                         queue=queue, alpha=st.cfg.alpha, cost=float(costs[list(invoked)].sum()),
-                        cost_raw=float(self.cost_raw[list(invoked)].sum()))
+                        cost_raw=float(raw[list(invoked)].sum()), model_costs=raw.copy())
 
     def record(self, d: Decision, embedding: np.ndarray, *, served: int | None = None,
                invoked: tuple[int, ...] | None = None, cost: float | None = None,
@@ -345,7 +382,7 @@ class Router:
         cost_raw = d.cost_raw if cost_raw is None else cost_raw
         st = self.tenants[d.tenant]
         extras = [k for k in invoked if k != d.choice] if d.exploration else []
-        extra = float(self.cost_raw[extras].sum())
+        extra = float(d.model_costs[extras].sum())
         emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
         p_served = float(d.p_hat[served])
         target = label_target(st.cfg, d.t)

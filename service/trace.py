@@ -63,6 +63,27 @@ class Trace:
     def mean_cost(self) -> np.ndarray:
         return self.costs.mean(axis=0) if len(self) else np.zeros(len(self.models))
 
+    def price_list(self, chars_per_token: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+        """Per model, a price per request and a price per input token (input tokens = prompt characters /
+        chars_per_token) fitted to the recorded costs by least squares, both >= 0: the price list an operator
+        would configure. Output tokens, unknown before a call, fall into the per-request part."""
+        K = len(self.models)
+        per_request, per_token = self.mean_cost.astype(np.float64).copy(), np.zeros(K)
+        if len(self) < 2:
+            return per_request, per_token
+        x = np.array([len(p) / chars_per_token for p in self.prompts], dtype=np.float64)
+        dx = x - x.mean()
+        if not (dx @ dx > 0):
+            return per_request, per_token
+        for k in range(K):
+            y = self.costs[:, k]
+            slope = max(float(dx @ (y - y.mean()) / (dx @ dx)), 0.0)
+            base = float(y.mean() - slope * x.mean())
+            if base < 0:  # the line through the origin instead
+                slope, base = float(x @ y / (x @ x)), 0.0
+            per_request[k], per_token[k] = base, slope
+        return per_request, per_token
+
     @property
     def accuracy(self) -> np.ndarray:
         """Mean label per model over its labelled prompts (NaN for a model with no label at all)."""

@@ -43,7 +43,7 @@ def test_warmup_runs_every_kernel_and_reports_seconds() -> None:
 def decide_inputs(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
     B, K = draw(st.integers(1, 12)), draw(st.integers(1, 16))
     p_hat = draw(arrays(np.float64, (B, K), elements=UNIT))
-    cost = draw(arrays(np.float64, K, elements=st.one_of(st.floats(0.0, 10.0), st.sampled_from([0.0, 1.0]))))
+    cost = draw(arrays(np.float64, (B, K), elements=st.one_of(st.floats(0.0, 10.0), st.sampled_from([0.0, 1.0]))))
     avail = draw(arrays(np.bool_, (B, K), elements=st.booleans()))
     if draw(st.booleans()):
         avail[draw(st.integers(0, B - 1))] = False  # make sure all-unavailable rows come up
@@ -56,7 +56,8 @@ def decide_inputs(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
 def _args(p_hat, cost, avail, queue=None, alpha=None, V=None) -> tuple[np.ndarray, ...]:
     B = len(p_hat)
     fill = lambda v, x: np.full(B, x) if v is None else np.asarray(v, dtype=np.float64)  # noqa: E731
-    return (np.asarray(p_hat, dtype=np.float64), np.asarray(cost, dtype=np.float64),
+    cost = np.broadcast_to(np.asarray(cost, dtype=np.float64), (B, len(p_hat[0]))).copy()  # one price list per row
+    return (np.asarray(p_hat, dtype=np.float64), cost,
             np.asarray(avail, dtype=np.bool_), fill(queue, 1.0), fill(alpha, 0.5), fill(V, 1.0))
 
 
@@ -117,7 +118,7 @@ def test_single_request_single_model() -> None:
 def test_decide_batch_rejects_mismatched_shapes() -> None:
     p_hat, cost, avail, queue, alpha, V = _args([[0.1, 0.2]], [1.0, 2.0], [[True, True]])
     with pytest.raises(ValueError):
-        kernels.decide_batch(p_hat, np.ones(3), avail, queue, alpha, V)
+        kernels.decide_batch(p_hat, np.ones((1, 3)), avail, queue, alpha, V)
     with pytest.raises(ValueError):
         kernels.decide_batch(p_hat, cost, avail, np.ones(2), alpha, V)
 

@@ -23,6 +23,7 @@ from messplus.service.cli import main
 from messplus.service.heads import Heads
 from messplus.service.replay import (Condition, InProcess, Outage, Policy, ReplaySetup, Step, pretrain, replay,
                                      run_stream, split_stream, write_outputs)
+from messplus.service.config import TenantConfig
 from messplus.service.router import Router
 from messplus.service.store import Store
 from messplus.service.trace import TraceError, concat, embed_trace, load_trace
@@ -91,6 +92,32 @@ def test_trace_errors_and_filled_costs(tmp_path: Path) -> None:
     gap.write_text("prompt_id,prompt,correct__a,cost__a\n1,hi,,2\n2,ho,1,\n3,hu,0,4\n", encoding="utf-8")
     t = load_trace(gap)
     assert list(t.costs[:, 0]) == [2.0, 3.0, 4.0] and t.filled_costs == 1 and t.accuracy[0] == 0.5
+
+
+def test_price_list_is_fitted_per_request_and_per_input_token(tmp_path: Path) -> None:
+    # a: 0.5 per request + 0.01 per input token (characters / 4); b: a flat 2; c: falls as prompts grow
+    rows = ["prompt_id,prompt,correct__a,cost__a,correct__b,cost__b,correct__c,cost__c"]
+    for i, chars in enumerate((40, 400, 4000)):
+        rows.append(f"{i},{'x' * chars},1,{0.5 + 0.01 * chars / 4},1,2,1,{3.0 - chars / 4000}")
+    path = tmp_path / "priced.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    per_request, per_token = load_trace(path).price_list()
+    np.testing.assert_allclose(per_request, [0.5, 2.0, np.mean([2.99, 2.9, 2.0])])
+    np.testing.assert_allclose(per_token, [0.01, 0.0, 0.0], atol=1e-12)  # no negative prices
+    one = tmp_path / "one.csv"
+    one.write_text("prompt_id,prompt,correct__a,cost__a\n1,hi,1,7\n", encoding="utf-8")
+    assert [list(x) for x in load_trace(one).price_list()] == [[7.0], [0.0]]
+
+
+def test_the_router_is_given_the_price_list_unless_flat_costs(tiny, emb) -> None:
+    priced = InProcess(tiny, TenantConfig(name="t", alpha=0.7), emb.shape[1])
+    flat = InProcess(tiny, TenantConfig(name="t", alpha=0.7), emb.shape[1], flat_costs=True)
+    per_request, per_token = tiny.price_list()
+    np.testing.assert_allclose(priced.router.cost_input, per_token)
+    np.testing.assert_allclose(flat.router.cost_fixed, tiny.mean_cost)
+    assert not flat.router.cost_input.any()
+    for d in (priced, flat):
+        d.close()
 
 
 def test_concatenated_traces_must_share_models(tiny, tmp_path: Path) -> None:
@@ -269,8 +296,9 @@ def service(tiny) -> Iterator[tuple[str, Router]]:
     from messplus.service.predictor import MicroBatcher, Predictor
     from messplus.v1 import routing_pb2_grpc
 
-    models = [ModelConfig(name=m, triton_model=m, cost_per_request=float(c)) for m, c in zip(tiny.models,
-                                                                                            tiny.mean_cost)]
+    per_request, per_token = tiny.price_list()  # the price list the in-process replay gives its router
+    models = [ModelConfig(name=m, triton_model=m, cost_per_request=float(c), cost_per_input_token=float(t))
+              for m, c, t in zip(tiny.models, per_request, per_token)]
     heads = Heads(tiny.models, HashEncoder.dim)
     router = Router(models, [TenantConfig(name="default", alpha=0.7, seed=0)], heads, Store(":memory:", inline=True))
     predictor = Predictor(HashEncoder(), heads)

@@ -13,8 +13,8 @@ import pytest
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.errors import Conflict, InvalidArgument, NotFound
 from messplus.service.heads import Heads
-from messplus.service.router import (BIAS_PRIOR_N, EXPLORE_ALWAYS, EXPLORE_NEVER, Decision, RouteItem, Router,
-                                     debt_pressure, expected_pending, fold_queue)
+from messplus.service.router import (BIAS_PRIOR_N, EXPLORE_ALWAYS, EXPLORE_NEVER, TYPICAL_TOKENS_PRIOR, Decision,
+                                     RouteItem, Router, debt_pressure, expected_pending, fold_queue, input_tokens)
 from messplus.service.store import Store
 
 DIM = 8
@@ -168,7 +168,7 @@ def test_exploration_adds_the_runner_up_with_each_model_at_its_plausible_best(ro
     p = np.array([[0.5, 0.5, 0.5]])
     (d,) = router.decide([item], p, np.array([[0.1, 2.0, 3.0]]))  # choice: cheap (queue 0)
     assert isinstance(d, Decision) and d.invoked == (0, 1)  # big is as plausible, but 10x; mid is the next dearer
-    router.cost_raw[2] = 2.0  # now big is within 2x, and cheaper than mid
+    router.cost_fixed[2] = 2.0  # now big is within 2x, and cheaper than mid
     (d,) = router.decide([item], p, np.array([[0.1, 2.0, 3.0]]))
     assert isinstance(d, Decision) and d.invoked == (0, 2)
 
@@ -188,7 +188,7 @@ def test_a_model_whose_exploration_label_is_in_flight_yields_to_the_next(router:
     item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
     st = router.tenants["acme"]
     st.queue = 5.0
-    router.cost_raw[2] = 3.5  # big now costs about what mid does; both are unknown
+    router.cost_fixed[2] = 3.5  # big now costs about what mid does; both are unknown
     p, var = np.array([[0.9, 0.5, 0.5]]), np.array([[0.01, 3.0, 3.0]])
     (d,) = router.decide([item], p, var)
     assert isinstance(d, Decision) and d.invoked == (0, 1)  # as plausible as big, and cheaper
@@ -249,6 +249,30 @@ def test_a_standing_deficit_past_the_bank_buys_the_dearer_model(router: Router) 
     router.tenants["acme"].cfg = replace(st.cfg, debt_gain=0.0)
     (d,) = router.decide([item], p, var)
     assert isinstance(d, Decision) and d.served == 0  # linear: 5 < 6.7, the deficit stands
+
+
+PRICED = (ModelConfig(name="per-call", triton_model="per-call", cost_per_request=1.0),
+          ModelConfig(name="per-token", triton_model="per-token", cost_per_input_token=0.01))
+
+
+def test_a_request_is_priced_by_its_input_tokens(tmp_path: Path) -> None:
+    tenant = TenantConfig(name="acme", alpha=0.8, c=0.0)
+    router = Router(PRICED, (tenant,), Heads([m.name for m in PRICED], DIM), Store(":memory:", inline=True))
+    assert router.typical_tokens == TYPICAL_TOKENS_PRIOR and router.cost_raw[1] == pytest.approx(2.56)
+    p = np.array([[0.5, 0.5]])
+    short, long = input_tokens("x" * 40), input_tokens("x" * 4000)  # 10 and 1000 tokens
+    (d,) = router.decide([RouteItem(tenant="acme", input_tokens=short)], p, np.zeros_like(p))
+    assert router.names[d.served] == "per-token" and d.cost_raw == pytest.approx(0.1)
+    np.testing.assert_allclose(d.model_costs, [1.0, 0.1])
+    (d,) = router.decide([RouteItem(tenant="acme", input_tokens=long)], p, np.zeros_like(p))
+    assert router.names[d.served] == "per-call" and d.model_costs[1] == pytest.approx(10.0)
+    # the typical request moved towards what was routed: its costs are what ListModels reports
+    after_short = TYPICAL_TOKENS_PRIOR + 0.01 * (10 - TYPICAL_TOKENS_PRIOR)
+    assert router.typical_tokens == pytest.approx(after_short + 0.01 * (1000 - after_short))
+    np.testing.assert_allclose(router.cost_raw, [1.0, 0.01 * router.typical_tokens])
+    # an observed call teaches the per-call part (here its output), net of the known input price
+    router.observe_cost(1, 0.1 + 0.5, short)
+    assert router.cost_fixed[1] == pytest.approx(0.05 * 0.5)
 
 
 def test_labels_for_models_not_invoked_are_refused(router: Router) -> None:
