@@ -5,7 +5,9 @@ explains each choice below and what it measured.
 
 Per tenant k (alpha, V, c, explore_models, explore_budget, optimism, margin, reserve, confidence, debt_gain
 from config):
-  1. t <- t + 1; explore with probability min(1, c / t^(1/4)) (a counter-based draw: reproducible by seed).
+  1. t <- t + 1; explore with probability min(1, c / t^(1/4)) (a counter-based draw: reproducible by seed),
+     STUCK_EXPLORE times that while the tenant is stuck: its queue past the margin's bank (step 3) and even
+     the optimistic choice predicted below alpha.
   2. every model's satisfaction is predicted as a logit mean mu and variance v (heads.py); decisions use the
      optimistic p_opt = sigmoid(mu + optimism * sqrt(v)), so a model the router knows little about is tried
      when the queue asks for satisfaction, and a dominated one stops being tried once it is known.
@@ -63,6 +65,7 @@ BIAS_PRIOR_N = 20.0  # pseudo-labels of zero error behind the predictor's bias e
 EXPLORE_COST_RATIO = 2.0  # exploration steps learn models at most this much dearer than the exploit choice
 EXPLORE_SIGMAS = 3.0  # exploration ranks each model at sigmoid(mu + 3 sigma): what it might plausibly be
 DEBT_BANK = 0.5  # the queue runs at its plain slope up to this share of the margin's surplus (margin sqrt(n))
+STUCK_EXPLORE = 4.0  # exploration is this much likelier while the tenant is stuck in debt (see decide)
 CHARS_PER_TOKEN = 4.0  # input tokens are estimated from the prompt's length, as the service charges them
 OUTPUT_TOKENS_PRIOR = 256.0  # output tokens per call assumed for cost_per_output_token until calls are observed
 TYPICAL_TOKENS_PRIOR = 256.0  # input tokens of a typical request, until requests say otherwise
@@ -311,12 +314,15 @@ class Router:
         kappa = np.array([st.cfg.optimism for st in states], np.float64)
         streams = np.array([st.index for st in states], np.uint64)
         seed = np.uint64(states[0].cfg.seed if states else 0)
-        explore = kernels.draw_explore_batch(seed, streams, ts, c) if B else np.zeros(0, np.bool_)
         p_dec = optimistic(p_hat, var, kappa)
         margin = np.array([st.cfg.margin for st in states], np.float64)
         gain = np.array([st.cfg.debt_gain for st in states], np.float64)
         pressure = np.maximum(debt_pressure(expected, margin, labelled, gain), 0.0)
         choice = kernels.decide_batch(p_dec, costs, masks, pressure, alpha, V)
+        # stuck: the queue is past the margin's bank and even the optimistic choice is predicted below alpha
+        stuck = (pressure > np.maximum(expected, 0.0)) & (p_dec[np.arange(B), np.maximum(choice, 0)] < alpha)
+        c = np.where(stuck, c * STUCK_EXPLORE, c)
+        explore = kernels.draw_explore_batch(seed, streams, ts, c) if B else np.zeros(0, np.bool_)
         out: list[Decision | NoModelAvailable] = []
         for b, it in enumerate(items):
             if choice[b] < 0:

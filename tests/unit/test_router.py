@@ -251,6 +251,22 @@ def test_a_standing_deficit_past_the_bank_buys_the_dearer_model(router: Router) 
     assert isinstance(d, Decision) and d.served == 0  # linear: 5 < 6.7, the deficit stands
 
 
+def test_a_tenant_stuck_in_debt_explores_more() -> None:
+    tenant = TenantConfig(name="acme", alpha=0.8, c=0.2)
+    router = Router(MODELS, (tenant,), Heads([m.name for m in MODELS], DIM), Store(":memory:", inline=True))
+    st = router.tenants["acme"]
+    st.queue, st.labelled = 50.0, 100  # far past the margin's bank (0.15 sqrt(100) = 1.5)
+
+    def explorations(p: tuple[float, ...]) -> int:
+        st.next_t = 1000  # the same counter-based draws for both: exploration probability 0.2 / 1000^(1/4)
+        p_hat = np.array([p] * 400)
+        return sum(d.exploration for d in router.decide([RouteItem(tenant="acme")] * 400, p_hat, np.zeros_like(p_hat)))
+
+    plain = explorations((0.5, 0.7, 0.9))  # the choice (big) is predicted above alpha: in debt, not stuck
+    stuck = explorations((0.5, 0.6, 0.7))  # no model is predicted to reach alpha
+    assert 5 <= plain <= 30 and stuck >= 2.5 * plain  # 0.036 and STUCK_EXPLORE times that, of 400
+
+
 PRICED = (ModelConfig(name="per-call", triton_model="per-call", cost_per_request=1.0),
           ModelConfig(name="per-token", triton_model="per-token", cost_per_input_token=0.01))
 
