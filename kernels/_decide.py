@@ -26,7 +26,7 @@ _SIG = int64[::1](float64[:, ::1], float64[:, ::1], boolean[:, ::1], float64[::1
 
 @njit(_SIG, cache=True, nogil=True)
 def decide_batch(p_hat, cost, avail, queue, alpha, V):
-    """Chosen model per request: argmin_k over avail[b] of V*cost[k] + queue*(alpha - p_hat[b, k]); -1 if none.
+    """Chosen model per request: argmin_k over avail[b] of V*cost[b, k] + queue*(alpha - p_hat[b, k]); -1 if none.
 
     p_hat[B, K], cost[B, K], avail[B, K] (bool), queue[B], alpha[B], V[B]; all C-contiguous. The row body is
     one piece on purpose: moving its parts into helper functions cost 15-20% in kernels/bench.py.

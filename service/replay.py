@@ -6,8 +6,9 @@ A fresh `Router` (in-memory inline store, fresh heads) routes one prompt at a ti
 embedding, `decide`, `record` with the recorded cost of every invoked model, then feedback. The router is given
 a price list, as an operator configures one: per model a price per request and a price per input token (the
 prompt's characters / 4), fitted to the trace's recorded costs (`Trace.price_list`; `--flat-costs`: one price
-per model, its mean recorded cost). It never sees a prompt's recorded cost or a label it was not given. Feedback is the recorded label of what was served (of every invoked model on an exploration step);
-an empty label is no feedback for that model, never 0.
+per model, its mean recorded cost). It never sees a prompt's recorded cost or a label it was not given.
+Feedback is the recorded label of what was served (of every invoked model on an exploration step); an empty
+label is no feedback for that model, never 0.
 
 Conditions: `--feedback-rate R` (each request gets its feedback with probability R, a seeded coin),
 `--feedback-delay D` (the feedback of request i arrives after D more requests were routed: just before request

@@ -165,7 +165,7 @@ class Router:
         self.cost_fixed = np.array([m.cost_per_request + m.cost_per_output_token * OUTPUT_TOKENS_PRIOR
                                     for m in self.models], dtype=np.float64)
         self.cost_input = np.array([m.cost_per_input_token for m in self.models], dtype=np.float64)
-        self.typical_tokens = TYPICAL_TOKENS_PRIOR
+        self.typical_tokens = TYPICAL_TOKENS_PRIOR  # memory only, as the per-call part: relearned after a restart
         self.available = np.ones(len(self.models), dtype=np.bool_)
         self.tenants = {t.name: TenantState(cfg=t, index=i) for i, t in enumerate(tenants)}
         self._cache: OrderedDict[str, _Pending] = OrderedDict()
