@@ -55,7 +55,6 @@ def _say(msg: str) -> None:
 def start_embedded_triton(cfg: Config, progress: Progress):  # type: ignore[no-untyped-def]
     """Build the demo repository if missing and start a local tritonserver on it. Returns (server, models)."""
     from .demo.repository import DEFAULT_TRACE, build_demo_repository
-    from .router import CHARS_PER_TOKEN
     from .trace import load_trace
     from .triton_server import TritonServer
 
@@ -66,8 +65,7 @@ def start_embedded_triton(cfg: Config, progress: Progress):  # type: ignore[no-u
     server = TritonServer(repo, work_dir=cfg.state_dir / "triton").start()
     progress(f"Triton ready on {server.grpc_url} in {server.startup_s:.1f}s with {len(demo)} models")
     # the demo zoo's price list: per request and per input token, fitted to the trace its models replay
-    per_request, per_token = load_trace(DEFAULT_TRACE).select_models([d.trace_name for d in demo]).price_list(
-        CHARS_PER_TOKEN)
+    per_request, per_token = load_trace(DEFAULT_TRACE).select_models([d.trace_name for d in demo]).price_list()
     models = tuple(ModelConfig(name=d.triton_name, triton_model=d.triton_name, cost_per_request=float(c),
                                cost_per_input_token=float(t)) for d, c, t in zip(demo, per_request, per_token))
     return server, models

@@ -43,7 +43,7 @@ from .baselines import ReferenceRouter, reference_tenant, stream_baselines
 from .config import ModelConfig, PredictorConfig, TenantConfig
 from .errors import NoModelAvailable
 from .heads import Heads
-from .router import CHARS_PER_TOKEN, Decision, RouteItem, Router, input_tokens
+from .router import Decision, RouteItem, Router, input_tokens
 from .store import Store
 from .trace import Trace, TraceError
 
@@ -170,8 +170,7 @@ class InProcess:
 
     def __init__(self, trace: Trace, tenant: TenantConfig, dim: int, *, reference: bool = False,
                  flat_costs: bool = False) -> None:
-        per_request, per_token = ((trace.mean_cost, np.zeros(len(trace.models))) if flat_costs
-                                  else trace.price_list(CHARS_PER_TOKEN))
+        per_request, per_token = (trace.mean_cost, np.zeros(len(trace.models))) if flat_costs else trace.price_list()
         models = [ModelConfig(name=n, triton_model=n, cost_per_request=float(c), cost_per_input_token=float(t))
                   for n, c, t in zip(trace.models, per_request, per_token)]
         heads = Heads(trace.models, dim, prior_var=PredictorConfig().prior_var)  # the service's default prior

@@ -166,6 +166,7 @@ class Router:
                                     for m in self.models], dtype=np.float64)
         self.cost_input = np.array([m.cost_per_input_token for m in self.models], dtype=np.float64)
         self.typical_tokens = TYPICAL_TOKENS_PRIOR  # memory only, as the per-call part: relearned after a restart
+        self._reprice()
         self.available = np.ones(len(self.models), dtype=np.bool_)
         self.tenants = {t.name: TenantState(cfg=t, index=i) for i, t in enumerate(tenants)}
         self._cache: OrderedDict[str, _Pending] = OrderedDict()
@@ -225,10 +226,10 @@ class Router:
             log.info("predictor heads: replayed %d labels since snapshot seq %d", replayed, seq)
 
     # -- costs and availability ----------------------------------------------------------------------------------
-    @property
-    def cost_raw(self) -> np.ndarray:
-        """Each model's cost estimate for a typical request (the running mean input length), in the zoo's unit."""
-        return self.request_costs(np.array([self.typical_tokens]))[0]
+    def _reprice(self) -> None:
+        """`cost_raw`: each model's cost estimate for a typical request (the running mean input length), in the
+        zoo's unit; recomputed once per decided batch and per observed call, not on every read."""
+        self.cost_raw = self.request_costs(np.array([self.typical_tokens]))[0]
 
     def request_costs(self, tokens: np.ndarray) -> np.ndarray:
         """[B, K] cost estimates, in the zoo's unit, of requests with these input tokens ([B])."""
@@ -259,6 +260,7 @@ class Router:
         if cost_raw > 0 and math.isfinite(cost_raw):
             per_call = cost_raw - self.cost_input[model] * tokens
             self.cost_fixed[model] += self.cost_ema * (per_call - self.cost_fixed[model])
+            self._reprice()
 
     def set_available(self, model: int, ok: bool) -> None:
         self.available[model] = ok
@@ -306,6 +308,7 @@ class Router:
         for it in items:
             if it.input_tokens is not None:
                 self.typical_tokens += TYPICAL_TOKENS_EMA * (it.input_tokens - self.typical_tokens)
+        self._reprice()
         raw = self.request_costs(tokens)
         costs = raw / self.cost_scale()
         alpha = np.array([st.cfg.alpha for st in states], np.float64)

@@ -63,15 +63,17 @@ class Trace:
     def mean_cost(self) -> np.ndarray:
         return self.costs.mean(axis=0) if len(self) else np.zeros(len(self.models))
 
-    def price_list(self, chars_per_token: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
-        """Per model, a price per request and a price per input token (input tokens = prompt characters /
-        chars_per_token) fitted to the recorded costs by least squares, both >= 0: the price list an operator
+    def price_list(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per model, a price per request and a price per input token (as the router counts them:
+        router.input_tokens) fitted to the recorded costs by least squares, both >= 0: the price list an operator
         would configure. Output tokens, unknown before a call, fall into the per-request part."""
+        from .router import input_tokens
+
         K = len(self.models)
         per_request, per_token = self.mean_cost.astype(np.float64).copy(), np.zeros(K)
         if len(self) < 2:
             return per_request, per_token
-        x = np.array([len(p) / chars_per_token for p in self.prompts], dtype=np.float64)
+        x = np.array([input_tokens(p) for p in self.prompts], dtype=np.float64)
         dx = x - x.mean()
         if not (dx @ dx > 0):
             return per_request, per_token
