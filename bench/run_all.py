@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from typing import Any
 from . import profile as prof
 from .loadgen import run_load
 from .procs import ServerProcess, echo_server, router_config, router_server, rss_bytes
+from .host import machine
 from .prompts import trace_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,20 +64,6 @@ class Plan:
 
 QUICK = Plan(echo_s=1.0, route_s=1.5, generate_s=1.5, warmup_s=0.5, predictor_s=0.5, predictor_batches=(1, 4),
              batching_s=1.5, batching=((1, 0.0),), profile_at_s=1.0, profile_s=1.0, soak_s=4.0)
-
-
-def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    mem = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), 0)
-    import numba
-    import onnxruntime
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return {"cores": len(os.sched_getaffinity(0)), "cpu": model, "memory_gib": round(mem / 2**30, 1),
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "numba": numba.__version__,
-            "grpcio": __import__("grpc").__version__, "commit": commit.stdout.strip(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 class Suite:

@@ -37,3 +37,33 @@ def test_threshold_cost_of_the_predictor_limit_on_a_hand_made_case() -> None:
     assert _threshold_cost(cost, cost, labels, knows, 1.0) == 5.5    # prompt 0 on the dear one
     assert _threshold_cost(cost, cost, labels, knows, 0.75) == 3.25  # half of prompt 0 on the dear one
     assert _threshold_cost(cost, cost, labels, blind, 0.75) == 5.5   # half of everything on the dear one
+
+
+def test_gpu_section_renders_the_gpu_results_or_says_it_was_not_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bench.report import _gpu
+
+    assert "Not run" in "\n".join(_gpu(tmp_path / "absent.json"))
+    row = {"batch": 1, "batches": 9, "prompts_per_s": 400.0, "p50_ms": 2.5, "p99_ms": 3.0, "mean_tokens": 200.0}
+    cpu = dict(row, prompts_per_s=80.0, p50_ms=12.0)
+    gpu = {"machine": {"date": "d", "commit": "c", "cores": 16, "cpu": "x", "memory_gib": 1.0, "python": "3",
+                       "onnxruntime": "1", "numba": "0"},
+           "gpu": "NVIDIA H200, 580, 143771 MiB", "command": "python -m bench.gpu_predictor", "total_s": 1.0,
+           "agreement": {"prompts": 4, "max_abs_diff": 1e-4, "min_cosine": 0.99999},
+           "predictor": {"providers": ["CUDAExecutionProvider"], "results": [dict(row, cpu_prompts_per_s=80.0,
+                                                                                   speedup_vs_cpu=5.0)]},
+           "predictor_cpu": {"providers": ["CPUExecutionProvider"], "results": [cpu]}}
+    (tmp_path / "gpu.json").write_text(json.dumps(gpu))
+    text = "\n".join(_gpu(tmp_path / "gpu.json"))
+    assert "| 1 | 400 | 2.5 ms | 3.0 ms | 80 | 5.0x |" in text
+    assert "2.5 ms p50 against 12.0 ms" in text and "NVIDIA H200" in text and "Not run" not in text
+
+
+def test_gpu_bench_refuses_to_measure_without_the_cuda_provider() -> None:
+    import onnxruntime
+    import pytest
+
+    from bench import gpu_predictor
+
+    if gpu_predictor.CUDA in onnxruntime.get_available_providers():  # pragma: no cover - a GPU box
+        pytest.skip("the CUDA provider is available here")
+    assert gpu_predictor.main(["--skip-route", "--json", "/nonexistent/gpu.json"]) == 2

@@ -1,0 +1,31 @@
+"""What a bench report says about the host it ran on (no gRPC imports, so a bare GPU box can load it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict[str, Any]:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    mem = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), 0)
+    import numba
+    import onnxruntime
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:  # no git on the host (a copied tree on a GPU box): the caller may set MESSPLUS_COMMIT
+        commit = ""
+    commit = commit or os.environ.get("MESSPLUS_COMMIT", "")
+    return {"cores": len(os.sched_getaffinity(0)), "cpu": model, "memory_gib": round(mem / 2**30, 1),
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "numba": numba.__version__,
+            "grpcio": __import__("grpc").__version__, "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
