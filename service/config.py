@@ -128,7 +128,7 @@ class TenantConfig:
     optimism: float = 1.0       # decisions use the upper sigma-bound of each model's satisfaction logit
     margin: float = 0.3         # safety margin: the n-th label is held to alpha + margin / (2 sqrt(n))
     reserve: float = -1.0       # satisfaction the queue may bank below zero; -1: unlimited, 0: the MESS+ floor
-    confidence: float = 1.0     # sigmas of the unlabelled requests' estimated satisfaction the queue also covers
+    confidence: float = 2.0     # sigmas of the unlabelled requests' estimated satisfaction the queue also covers
     debt_gain: float = 3.0      # the queue weighs this much more past half the margin's surplus (0: MESS+'s slope)
     seed: int = 0
 

@@ -375,9 +375,10 @@ def test_unlabelled_requests_count_in_decisions_by_their_expected_satisfaction(t
     # each one's target (alpha plus the margin at its index) minus the satisfaction predicted for what it was served
     deficits = [0.8 + 0.3 / (2 * math.sqrt(d.t)) - float(d.p_hat[d.served]) for d in ds]
     st = r.tenants["acme"]
-    assert st.cfg.confidence == 1.0
-    # no labels yet: no bias; the spread is the prior's 1/4, and the error of 3 guesses is sqrt(1/4 (3 + 9 / 20))
-    allowance = math.sqrt(0.25 * (3 + 9 / BIAS_PRIOR_N))
+    assert st.cfg.confidence == 2.0
+    # no labels yet: no bias; the spread is the prior's 1/4, and the error of 3 guesses is sqrt(1/4 (3 + 9 / 20));
+    # the allowance is two of those
+    allowance = 2 * math.sqrt(0.25 * (3 + 9 / BIAS_PRIOR_N))
     assert expected_pending(st) == pytest.approx(sum(deficits) + allowance)
     r.store.close()
 
@@ -389,7 +390,7 @@ def test_unlabelled_requests_count_in_decisions_by_their_expected_satisfaction(t
     bias = 0.5 / m
     spread = (0.5 ** 2 - 0.5 * bias + 0.25 * BIAS_PRIOR_N) / m
     assert (st2.pending_n, st2.resid_n) == (2, 1)
-    assert expected_pending(st2) == pytest.approx(sum(deficits[1:]) - 2 * bias + math.sqrt(spread * (2 + 4 / m)))
+    assert expected_pending(st2) == pytest.approx(sum(deficits[1:]) - 2 * bias + 2 * math.sqrt(spread * (2 + 4 / m)))
     st2.cfg = replace(st2.cfg, confidence=0.0)  # without the allowance: the bias-corrected estimate alone
     assert expected_pending(st2) == pytest.approx(sum(deficits[1:]) - 2 * bias)
     assert st2.queue == pytest.approx(0.8 + 0.3 / 2 - 1.0)
