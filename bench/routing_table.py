@@ -198,9 +198,9 @@ def per_source_limits(emb_cache: Path) -> str:
         heads = Heads(t.models, emb.shape[1], prior_var=R.PredictorConfig().prior_var)
         R.train_heads(heads, emb, t.labels, train)
         p_test = heads.predict(emb[test])[0]
-        per_request, per_token = t.price_list()
         tokens = np.array([input_tokens(t.prompts[r]) for r in test])
-        cost_dec = per_request[None, :] + per_token[None, :] * tokens[:, None]
+        # the replay router's own estimate for each prompt: the trace's price list and the prompt's length
+        cost_dec = R.InProcess(t, R.Policy().tenant(0.7, 0), emb.shape[1]).router.request_costs(tokens)
         lab_test = np.nan_to_num(t.labels[test], nan=0.0)
         src = np.array(t.sources)
         lab = np.nan_to_num(t.labels, nan=0.0)

@@ -10,7 +10,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -58,7 +58,7 @@ def prompt_text(request: pb.RouteRequest | pb.GenerateRequest, max_chars: int) -
     return text
 
 
-def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router) -> RouteItem:
+def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router, text: str) -> RouteItem:
     rid = request.request_id
     if rid and not _REQUEST_ID.match(rid):
         raise InvalidArgument("request_id", "must be 1-128 printable ASCII characters without spaces")
@@ -68,7 +68,8 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router) ->
     if ov.exploration not in (pb.EXPLORATION_MODE_DEFAULT, pb.EXPLORATION_MODE_NEVER, pb.EXPLORATION_MODE_ALWAYS):
         raise InvalidArgument("overrides.exploration", f"unknown value {ov.exploration}")
     item = RouteItem(tenant=request.tenant, request_id=rid, allowed=tuple(ov.allowed_models),
-                     excluded=tuple(ov.excluded_models), exploration=int(ov.exploration))
+                     excluded=tuple(ov.excluded_models), exploration=int(ov.exploration),
+                     input_tokens=input_tokens(text))
     router.tenant(item.tenant)
     left = set(item.allowed or router.names) - set(item.excluded)
     if not left:
@@ -114,7 +115,7 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
 
     async def _route(self, request: pb.RouteRequest | pb.GenerateRequest) -> tuple[str, Routed]:
         text = prompt_text(request, self.max_prompt_chars)
-        item = replace(route_item(request, self.router), input_tokens=input_tokens(text))
+        item = route_item(request, self.router, text)
         return text, await self.batcher.submit((text, item))
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteReply:
@@ -188,6 +189,7 @@ class _Calls:
     def __init__(self, svc: RoutingServicer, text: str, sampling: dict[str, float | int], budget: float) -> None:
         self.svc, self.router, self.zoo = svc, svc.router, svc.zoo
         self.text, self.sampling = text, sampling
+        self.tokens = input_tokens(text)  # what every call of this request is charged for its input
         self.deadline = time.monotonic() + budget  # one budget for every call of this request, not one per call
         self.invoked: set[int] = set()
         self.latency_ms: dict[int, float] = {}
@@ -196,9 +198,9 @@ class _Calls:
 
     def _charge(self, k: int, output: str) -> None:
         m = self.router.models[k]
-        tokens = input_tokens(self.text)
-        raw = m.cost_per_request + m.cost_per_input_token * tokens + m.cost_per_output_token * input_tokens(output)
-        self.router.observe_cost(k, raw, tokens)
+        raw = (m.cost_per_request + m.cost_per_input_token * self.tokens
+               + m.cost_per_output_token * input_tokens(output))
+        self.router.observe_cost(k, raw, self.tokens)
         self.invoked.add(k)
         self.cost_raw += raw
         self.cost += raw / self.router.cost_scale()
