@@ -24,6 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "service" / "demo" / "traces"
+KNN = 50  # neighbours of the nearest-neighbour predictor in the limits table (10 was worse on every trace)
 
 
 @dataclass(frozen=True)
@@ -174,11 +175,35 @@ def _threshold_cost(cost_dec: Any, cost_true: Any, labels: Any, p: Any, alpha: f
     return float((lo[:, None, 1] + t * (hi[None, :, 1] - lo[:, None, 1])).min())
 
 
+def _knn_predict(train_x: Any, train_labels: Any, test_x: Any, k: int, prior_n: float = 2.0) -> Any:
+    """[T, K] satisfaction per test row and model: the mean recorded label of its k most cosine-similar
+    training rows, shrunk towards the model's mean training label by `prior_n` pseudo-labels; missing (NaN)
+    labels are skipped. A predictor of another kind than the heads, on the same embeddings."""
+    import numpy as np
+
+    train_x = np.asarray(train_x, np.float32)
+    test_x = np.asarray(test_x, np.float32)
+    k = min(k, len(train_x))
+    seen = ~np.isnan(train_labels)
+    y = np.where(seen, train_labels, 0.0)
+    prior = y.sum(0) / np.maximum(seen.sum(0), 1)
+    out = np.empty((len(test_x), train_labels.shape[1]))
+    unit = train_x / np.maximum(np.linalg.norm(train_x, axis=1, keepdims=True), 1e-12)
+    for lo in range(0, len(test_x), 1024):
+        q = test_x[lo:lo + 1024]
+        sim = (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)) @ unit.T
+        near = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        out[lo:lo + len(q)] = (y[near].sum(1) + prior_n * prior) / (seen[near].sum(1) + prior_n)
+    return out
+
+
 def per_source_limits(emb_cache: Path) -> str:
     """What knowing each source benchmark's accuracies would save over the static mixture (the hindsight
     assignment restricted to per-benchmark means), beside the per-prompt oracle: how much there is to learn.
     And what the router's own predictor could give: its heads trained on the warm-start half (seed 0), the
-    other half routed by `_threshold_cost` with the router's price list (no queue, exploration or margin)."""
+    other half routed by `_threshold_cost` with the router's price list (no queue, exploration or margin); and
+    the same for two other predictors, to tell this predictor's limit from the embedding's: the heads given the
+    prompt's length as one more feature, and the KNN nearest neighbours in the embedding."""
     import numpy as np
 
     from messplus.service import replay as R
@@ -189,7 +214,8 @@ def per_source_limits(emb_cache: Path) -> str:
     from messplus.service.trace import load_traces
 
     lines = ["| trace | alpha | static mixture | per-benchmark oracle / static | per-prompt oracle / static | "
-             "warm-start heads, offline / static |", "|---|---|---|---|---|---|"]
+             "warm-start heads, offline / static | heads with the prompt's length, offline / static | "
+             f"{KNN} nearest neighbours, offline / static |", "|---|---|---|---|---|---|---|---|"]
     onnx = ensure_exported(ROOT / "var", lambda m: print(f"routing_table: {m}", file=sys.stderr))
     for case in CASES:
         t = load_traces([DATA / f for f in case.files])
@@ -198,6 +224,15 @@ def per_source_limits(emb_cache: Path) -> str:
         heads = Heads(t.models, emb.shape[1], prior_var=R.PredictorConfig().prior_var)
         R.train_heads(heads, emb, t.labels, train)
         p_test = heads.predict(emb[test])[0]
+        # two other predictors on the same half: the heads with the prompt's log length as one more feature
+        # (standardised on the training half), and nearest neighbours in the embedding
+        loglen = np.log([max(len(p), 1) for p in t.prompts])
+        z = (loglen - loglen[train].mean()) / max(loglen[train].std(), 1e-12)
+        emb_len = np.hstack([emb, z[:, None].astype(emb.dtype)])
+        heads_len = Heads(t.models, emb_len.shape[1], prior_var=R.PredictorConfig().prior_var)
+        R.train_heads(heads_len, emb_len, t.labels, train)
+        p_len = heads_len.predict(emb_len[test])[0]
+        p_knn = _knn_predict(emb[train], t.labels[train], emb[test], KNN)
         tokens = np.array([input_tokens(t.prompts[r]) for r in test])
         # the replay router's own estimate for each prompt: the trace's price list and the prompt's length
         cost_dec = R.InProcess(t, R.Policy().tenant(0.7, 0), emb.shape[1]).router.request_costs(tokens)
@@ -215,10 +250,11 @@ def per_source_limits(emb_cache: Path) -> str:
             oracle = min_cost_assignment(t.costs, lab, alpha)
             static_test = min_cost_assignment(np.tile(t.costs[test].mean(0), (len(test), 1)),
                                               np.tile(lab_test.mean(0), (len(test), 1)), alpha)
-            heads_cost = _threshold_cost(cost_dec, t.costs[test], lab_test, p_test, alpha)
+            offline = [_threshold_cost(cost_dec, t.costs[test], lab_test, p, alpha) / static_test.mean_cost
+                       for p in (p_test, p_len, p_knn)]
             lines.append(f"| {case.key} ({len(np.unique(src))} benchmarks) | {alpha:.2f} | {static.mean_cost:.3g} | "
                          f"{group.mean_cost / static.mean_cost:.2f} | {oracle.mean_cost / static.mean_cost:.2f} | "
-                         f"{heads_cost / static_test.mean_cost:.2f} |")
+                         + " | ".join(f"{x:.2f}" for x in offline) + " |")
     return "\n".join(lines)
 
 

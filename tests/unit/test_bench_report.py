@@ -39,6 +39,22 @@ def test_threshold_cost_of_the_predictor_limit_on_a_hand_made_case() -> None:
     assert _threshold_cost(cost, cost, labels, blind, 0.75) == 5.5   # half of everything on the dear one
 
 
+def test_nearest_neighbour_predictor_on_a_hand_made_case() -> None:
+    import numpy as np
+
+    from bench.routing_table import _knn_predict
+
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    labels = np.array([[1.0, 0.0], [1.0, np.nan], [0.0, 1.0], [0.0, 1.0]])  # model 0 knows the first topic
+    p = _knn_predict(train, labels, np.array([[2.0, 0.1], [0.0, 3.0]]), k=2, prior_n=0.0)
+    assert p.tolist() == [[1.0, 0.0], [0.0, 1.0]]  # cosine, not distance; the missing label is skipped
+    shrunk = _knn_predict(train, labels, np.array([[1.0, 0.0]]), k=2, prior_n=2.0)
+    # two labels of 1 for model 0 and a prior of 2 pseudo-labels at its mean 0.5: (2 + 1) / 4
+    assert shrunk[0, 0] == 0.75
+    # model 1 has one label (0) among the neighbours and a mean of 2/3: (0 + 4/3) / 3
+    assert abs(shrunk[0, 1] - 4 / 9) < 1e-12
+
+
 def test_gpu_section_renders_the_gpu_results_or_says_it_was_not_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from bench.report import _gpu
 
