@@ -183,6 +183,8 @@ def _knn_predict(train_x: Any, train_labels: Any, test_x: Any, k: int, prior_n: 
 
     train_x = np.asarray(train_x, np.float32)
     test_x = np.asarray(test_x, np.float32)
+    if not len(train_x) or k < 1:
+        raise ValueError("_knn_predict: needs training rows and k >= 1")
     k = min(k, len(train_x))
     seen = ~np.isnan(train_labels)
     y = np.where(seen, train_labels, 0.0)
@@ -193,7 +195,8 @@ def _knn_predict(train_x: Any, train_labels: Any, test_x: Any, k: int, prior_n: 
         q = test_x[lo:lo + 1024]
         sim = (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)) @ unit.T
         near = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        out[lo:lo + len(q)] = (y[near].sum(1) + prior_n * prior) / (seen[near].sum(1) + prior_n)
+        n = seen[near].sum(1) + prior_n
+        out[lo:lo + len(q)] = np.where(n > 0, (y[near].sum(1) + prior_n * prior) / np.maximum(n, 1e-12), prior)
     return out
 
 

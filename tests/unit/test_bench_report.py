@@ -47,7 +47,14 @@ def test_nearest_neighbour_predictor_on_a_hand_made_case() -> None:
     train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     labels = np.array([[1.0, 0.0], [1.0, np.nan], [0.0, 1.0], [0.0, 1.0]])  # model 0 knows the first topic
     p = _knn_predict(train, labels, np.array([[2.0, 0.1], [0.0, 3.0]]), k=2, prior_n=0.0)
-    assert p.tolist() == [[1.0, 0.0], [0.0, 1.0]]  # cosine, not distance; the missing label is skipped
+    assert p.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    # cosine, not distance: by distance [0.3, 0.1] is nearest to [0.3, 0.3] (labels 0, 0) and [0.9, 0.1],
+    # by cosine to [0.9, 0.1] and [1, 0]
+    mixed = np.vstack([train, [[0.3, 0.3]]])
+    mixed_labels = np.vstack([labels, [[0.0, 0.0]]])
+    assert _knn_predict(mixed, mixed_labels, np.array([[0.3, 0.1]]), k=2, prior_n=0.0).tolist() == [[1.0, 0.0]]
+    # a model with no label among the neighbours and no prior weight gets its mean label (2/3), not NaN
+    assert abs(_knn_predict(train, labels, np.array([[0.9, 0.1]]), k=1, prior_n=0.0)[0, 1] - 2 / 3) < 1e-12
     shrunk = _knn_predict(train, labels, np.array([[1.0, 0.0]]), k=2, prior_n=2.0)
     # two labels of 1 for model 0 and a prior of 2 pseudo-labels at its mean 0.5: (2 + 1) / 4
     assert shrunk[0, 0] == 0.75
