@@ -24,7 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "service" / "demo" / "traces"
-KNN = 50  # neighbours of the nearest-neighbour predictor in the limits table (10 was worse on every trace)
+KNN = 50  # neighbours of the nearest-neighbour predictor in the limits table (10 had a worse log loss on every trace)
 
 
 @dataclass(frozen=True)
