@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     res["predictor"], res["predictor_cpu"] = cuda, cpu
     if not args.skip_route:
         with tempfile.TemporaryDirectory(prefix="messplus-gpu-bench-") as work:
-            res["route"] = route_sweep(Path(onnx).resolve(), prompts, 2 * args.seconds, Path(work))
+            res["route"] = route_sweep(onnx.resolve(), prompts, 2 * args.seconds, Path(work))
     res["total_s"] = round(time.monotonic() - began, 1)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))

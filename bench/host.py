@@ -1,4 +1,5 @@
-"""What a bench report says about the host it ran on (no gRPC imports, so a bare GPU box can load it)."""
+"""What a bench report says about the host it ran on (without the service's gRPC stubs and the bench suite's
+servers, so a GPU box with only the predictor's packages and grpcio can load it)."""
 
 from __future__ import annotations
 

@@ -224,17 +224,19 @@ def per_source_limits(emb_cache: Path) -> str:
         t = load_traces([DATA / f for f in case.files])
         emb = R._embeddings(t, onnx, R.PredictorConfig().max_tokens, 0, emb_cache, progress=False)
         train, test = R.split_stream(t, 0, R.Condition(warm_start=0.5))
-        heads = Heads(t.models, emb.shape[1], prior_var=R.PredictorConfig().prior_var)
-        R.train_heads(heads, emb, t.labels, train)
-        p_test = heads.predict(emb[test])[0]
+
+        def heads_on(x: Any) -> Any:
+            """Predictions for the test half of heads over features x, trained on the warm-start half."""
+            heads = Heads(t.models, x.shape[1], prior_var=R.PredictorConfig().prior_var)
+            R.train_heads(heads, x, t.labels, train)
+            return heads.predict(x[test])[0]
+
+        p_test = heads_on(emb)
         # two other predictors on the same half: the heads with the prompt's log length as one more feature
         # (standardised on the training half), and nearest neighbours in the embedding
         loglen = np.log([max(len(p), 1) for p in t.prompts])
         z = (loglen - loglen[train].mean()) / max(loglen[train].std(), 1e-12)
-        emb_len = np.hstack([emb, z[:, None].astype(emb.dtype)])
-        heads_len = Heads(t.models, emb_len.shape[1], prior_var=R.PredictorConfig().prior_var)
-        R.train_heads(heads_len, emb_len, t.labels, train)
-        p_len = heads_len.predict(emb_len[test])[0]
+        p_len = heads_on(np.hstack([emb, z[:, None].astype(emb.dtype)]))
         p_knn = _knn_predict(emb[train], t.labels[train], emb[test], KNN)
         tokens = np.array([input_tokens(t.prompts[r]) for r in test])
         # the replay router's own estimate for each prompt: the trace's price list and the prompt's length
