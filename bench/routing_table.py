@@ -240,7 +240,9 @@ def per_source_limits(emb_cache: Path) -> str:
         p_knn = _knn_predict(emb[train], t.labels[train], emb[test], KNN)
         tokens = np.array([input_tokens(t.prompts[r]) for r in test])
         # the replay router's own estimate for each prompt: the trace's price list and the prompt's length
-        cost_dec = R.InProcess(t, R.Policy().tenant(0.7, 0), emb.shape[1]).router.request_costs(tokens)
+        driver = R.InProcess(t, R.Policy().tenant(0.7, 0), emb.shape[1])
+        cost_dec = driver.router.request_costs(tokens)
+        driver.close()  # its in-memory store is not needed past the price list
         lab_test = np.nan_to_num(t.labels[test], nan=0.0)
         src = np.array(t.sources)
         lab = np.nan_to_num(t.labels, nan=0.0)
