@@ -1,6 +1,6 @@
 """The gRPC ceiling of this host: a trivial RoutingService served the way `messplus serve` serves the real one.
 
-Same grpc.aio server, options, interceptor and health service as service/app.py; Route answers at once with a
+Same grpc.aio server, options, interceptor and health service as service/server/app.py; Route answers at once with a
 reply shaped like the real one (five model predictions), Generate streams a route, three text chunks and done.
 Nothing is computed, so its throughput under the load generator is the most any Python gRPC servicer reaches
 on this machine with this client.

@@ -95,7 +95,7 @@ def predictor_sweep(onnx: Path, tokenizer: Path | None, prompts: list[str], seco
 
 def route_sweep(onnx: Path, prompts: list[str], seconds: float, work: Path) -> dict[str, object]:
     from messplus.service.demo.repository import build_demo_repository
-    from messplus.service.triton_server import TritonServer
+    from messplus.service.zoo.embedded import TritonServer
 
     from .loadgen import run_load
     from .procs import echo_server, router_config, router_server
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_predictor: ONNX Runtime's CUDAExecutionProvider is not available here (no GPU, a CPU-only "
               "onnxruntime, or missing CUDA libraries); nothing measured.", file=sys.stderr)
         return 2
-    from messplus.service.encoder import ensure_exported
+    from messplus.service.encoder.encoder import ensure_exported
 
     from .host import machine
     from .prompts import trace_prompts

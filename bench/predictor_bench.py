@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from messplus.service.encoder import Encoder, default_model_dir, ensure_exported
-from messplus.service.heads import Heads
-from messplus.service.predictor import Predictor
+from messplus.service.encoder.encoder import Encoder, default_model_dir, ensure_exported
+from messplus.service.routing.heads import Heads
+from messplus.service.routing.predictor import Predictor
 
 from .prompts import trace_prompts
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/routing_table.py --ablations [--seeds 3] [--out var/routing] [--only CASE ...]
 
 Each (trace, condition) is one `messplus replay` run through the service's own router core (the in-process
-path of service/replay.py, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
+path of service/replay/, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
 same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the table between the
 `routing-table` markers of the doc (and the limits and ablation tables between theirs) is regenerated from
 those summaries, so every number there has this command behind it. Embeddings are cached in var/embeddings
@@ -80,8 +80,8 @@ def _slug(name: str) -> str:
 
 def run(case: Case, cond_name: str, seeds: int, out: Path, emb_cache: Path,
         policy: dict[str, Any] | None = None, reference: bool = True) -> list[dict[str, Any]]:
-    from messplus.service import replay as R
-    from messplus.service.encoder import ensure_exported
+    from messplus.service.replay import run as R
+    from messplus.service.encoder.encoder import ensure_exported
     from messplus.service.trace import load_traces
 
     kwargs, _ = {**CONDITIONS, **ABLATION_CONDITIONS}.get(cond_name, ({}, ""))
@@ -209,11 +209,11 @@ def per_source_limits(emb_cache: Path) -> str:
     prompt's length as one more feature, and the KNN nearest neighbours in the embedding."""
     import numpy as np
 
-    from messplus.service import replay as R
-    from messplus.service.baselines import min_cost_assignment
-    from messplus.service.encoder import ensure_exported
-    from messplus.service.heads import Heads
-    from messplus.service.router import input_tokens
+    from messplus.service.replay import run as R
+    from messplus.service.replay.baselines import min_cost_assignment
+    from messplus.service.encoder.encoder import ensure_exported
+    from messplus.service.routing.heads import Heads
+    from messplus.service.routing.router import input_tokens
     from messplus.service.trace import load_traces
 
     lines = ["| trace | alpha | static mixture | per-benchmark oracle / static | per-prompt oracle / static | "

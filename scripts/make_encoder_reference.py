@@ -1,7 +1,7 @@
 """Write tests/fixtures/minilm_reference.json: all-MiniLM-L6-v2 embeddings computed by PyTorch + transformers.
 
 The service never imports torch; this script is the independent reference that the torch-free ONNX export
-(service/export_onnx.py) is tested against. Run it in a throwaway environment OUTSIDE the project's venv:
+(service/encoder/export.py) is tested against. Run it in a throwaway environment OUTSIDE the project's venv:
 
     python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch transformers numpy
     HF_HUB_OFFLINE=1 /tmp/refvenv/bin/python scripts/make_encoder_reference.py \

@@ -13,7 +13,7 @@ from .errors import ConfigError
 
 def _serve(args: argparse.Namespace) -> int:
     from . import config
-    from .app import serve
+    from .server.app import serve
 
     cfg = config.load(args.config)
     asyncio.run(serve(cfg, port_file=args.port_file))
@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .export_onnx import export_minilm
+    from .encoder.export import export_minilm
 
     out = export_minilm(Path(args.out))
     print(out)
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config")
     check.set_defaults(func=_check_config)
 
-    from .replay import add_commands
+    from .replay.run import add_commands
 
     add_commands(sub)
     return parser

@@ -67,7 +67,7 @@ class Trace:
         """Per model, a price per request and a price per input token (as the router counts them:
         router.input_tokens) fitted to the recorded costs by least squares, both >= 0: the price list an operator
         would configure. Output tokens, unknown before a call, fall into the per-request part."""
-        from .router import input_tokens
+        from .routing.router import input_tokens
 
         K = len(self.models)
         per_request, per_token = self.mean_cost.astype(np.float64).copy(), np.zeros(K)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from messplus.service.demo.repository import DEFAULT_TRACE, build_demo_repository
-from messplus.service.triton_server import TritonServer
+from messplus.service.zoo.embedded import TritonServer
 
 from ..integration.conftest import DemoZoo, demo_zoo, encoder_onnx  # noqa: F401 - fixtures, re-used here
 from .harness import Router, router_config

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from messplus.service.demo.repository import DEFAULT_TRACE, DemoModel, build_demo_repository
-from messplus.service.triton_server import INSTALL_HINT, TritonServer
+from messplus.service.zoo.embedded import INSTALL_HINT, TritonServer
 
 from .router_process import RouterProcess, config_toml
 
@@ -43,7 +43,7 @@ def demo_zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoZoo]:
 @pytest.fixture(scope="session")
 def encoder_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """all-MiniLM-L6-v2 exported to ONNX once per session (no torch: built from the packaged weights)."""
-    from messplus.service.encoder import ensure_exported
+    from messplus.service.encoder.encoder import ensure_exported
 
     return ensure_exported(tmp_path_factory.mktemp("predictor"), None)
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from messplus.service.app import LIVENESS, SERVICE_NAME
+from messplus.service.server.app import LIVENESS, SERVICE_NAME
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 

@@ -22,8 +22,8 @@ from messplus.service.demo.repository import (
     lookup_label,
     triton_model_name,
 )
-from messplus.service.triton_server import TritonServer, TritonStartError, free_port
-from messplus.service.zoo import ModelFailed, ModelTimeout, ModelUnavailable, TritonZoo
+from messplus.service.zoo.embedded import TritonServer, TritonStartError, free_port
+from messplus.service.zoo.triton import ModelFailed, ModelTimeout, ModelUnavailable, TritonZoo
 
 T = TypeVar("T")
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from messplus.service.baselines import (ReferenceRouter, reference_tenant, cheapest_single, min_cost_assignment, oracle,
+from messplus.service.replay.baselines import (ReferenceRouter, reference_tenant, cheapest_single, min_cost_assignment, oracle,
                                         static_mixture, stream_baselines)
 from messplus.service.config import ModelConfig, TenantConfig
-from messplus.service.heads import Heads
-from messplus.service.router import EXPLORE_ALWAYS, Decision, RouteItem
-from messplus.service.store import Store
+from messplus.service.routing.heads import Heads
+from messplus.service.routing.router import EXPLORE_ALWAYS, Decision, RouteItem
+from messplus.service.state.sqlite import Store
 from messplus.service.trace import load_trace
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_trace.csv"

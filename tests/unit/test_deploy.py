@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from messplus.service import config as config_mod
-from messplus.service.app import LIVENESS, SERVICE_NAME
+from messplus.service.server.app import LIVENESS, SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "messplus-sidecar.yaml"

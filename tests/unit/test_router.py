@@ -12,10 +12,10 @@ import pytest
 
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.errors import Conflict, InvalidArgument, NotFound
-from messplus.service.heads import Heads
-from messplus.service.router import (BIAS_PRIOR_N, EXPLORE_ALWAYS, EXPLORE_NEVER, TYPICAL_TOKENS_PRIOR, Decision,
+from messplus.service.routing.heads import Heads
+from messplus.service.routing.router import (BIAS_PRIOR_N, EXPLORE_ALWAYS, EXPLORE_NEVER, TYPICAL_TOKENS_PRIOR, Decision,
                                      RouteItem, Router, debt_pressure, expected_pending, fold_queue, input_tokens)
-from messplus.service.store import Store
+from messplus.service.state.sqlite import Store
 
 DIM = 8
 MODELS = (ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1.0),

@@ -8,7 +8,7 @@ import pytest
 
 from messplus.service import config
 from messplus.service.errors import ConfigError, Overloaded, PermissionDenied, Unauthenticated
-from messplus.service.security import Grant, RateLimiter, TokenAuth, load_tokens
+from messplus.service.server.security import Grant, RateLimiter, TokenAuth, load_tokens
 
 A, B = "a" * 20, "b" * 20
 

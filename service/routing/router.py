@@ -52,10 +52,10 @@ import numpy as np
 
 from messplus import kernels
 
-from .config import ModelConfig, TenantConfig
-from .errors import Conflict, InvalidArgument, NoModelAvailable, NotFound
+from ..config import ModelConfig, TenantConfig
+from ..errors import Conflict, InvalidArgument, NoModelAvailable, NotFound
 from .heads import Heads
-from .store import RequestRow, Store, now
+from ..state.sqlite import RequestRow, Store, now
 
 log = logging.getLogger("messplus.router")
 

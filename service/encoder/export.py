@@ -15,7 +15,7 @@ position table (one constant Add fewer per call).
 
 Usage from a shell::
 
-    python -m messplus.service.export_onnx OUT.onnx [--model-dir DIR] [--int8 OUT_INT8.onnx]
+    python -m messplus.service.encoder.export OUT.onnx [--model-dir DIR] [--int8 OUT_INT8.onnx]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .encoder import default_model_dir
-from .trace import file_sha256
+from ..trace import file_sha256
 
 OPSET = 17
 EXPORTER_VERSION = "1"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from .config import SecurityConfig
-from .errors import ConfigError, Overloaded, PermissionDenied, Unauthenticated
+from ..config import SecurityConfig
+from ..errors import ConfigError, Overloaded, PermissionDenied, Unauthenticated
 
 ANY_TENANT = "*"
 

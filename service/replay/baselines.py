@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import TenantConfig
-from .router import Router
+from ..config import TenantConfig
+from ..routing.router import Router
 
 MAX_BISECT = 2000
 
@@ -162,7 +162,7 @@ def oracle_summary(o: Oracle, names: Sequence[str]) -> dict[str, Any]:
 
 def stream_baselines(names: Sequence[str], costs: np.ndarray, labels: np.ndarray, alpha: float) -> dict[str, Any]:
     """The three label-based baselines on one stream (costs, labels [N, K] of the replayed prompts)."""
-    from .trace import _nanmean_cols
+    from ..trace import _nanmean_cols
 
     mean_cost, acc = costs.mean(axis=0), _nanmean_cols(labels)
     return {"cheapest_single": cheapest_single(names, mean_cost, acc, alpha),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import StorageUnavailable
+from ..errors import StorageUnavailable
 
 log = logging.getLogger("messplus.store")
 

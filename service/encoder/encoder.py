@@ -67,7 +67,7 @@ def ensure_exported(
     path = Path(cache_dir) / name
     if path.is_file():
         return path
-    from .export_onnx import export_minilm  # imports onnx; only needed the first time
+    from .export import export_minilm  # imports onnx; only needed the first time
 
     if progress is not None:
         progress(f"prompt encoder: exporting all-MiniLM-L6-v2 to {path} (once)")

@@ -19,8 +19,8 @@ from typing import Any
 
 import grpc
 
-from .errors import MessplusError, Overloaded
-from .logs import request_id_var
+from ..errors import MessplusError, Overloaded
+from ..logs import request_id_var
 from .metrics import Metrics
 from .security import RateLimiter, TokenAuth
 

@@ -25,19 +25,19 @@ from grpc_reflection.v1alpha import reflection
 from messplus import kernels
 from messplus.v1 import routing_pb2, routing_pb2_grpc
 
-from . import config as config_mod
-from . import logs
-from .config import Config, ModelConfig
-from .errors import ErrorInterceptor
+from .. import config as config_mod
+from .. import logs
+from ..config import Config, ModelConfig
+from ..errors import ErrorInterceptor
 from .guard import Admission, GuardInterceptor
-from .handlers import Routed, RoutingServicer
-from .heads import Heads
+from .servicer import Routed, RoutingServicer
+from ..routing.heads import Heads
 from .metrics import Metrics
-from .predictor import MicroBatcher, Predictor
-from .router import RouteItem, Router
+from ..routing.predictor import MicroBatcher, Predictor
+from ..routing.router import RouteItem, Router
 from .security import RateLimiter, TokenAuth, load_tokens, server_credentials
-from .store import Store
-from .zoo import TritonZoo
+from ..state.sqlite import Store
+from ..zoo.triton import TritonZoo
 
 log = logging.getLogger("messplus.app")
 SERVICE_NAME = routing_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name
@@ -54,9 +54,9 @@ def _say(msg: str) -> None:
 
 def start_embedded_triton(cfg: Config, progress: Progress):  # type: ignore[no-untyped-def]
     """Build the demo repository if missing and start a local tritonserver on it. Returns (server, models)."""
-    from .demo.repository import DEFAULT_TRACE, build_demo_repository
-    from .trace import load_trace
-    from .triton_server import TritonServer
+    from ..demo.repository import DEFAULT_TRACE, build_demo_repository
+    from ..trace import load_trace
+    from ..zoo.embedded import TritonServer
 
     repo = cfg.state_dir / "demo-model-repository"
     progress(f"writing the demo zoo's Triton model repository to {repo}")
@@ -72,7 +72,7 @@ def start_embedded_triton(cfg: Config, progress: Progress):  # type: ignore[no-u
 
 
 def load_encoder(cfg: Config, progress: Progress):  # type: ignore[no-untyped-def]
-    from .encoder import Encoder, default_model_dir, ensure_exported
+    from ..encoder.encoder import Encoder, default_model_dir, ensure_exported
 
     onnx_path = Path(cfg.predictor.onnx) if cfg.predictor.onnx else ensure_exported(cfg.state_dir, progress)
     providers = [p for p in cfg.predictor.providers.split(",") if p] or None

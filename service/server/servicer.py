@@ -18,11 +18,11 @@ import numpy as np
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .errors import DeadlineTooShort, InvalidArgument, MessplusError, NoModelAvailable
+from ..errors import DeadlineTooShort, InvalidArgument, MessplusError, NoModelAvailable
 from .metrics import Metrics
-from .predictor import MicroBatcher, chat_to_text
-from .router import Decision, RouteItem, Router, input_tokens
-from .zoo import TritonZoo, ZooError
+from ..routing.predictor import MicroBatcher, chat_to_text
+from ..routing.router import Decision, RouteItem, Router, input_tokens
+from ..zoo.triton import TritonZoo, ZooError
 
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 
@@ -212,7 +212,7 @@ class _Calls:
         return left
 
     def _failed(self, k: int, exc: ZooError) -> None:
-        from .zoo import ModelUnavailable
+        from ..zoo.triton import ModelUnavailable
         self.svc.metrics.triton_errors.labels(self.router.names[k], type(exc).__name__).inc()
         if isinstance(exc, ModelUnavailable):
             self.router.set_available(k, False)

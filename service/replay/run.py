@@ -40,12 +40,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from .baselines import ReferenceRouter, reference_tenant, stream_baselines
-from .config import ModelConfig, PredictorConfig, TenantConfig
-from .errors import NoModelAvailable
-from .heads import Heads
-from .router import Decision, RouteItem, Router, input_tokens
-from .store import Store
-from .trace import Trace, TraceError
+from ..config import ModelConfig, PredictorConfig, TenantConfig
+from ..errors import NoModelAvailable
+from ..routing.heads import Heads
+from ..routing.router import Decision, RouteItem, Router, input_tokens
+from ..state.sqlite import Store
+from ..trace import Trace, TraceError
 
 log = logging.getLogger("messplus.replay")
 TENANT = "replay"
@@ -420,7 +420,7 @@ def write_outputs(out_dir: Path, summary: list[dict[str, Any]], curves: dict[flo
                                     sat=a.sat, queue=a.queue, invoked=a.invoked)
                 written.append(npz)
     if plots and curves:
-        from .replay_plots import plot_all
+        from .plots import plot_all
 
         written += plot_all(out_dir, curves)
     return written
@@ -430,7 +430,7 @@ def write_outputs(out_dir: Path, summary: list[dict[str, Any]], curves: dict[flo
 def match_models(service: Sequence[tuple[str, str]], trace_models: Sequence[str]) -> list[int]:
     """For each service model (name, triton_model), the trace column it replays (-1: none). A trace model
     matches by its own name or by the Triton name the demo zoo gives it."""
-    from .demo.repository import triton_model_name
+    from ..demo.repository import triton_model_name
 
     out = []
     for name, triton in service:
@@ -506,7 +506,7 @@ def service_models(cfg: Any) -> tuple[ModelConfig, ...]:
     """The service's zoo: the configured models, else the embedded demo zoo's (named as `messplus serve` names them)."""
     if cfg.zoo.models:
         return tuple(cfg.zoo.models)
-    from .demo.repository import DEFAULT_MODELS, DEFAULT_TRACE, trace_models, triton_model_name
+    from ..demo.repository import DEFAULT_MODELS, DEFAULT_TRACE, trace_models, triton_model_name
 
     have = trace_models(DEFAULT_TRACE)
     names, taken, out = (DEFAULT_MODELS if set(DEFAULT_MODELS) <= set(have) else have), set(), []
@@ -523,7 +523,7 @@ def _write_pretrained(heads: Heads):  # type: ignore[no-untyped-def]
     The Router reads a snapshot at seq 0 as "no snapshot" (and starts from the prior), so a state without any
     label gets its label counter moved to 1 (sqlite_sequence, SQLite's documented AUTOINCREMENT counter): the
     snapshot says "labels up to 1 are in", and the first real label gets seq 2 and is replayed after a crash."""
-    from .store import now
+    from ..state.sqlite import now
 
     def job(conn: Any) -> int:
         (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM labels").fetchone()
@@ -628,8 +628,8 @@ def _encoder_args(p: argparse.ArgumentParser, cache_default: str | None) -> None
 
 def _embeddings(trace: Trace, onnx: Path, max_tokens: int, threads: int, cache_dir: Path | None,
                 progress: bool) -> np.ndarray:
-    from .encoder import Encoder, default_model_dir
-    from .trace import embed_trace, file_sha256
+    from ..encoder.encoder import Encoder, default_model_dir
+    from ..trace import embed_trace, file_sha256
 
     encoder = Encoder.load(onnx, default_model_dir() / "tokenizer.json", max_tokens=max_tokens, threads=threads or None)
     return embed_trace(trace, encoder, f"{file_sha256(onnx)}:{max_tokens}", cache_dir, progress=progress)
@@ -640,8 +640,8 @@ def _say(msg: str) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from .encoder import ensure_exported
-    from .trace import load_traces
+    from ..encoder.encoder import ensure_exported
+    from ..trace import load_traces
 
     if not all(0 < a < 1 for a in args.alpha) or args.seeds < 1 or not 0 <= args.feedback_rate <= 1 \
             or args.feedback_delay < 0 or not 0 <= args.warm_start < 1 or args.limit < 0:
@@ -693,9 +693,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from . import config
-    from .encoder import ensure_exported
-    from .trace import load_traces
+    from .. import config
+    from ..encoder.encoder import ensure_exported
+    from ..trace import load_traces
 
     cfg = config.load(args.config)
     if args.state_dir:
