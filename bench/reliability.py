@@ -1,7 +1,8 @@
 """Measure the reliability figures for real: `python bench/reliability.py [--out docs/reliability.json]`.
 
-Runs the fault tests in tests/functional (real router processes, real Triton servers, kill -9, SIGTERM, model
-unloads, overload), which record what they measured; writes those figures as JSON and prints the headline
+Runs the fault tests in tests/functional (real Triton servers, kill -9 and SIGTERM of real router processes,
+model unloads, overload; routers in processes of their own where the process is the point, in the test's process
+otherwise), which record what they measured; writes those figures as JSON and prints the headline
 numbers that docs/RELIABILITY.md reports. Exit status: pytest's (the figures are only worth something when
 every invariant held).
 """

@@ -4,12 +4,14 @@ Start order: config -> state dir -> Triton (embedded: demo repository + local tr
 (ONNX export on first start) -> kernels warm-up -> SQLite store -> router (queues and heads restored) -> gRPC
 server (health NOT_SERVING until the zoo answers). Stop order: health NOT_SERVING, stop accepting, let
 in-flight calls finish (grace), snapshot the heads, close the store, stop Triton.
+
+`async with App(cfg) as app:` runs both: start on entry, the drain on exit (`serve()` is that block between
+the signal handlers; tests run the same block in process).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -81,7 +83,7 @@ def load_encoder(cfg: Config, progress: Progress):  # type: ignore[no-untyped-de
 
 
 class App:
-    """Everything one `messplus serve` runs."""
+    """Everything one `messplus serve` runs: `async with App(cfg) as app:` starts it, leaving the block drains it."""
 
     def __init__(self, cfg: Config, progress: Progress = _say) -> None:
         self.cfg = cfg
@@ -189,6 +191,21 @@ class App:
             except Exception:  # noqa: BLE001 - the poller must outlive a bad round
                 log.exception("zoo readiness poll failed")
 
+    async def __aenter__(self) -> App:
+        try:
+            await self.start()
+        except BaseException:
+            await self.__aexit__()  # a failed start still stops what it started (Triton, ports, the store)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """The drain (stop()). A failure in it is logged, not raised: the server goes away either way."""
+        try:
+            await self.stop()
+        except Exception:  # noqa: BLE001 - never mask the exception that ended the block
+            log.exception("stop failed")
+
     async def stop(self) -> None:
         """Drain: health NOT_SERVING first, in-flight calls finish within grace, then state is flushed."""
         if self._stopping:
@@ -226,20 +243,15 @@ def _write_atomic(path: str, text: str) -> None:
 
 async def serve(cfg: Config, *, port_file: str | None = None) -> None:
     logs.configure(cfg.server.log_format)
-    app = App(cfg)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        port = await app.start()
+    async with App(cfg) as app:
         if port_file:
             if app.metrics_port:
                 _write_atomic(port_file + ".metrics", str(app.metrics_port))
-            _write_atomic(port_file, str(port))
+            _write_atomic(port_file, str(app.port))
         await stop.wait()
         app.progress("stopping: draining in-flight calls")
-    finally:
-        with contextlib.suppress(Exception):
-            await app.stop()
     app.progress("stopped")

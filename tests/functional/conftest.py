@@ -1,5 +1,7 @@
-"""Fault tests: real router processes, real Triton servers (the session's demo zoo, or one of a test's own when
-the test unloads models, kills Triton or needs slow models), real SQLite files, real signals.
+"""Fault tests: real Triton servers (the session's demo zoo, or one of a test's own when the test unloads models,
+kills Triton or needs slow models), real SQLite files, real signals. Routers run in processes of their own where
+the process is the point (SIGTERM, kill -9, a disk filling under it, its log output, overload measured without
+the load generator in its process), in this process otherwise (`router_app`; both fixtures: tests/support).
 
 Measured figures go to $RELIABILITY_FIGURES_JSON when it is set (bench/reliability.py sets it).
 """
@@ -18,13 +20,13 @@ import pytest
 from messplus.service.demo.repository import DEFAULT_TRACE, build_demo_repository
 from messplus.service.zoo.embedded import TritonServer
 
-from ..integration.conftest import DemoZoo, demo_zoo, encoder_onnx  # noqa: F401 - fixtures, re-used here
-from .harness import Router, router_config
+from ..support.fixtures import DemoZoo
 
 
 @pytest.fixture
-def start_zoo(tmp_path: Path, demo_zoo: DemoZoo) -> Iterator[Callable[..., DemoZoo]]:  # noqa: F811
-    """A Triton of the test's own with the demo zoo; `latency_ms` slows every model down."""
+def start_zoo(tmp_path: Path, demo_zoo: DemoZoo) -> Iterator[Callable[..., DemoZoo]]:
+    """A Triton of the test's own with the demo zoo; `latency_ms` slows every model down (after `demo_zoo`, which
+    fails or skips the test when the Triton binary is missing)."""
     servers: list[TritonServer] = []
 
     def start(latency_ms: float = 0.0, name: str = "triton") -> DemoZoo:
@@ -37,26 +39,6 @@ def start_zoo(tmp_path: Path, demo_zoo: DemoZoo) -> Iterator[Callable[..., DemoZ
     yield start
     for server in servers:
         server.stop()
-
-
-@pytest.fixture
-def router(tmp_path: Path, demo_zoo: DemoZoo, encoder_onnx: Path) -> Iterator[Callable[..., Router]]:  # noqa: F811
-    """Start `messplus serve` processes (default: against the session's Triton); all are killed after the test."""
-    started: list[Router] = []
-
-    def make(name: str = "router", *, zoo: DemoZoo | None = None, state_dir: Path | None = None,
-             server: dict[str, Any] | None = None, security: dict[str, Any] | None = None,
-             env: dict[str, str] | None = None, client_tls: Any = None, start: bool = True) -> Router:
-        text = router_config(state_dir or tmp_path / "state", zoo or demo_zoo, encoder_onnx, server or {},
-                             security or {})
-        proc = Router(tmp_path / name, text, env=env, client_tls=client_tls)
-        started.append(proc)
-        return proc.start() if start else proc
-
-    yield make
-    for proc in started:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
 
 
 @pytest.fixture

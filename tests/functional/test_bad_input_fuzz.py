@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .harness import SERVING, Router
+from ..support.fixtures import router_toml
+from ..support.inprocess import AppThread
+from ..support.target import SERVING
 
 pytestmark = pytest.mark.triton
 PER_RPC, BATCH = 10_000, 100
@@ -41,13 +43,11 @@ MAX_PROMPT, MAX_MESSAGE = 5000, 65536
 
 
 @pytest.fixture(scope="module")
-def fuzz_router(tmp_path_factory: pytest.TempPathFactory, demo_zoo: Any, encoder_onnx: Any) -> Iterator[Router]:
-    from .harness import router_config
-
+def fuzz_router(tmp_path_factory: pytest.TempPathFactory, demo_zoo: Any, encoder_onnx: Any) -> Iterator[AppThread]:
     root = tmp_path_factory.mktemp("fuzz")
-    text = router_config(root / "state", demo_zoo, encoder_onnx,
-                         {"max_prompt_chars": MAX_PROMPT, "max_message_bytes": MAX_MESSAGE}, {})
-    r = Router(root, text).start()
+    text = router_toml(root / "state", demo_zoo, encoder_onnx,
+                       server={"max_prompt_chars": MAX_PROMPT, "max_message_bytes": MAX_MESSAGE})
+    r = AppThread(root, text).start()
     MODELS[:] = [m.triton_name for m in demo_zoo.models]
     with r.channel() as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
@@ -57,7 +57,7 @@ def fuzz_router(tmp_path_factory: pytest.TempPathFactory, demo_zoo: Any, encoder
                                                       overrides=pb.RouteOverrides(exploration=2)),
                                       timeout=30).request_id)
     yield r
-    assert r.proc is not None and r.proc.poll() is None, "the router died during the fuzz"
+    assert r.running(), "the router died during the fuzz"
     r.stop()
 
 
@@ -194,7 +194,7 @@ STRATEGIES = {"Route": route_msgs, "Feedback": feedback_msgs, "Generate": genera
 
 @pytest.mark.parametrize("rpc", list(STRATEGIES))
 def test_ten_thousand_fuzzed_messages_per_rpc_get_a_field_naming_status_and_never_crash_or_hang(
-        fuzz_router: Router, rpc: str, figures: dict) -> None:
+        fuzz_router: AppThread, rpc: str, figures: dict) -> None:
     codes: Counter[str] = Counter()
     broken: list[str] = []
     with fuzz_router.channel() as channel, ThreadPoolExecutor(32) as pool:

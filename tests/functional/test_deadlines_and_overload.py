@@ -1,5 +1,6 @@
-"""The caller's deadline bounds the Triton calls; at 10x the sustainable load the excess is refused at once
-(RESOURCE_EXHAUSTED) while admitted calls keep their latency."""
+"""The caller's deadline bounds the Triton calls (an App in this process); at 10x the sustainable load the excess
+is refused at once (RESOURCE_EXHAUSTED) while admitted calls keep their latency (a `messplus serve` process, so
+that the load generator does not share the router's interpreter and the latencies are the router's)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from ..integration.conftest import DemoZoo
-from .harness import Router, percentile, scrape
+from ..support.fixtures import DemoZoo
+from ..support.inprocess import AppThread
+from ..support.metrics import percentile, scrape
+from ..support.procs import ServerProcess
 
 pytestmark = pytest.mark.triton
 # The zoo's service time and the router's admission limit: capacity = MAX_INFLIGHT / latency = 20 calls/s. As
@@ -25,10 +28,10 @@ LATENCY_MS, MAX_INFLIGHT = 200, 4
 SUSTAINABLE = 10.0  # the 1x rate, half the capacity
 
 
-def test_caller_deadline_bounds_the_triton_call(start_zoo: Callable[..., DemoZoo], router: Callable[..., Router],
-                                                figures: dict) -> None:
+def test_caller_deadline_bounds_the_triton_call(start_zoo: Callable[..., DemoZoo],
+                                                router_app: Callable[..., AppThread], figures: dict) -> None:
     zoo = start_zoo(latency_ms=1500)
-    r = router(zoo=zoo, server={"metrics_listen": "127.0.0.1:0"})
+    r = router_app(zoo=zoo, server={"metrics_listen": "127.0.0.1:0"})
     with r.channel() as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         began = time.monotonic()
@@ -80,9 +83,9 @@ def summary(results: list[tuple[str, float]]) -> dict:
 
 
 def test_ten_times_sustainable_load_is_refused_quickly_and_admitted_latency_holds(
-        start_zoo: Callable[..., DemoZoo], router: Callable[..., Router], figures: dict) -> None:
+        start_zoo: Callable[..., DemoZoo], router_process: Callable[..., ServerProcess], figures: dict) -> None:
     zoo = start_zoo(latency_ms=LATENCY_MS)
-    r = router(zoo=zoo, server={"max_inflight": MAX_INFLIGHT})
+    r = router_process(zoo=zoo, server={"max_inflight": MAX_INFLIGHT})
     asyncio.run(open_loop(r.address, SUSTAINABLE, 1.0))  # warm-up
     x1 = summary(asyncio.run(open_loop(r.address, SUSTAINABLE, 6.0)))
     x10 = summary(asyncio.run(open_loop(r.address, 10 * SUSTAINABLE, 6.0)))

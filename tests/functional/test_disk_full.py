@@ -16,15 +16,16 @@ import pytest
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .harness import SERVING, Router
+from ..support.procs import ServerProcess
+from ..support.target import SERVING
 from .test_durability import check_log, route_many, stored
 
 pytestmark = pytest.mark.triton
 
 
 def test_full_disk_refuses_feedback_with_unavailable_and_recovers_without_loss(
-        router: Callable[..., Router], tmp_path: Path, figures: dict) -> None:
-    r = router()
+        router_process: Callable[..., ServerProcess], tmp_path: Path, figures: dict) -> None:
+    r = router_process()
     ids = asyncio.run(route_many(r, 400))
     db = tmp_path / "state" / "messplus.sqlite3"
     assert r.proc is not None

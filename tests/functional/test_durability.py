@@ -16,13 +16,14 @@ import pytest
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .harness import Router
+from ..support.procs import ServerProcess
+from ..support.target import Target
 
 pytestmark = pytest.mark.triton
 ALPHA = {"acme": 0.75, "beta": 0.6}
 
 
-async def route_many(r: Router, n: int) -> list[tuple[str, str]]:
+async def route_many(r: Target, n: int) -> list[tuple[str, str]]:
     async with r.aio_channel() as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         sem = asyncio.Semaphore(32)
@@ -38,7 +39,7 @@ async def route_many(r: Router, n: int) -> list[tuple[str, str]]:
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def feedback_until_killed(r: Router, ids: list[tuple[str, str]], sat: dict[str, float],
+async def feedback_until_killed(r: ServerProcess, ids: list[tuple[str, str]], sat: dict[str, float],
                                 kill_after_acks: int) -> dict:
     """Send Feedback 48 at a time (every 8th is a resend of an acked one); kill -9 once enough are acked."""
     books: dict = {"acked": {}, "resent_applied": 0, "started": time.monotonic(), "killed_at": None}
@@ -108,8 +109,8 @@ def check_log(db: Path) -> dict[str, int]:
 
 
 def test_kill_9_during_sustained_feedback_loses_no_acked_label_and_applies_none_twice(
-        router: Callable[..., Router], tmp_path: Path, figures: dict) -> None:
-    r = router()
+        router_process: Callable[..., ServerProcess], tmp_path: Path, figures: dict) -> None:
+    r = router_process()
     ids = asyncio.run(route_many(r, 1500))
     rng = random.Random(5)
     sat = {rid: rng.choice((0.0, 0.25, 1.0, 1.0)) for _, rid in ids}
@@ -119,7 +120,7 @@ def test_kill_9_during_sustained_feedback_loses_no_acked_label_and_applies_none_
     db = tmp_path / "state" / "messplus.sqlite3"
 
     began = time.monotonic()
-    again = router(name="again")
+    again = router_process(name="again")
     restart_s = time.monotonic() - began
     _, labels = stored(db)
     durable = {rid: s for _, rid, s, _ in labels}

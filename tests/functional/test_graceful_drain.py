@@ -16,13 +16,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from ..integration.conftest import DemoZoo
-from .harness import Router
+from ..support.fixtures import DemoZoo
+from ..support.procs import ServerProcess
 
 pytestmark = pytest.mark.triton
 
 
-async def load_then_sigterm(r: Router) -> dict:
+async def load_then_sigterm(r: ServerProcess) -> dict:
     calls: list[dict] = []
     health: list[tuple[float, str]] = []
     acked: list[str] = []
@@ -87,9 +87,10 @@ async def load_then_sigterm(r: Router) -> dict:
 
 
 def test_sigterm_under_load_goes_not_serving_first_and_finishes_every_inflight_call(
-        start_zoo: Callable[..., DemoZoo], router: Callable[..., Router], tmp_path: Path, figures: dict) -> None:
+        start_zoo: Callable[..., DemoZoo], router_process: Callable[..., ServerProcess], tmp_path: Path,
+        figures: dict) -> None:
     zoo = start_zoo(latency_ms=300)
-    r = router(zoo=zoo, server={"drain_delay_s": 0.5})
+    r = router_process(zoo=zoo, server={"drain_delay_s": 0.5})
     out = asyncio.run(load_then_sigterm(r))
     t0 = out["sigterm"]
     inflight = [c for c in out["calls"] if c["routed"] is not None and c["routed"] < t0 and c["done"] > t0]

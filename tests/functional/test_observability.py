@@ -1,5 +1,5 @@
 """Prometheus metrics on their own port, scraped for real, agree with what the router answers; JSON logs carry
-the request id."""
+the request id (the log of a `messplus serve` process: serve() sets the log format up for the process)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ import pytest
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .harness import Router, scrape
+from ..support.metrics import scrape
+from ..support.procs import ServerProcess
 
 pytestmark = pytest.mark.triton
 NEVER = pb.RouteOverrides(exploration=pb.EXPLORATION_MODE_NEVER)
 
 
 def test_metrics_endpoint_shows_the_sla_per_tenant_and_model_and_logs_carry_the_request_id(
-        router: Callable[..., Router]) -> None:
-    r = router(server={"metrics_listen": "127.0.0.1:0", "log_format": "json"})
+        router_process: Callable[..., ServerProcess]) -> None:
+    r = router_process(server={"metrics_listen": "127.0.0.1:0", "log_format": "json"})
     predicted: dict[str, float] = {}
     with r.channel() as ch:
         stub = pb_grpc.RoutingServiceStub(ch)

@@ -1,5 +1,6 @@
 """TLS and mutual TLS from config (certificates made here with `cryptography`), bearer tokens mapped to tenants,
-per-tenant rate limits; health stays open."""
+per-tenant rate limits; health stays open. Against Apps in this process: the gRPC server, its credentials and
+interceptors are the real ones."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from cryptography.x509.oid import NameOID
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .harness import SERVING, Router
+from ..support.inprocess import AppThread
+from ..support.target import SERVING
 
 pytestmark = pytest.mark.triton
 TOKEN_ACME, TOKEN_BETA = "acme-token-0123456789abcdef", "beta-token-fedcba9876543210"
@@ -79,9 +81,9 @@ def list_models(channel: grpc.Channel, metadata: tuple = ()) -> grpc.StatusCode:
         return err.code()
 
 
-def test_tls_and_mutual_tls_from_config(router: Callable[..., Router], tmp_path: Path) -> None:
+def test_tls_and_mutual_tls_from_config(router_app: Callable[..., AppThread], tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
-    tls = router("tls", security={"tls_cert": str(pki["server.pem"]), "tls_key": str(pki["server-key.pem"])},
+    tls = router_app("tls", security={"tls_cert": str(pki["server.pem"]), "tls_key": str(pki["server-key.pem"])},
                  client_tls=creds(pki))
     with tls.channel() as ch:
         assert list_models(ch) == grpc.StatusCode.OK
@@ -89,7 +91,7 @@ def test_tls_and_mutual_tls_from_config(router: Callable[..., Router], tmp_path:
         assert list_models(ch) == grpc.StatusCode.UNAVAILABLE  # plaintext to a TLS port
     tls.stop()
 
-    mtls = router("mtls", security={"tls_cert": str(pki["server.pem"]), "tls_key": str(pki["server-key.pem"]),
+    mtls = router_app("mtls", security={"tls_cert": str(pki["server.pem"]), "tls_key": str(pki["server-key.pem"]),
                                     "tls_client_ca": str(pki["ca.pem"])}, client_tls=creds(pki, "client"))
     assert mtls.health() == SERVING
     with mtls.channel() as ch:
@@ -99,11 +101,11 @@ def test_tls_and_mutual_tls_from_config(router: Callable[..., Router], tmp_path:
             assert list_models(ch) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_bearer_tokens_let_a_caller_act_only_for_its_own_tenants(router: Callable[..., Router],
+def test_bearer_tokens_let_a_caller_act_only_for_its_own_tenants(router_app: Callable[..., AppThread],
                                                                   tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# token tenants\n{TOKEN_ACME} acme\n")
-    r = router(security={"tokens_file": str(tokens)}, env={"MESSPLUS_SECURITY_TOKENS": f"{TOKEN_BETA}=beta"})
+    r = router_app(security={"tokens_file": str(tokens)}, env={"MESSPLUS_SECURITY_TOKENS": f"{TOKEN_BETA}=beta"})
     acme, beta = (("authorization", f"Bearer {TOKEN_ACME}"),), (("authorization", f"Bearer {TOKEN_BETA}"),)
 
     def code(call: Callable[..., object], request: object, metadata: tuple = ()) -> grpc.StatusCode:
@@ -138,8 +140,8 @@ def test_bearer_tokens_let_a_caller_act_only_for_its_own_tenants(router: Callabl
 
 
 def test_a_tenant_over_its_rate_limit_gets_resource_exhausted_and_others_do_not(
-        router: Callable[..., Router], figures: dict) -> None:
-    r = router(security={"rate_limit_rps": 5, "rate_limit_burst": 5})
+        router_app: Callable[..., AppThread], figures: dict) -> None:
+    r = router_app(security={"rate_limit_rps": 5, "rate_limit_burst": 5})
     with r.channel() as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
 

@@ -1,5 +1,5 @@
 """Triton faults caused for real: a zoo model unloaded mid-load through Triton's model control API, and Triton
-killed outright (SIGKILL of its process group)."""
+killed outright (SIGKILL of its process group). The router is an App in this process."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from ..integration.conftest import DemoZoo
-from .harness import NOT_SERVING, SERVING, Router
+from ..support.fixtures import DemoZoo
+from ..support.inprocess import AppThread
+from ..support.target import NOT_SERVING, SERVING
 
 pytestmark = pytest.mark.triton
 POLL_S = 0.5  # triton.ready_poll_s in the tests' router config
@@ -69,7 +70,7 @@ async def wait_for(predicate: Callable[[], object], timeout_s: float, step_s: fl
         await asyncio.sleep(step_s)
 
 
-async def unload_and_reload(r: Router, zoo: DemoZoo) -> dict:
+async def unload_and_reload(r: AppThread, zoo: DemoZoo) -> dict:
     async with r.aio_channel() as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         load = Load(stub)
@@ -115,9 +116,9 @@ async def _not(value: object) -> bool:
 
 
 def test_unloaded_model_is_masked_out_and_readmitted_while_no_request_fails(
-        start_zoo: Callable[..., DemoZoo], router: Callable[..., Router], figures: dict) -> None:
+        start_zoo: Callable[..., DemoZoo], router_app: Callable[..., AppThread], figures: dict) -> None:
     zoo = start_zoo(latency_ms=20)
-    r = router(zoo=zoo)
+    r = router_app(zoo=zoo)
     out = asyncio.run(unload_and_reload(r, zoo))
     figures.update(failed_requests=len(out["failed"]), requests=out["requests"],
                    requests_during_outage=out["outage_requests"],
@@ -133,9 +134,9 @@ def test_unloaded_model_is_masked_out_and_readmitted_while_no_request_fails(
 
 
 def test_triton_killed_gives_unavailable_quickly_and_health_not_serving(
-        start_zoo: Callable[..., DemoZoo], router: Callable[..., Router], figures: dict) -> None:
+        start_zoo: Callable[..., DemoZoo], router_app: Callable[..., AppThread], figures: dict) -> None:
     zoo = start_zoo()
-    r = router(zoo=zoo)
+    r = router_app(zoo=zoo)
     with r.channel() as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         assert list(stub.Generate(pb.GenerateRequest(tenant="acme", text="still there?"), timeout=10))

@@ -13,7 +13,7 @@ from bench.loadgen import check_loopback, run_load
 from bench.procs import echo_server, router_config, router_server, rss_bytes
 from bench.prompts import trace_prompts
 
-from .conftest import DemoZoo
+from ..support.fixtures import DemoZoo
 
 pytestmark = pytest.mark.triton
 
@@ -33,8 +33,7 @@ def test_load_generator_runs_against_the_echo_ceiling(tmp_path: Path, prompts: l
 
 def test_load_generator_drives_a_real_router_and_reads_its_batches(tmp_path: Path, demo_zoo: DemoZoo,
                                                                     encoder_onnx: Path, prompts: list[str]) -> None:
-    cfg = router_config(tmp_path / "state", demo_zoo.server.grpc_url, encoder_onnx,
-                        [(m.triton_name, m.mean_cost) for m in demo_zoo.models])
+    cfg = router_config(tmp_path / "state", demo_zoo.server.grpc_url, encoder_onnx, demo_zoo.priced)
     srv = router_server(tmp_path / "router", cfg, env={"MESSPLUS_PREDICTOR_THREADS": "1"}).start()
     try:
         assert rss_bytes(srv.pid) > 0

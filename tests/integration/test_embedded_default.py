@@ -10,7 +10,7 @@ import pytest
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .router_process import RouterProcess
+from ..support.procs import messplus_serve
 
 pytestmark = pytest.mark.triton
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.triton
 def test_serve_without_config_starts_triton_and_the_demo_zoo(tmp_path: Path, encoder_onnx: Path) -> None:
     env = {"MESSPLUS_STATE_DIR": str(tmp_path / "state"), "MESSPLUS_SERVER_LISTEN": "127.0.0.1:0",
            "MESSPLUS_PREDICTOR_ONNX": str(encoder_onnx)}
-    proc = RouterProcess(tmp_path, None, env=env).start()
+    proc = messplus_serve(tmp_path, None, env=env).start()
     try:
         with grpc.insecure_channel(proc.address) as ch:
             stub = pb_grpc.RoutingServiceStub(ch)

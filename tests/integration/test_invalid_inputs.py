@@ -1,4 +1,5 @@
-"""Every bad input gets its gRPC status and a message naming what to fix, over a real connection."""
+"""Every bad input gets its gRPC status and a message naming what to fix, over a real connection (to one App in
+this process for the module)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .conftest import DemoZoo
-from .router_process import RouterProcess, config_toml
+from ..support.fixtures import DemoZoo, router_toml
+from ..support.inprocess import AppThread
 
 pytestmark = pytest.mark.triton
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
@@ -22,12 +23,10 @@ INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 def stub(tmp_path_factory: pytest.TempPathFactory, demo_zoo: DemoZoo,
          encoder_onnx: Path) -> Iterator[pb_grpc.RoutingServiceStub]:
     root = tmp_path_factory.mktemp("invalid")
-    text = config_toml(root / "state", demo_zoo.server.grpc_url, encoder_onnx, demo_zoo.models)
-    text = text.replace("grace_s = 5", "grace_s = 5\nmax_prompt_chars = 5000\nmax_message_bytes = 65536")
-    proc = RouterProcess(root, text).start()
-    with grpc.insecure_channel(proc.address) as ch:
+    text = router_toml(root / "state", demo_zoo, encoder_onnx,
+                       server={"max_prompt_chars": 5000, "max_message_bytes": 65536})
+    with AppThread(root, text) as app, grpc.insecure_channel(app.address) as ch:
         yield pb_grpc.RoutingServiceStub(ch)
-    proc.stop()
 
 
 def expect(call: object, request: object, code: grpc.StatusCode, words: str) -> None:

@@ -1,5 +1,6 @@
-"""The contract beyond Python: Node.js (@grpc/grpc-js + @grpc/proto-loader) and grpcurl (server reflection only)
-drive one real router process over a real Triton with the demo zoo, and the example clients run as a user runs them.
+"""The contract beyond Python: Node.js (@grpc/grpc-js + @grpc/proto-loader) and grpcurl (server reflection only),
+each a process of its own, drive one real router (an App in this process: its gRPC server is the real one) over a
+real Triton with the demo zoo, and the example clients run as a user runs them.
 
 Tenants keep the checks apart on the one router: Node uses `acme`, grpcurl `beta`, the examples `default`.
 """
@@ -21,13 +22,13 @@ import pytest
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .conftest import DemoZoo
-from .router_process import RouterProcess, config_toml
+from ..support.fixtures import DemoZoo, router_toml
+from ..support.inprocess import AppThread
 
 pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "examples" / "node"
-DEFAULT_TENANT = '\n[[tenants]]\nname = "default"\nalpha = 0.7\n'
+DEFAULT_TENANT = {"name": "default", "alpha": 0.7}
 
 
 def missing(what: str) -> None:
@@ -38,12 +39,10 @@ def missing(what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def router(tmp_path_factory: pytest.TempPathFactory, demo_zoo: DemoZoo, encoder_onnx: Path) -> Iterator[RouterProcess]:
+def router(tmp_path_factory: pytest.TempPathFactory, demo_zoo: DemoZoo, encoder_onnx: Path) -> Iterator[AppThread]:
     root = tmp_path_factory.mktemp("polyglot")
-    text = config_toml(root / "state", demo_zoo.server.grpc_url, encoder_onnx, demo_zoo.models, DEFAULT_TENANT)
-    proc = RouterProcess(root, text).start()
-    yield proc
-    assert proc.stop() == 0, proc.log_tail()
+    with AppThread(root, router_toml(root / "state", demo_zoo, encoder_onnx, tenants=[DEFAULT_TENANT])) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +70,7 @@ def node() -> str:
 
 
 @pytest.fixture(scope="module")
-def node_answers(node: str, router: RouterProcess) -> dict[str, Any]:
+def node_answers(node: str, router: AppThread) -> dict[str, Any]:
     env = {**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")}
     script = ROOT / "tests" / "integration" / "node" / "contract.js"
     done = run([node, str(script), router.address, str(ROOT / "protos"), "acme"], env=env)
@@ -144,7 +143,7 @@ def test_node_generate_streams_route_text_answers_done(node_answers: dict[str, A
     assert bad["error"]["code"] == "INVALID_ARGUMENT" and "sampling.top_p" in bad["error"]["details"]
 
 
-def test_node_sla_status_matches_what_python_reads(node_answers: dict[str, Any], router: RouterProcess) -> None:
+def test_node_sla_status_matches_what_python_reads(node_answers: dict[str, Any], router: AppThread) -> None:
     sla = node_answers["sla"]["reply"]
     assert sla["tenant"] == "acme" and sla["alpha"] == 0.75
     assert (sla["requests"], sla["labelled"], sla["exploration_steps"]) == ("3", "2", "1")
@@ -172,7 +171,7 @@ def grpcurl(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return call
 
 
-def test_grpcurl_list(grpcurl: Any, router: RouterProcess) -> None:
+def test_grpcurl_list(grpcurl: Any, router: AppThread) -> None:
     listed = grpcurl(router.address, "list").stdout.split()
     assert listed == ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                       "messplus.v1.RoutingService"]
@@ -181,7 +180,7 @@ def test_grpcurl_list(grpcurl: Any, router: RouterProcess) -> None:
                              ("Route", "Feedback", "Generate", "SlaStatus", "ListModels"))
 
 
-def test_grpcurl_describe(grpcurl: Any, router: RouterProcess) -> None:
+def test_grpcurl_describe(grpcurl: Any, router: AppThread) -> None:
     service = grpcurl(router.address, "describe", "messplus.v1.RoutingService").stdout
     assert "rpc Route ( .messplus.v1.RouteRequest ) returns ( .messplus.v1.RouteReply );" in service
     assert "rpc Generate ( .messplus.v1.GenerateRequest ) returns ( stream .messplus.v1.GenerateReply );" in service
@@ -190,7 +189,7 @@ def test_grpcurl_describe(grpcurl: Any, router: RouterProcess) -> None:
     assert "repeated .messplus.v1.ModelSatisfaction labels = 4;" in feedback
 
 
-def test_grpcurl_route_then_feedback(grpcurl: Any, router: RouterProcess, zoo_names: list[str]) -> None:
+def test_grpcurl_route_then_feedback(grpcurl: Any, router: AppThread, zoo_names: list[str]) -> None:
     request = {"tenant": "beta", "text": "Which gas do plants absorb from the air?",
                "overrides": {"exploration": "EXPLORATION_MODE_NEVER"}}
     route = json.loads(grpcurl("-d", json.dumps(request), router.address, "messplus.v1.RoutingService/Route").stdout)
@@ -214,7 +213,7 @@ def readme_route_answer() -> dict[str, Any]:
     return answer
 
 
-def test_grpcurl_shows_status_codes(grpcurl: Any, router: RouterProcess) -> None:
+def test_grpcurl_shows_status_codes(grpcurl: Any, router: AppThread) -> None:
     unknown = grpcurl("-d", '{"tenant": "beta", "request_id": "nope", "satisfaction": 1}', router.address,
                       "messplus.v1.RoutingService/Feedback", ok=False)
     assert unknown.returncode != 0
@@ -222,7 +221,7 @@ def test_grpcurl_shows_status_codes(grpcurl: Any, router: RouterProcess) -> None
     assert "request_id 'nope' is not a request of tenant 'beta'" in unknown.stderr
 
 
-def test_grpcurl_health_for_probes(grpcurl: Any, router: RouterProcess) -> None:
+def test_grpcurl_health_for_probes(grpcurl: Any, router: AppThread) -> None:
     for service in ("", "messplus.v1.RoutingService", "messplus.liveness"):
         reply = grpcurl("-d", json.dumps({"service": service}), router.address, "grpc.health.v1.Health/Check")
         assert json.loads(reply.stdout) == {"status": "SERVING"}
@@ -240,7 +239,7 @@ def example_lines(stdout: str, zoo_names: list[str]) -> None:
     assert lines[-1].startswith("SlaStatus-> alpha=0.7 satisfaction=1.000 ")
 
 
-def test_python_and_node_examples_run(node: str, router: RouterProcess, zoo_names: list[str]) -> None:
+def test_python_and_node_examples_run(node: str, router: AppThread, zoo_names: list[str]) -> None:
     py = run([sys.executable, str(ROOT / "examples" / "python_client.py"), router.address])
     example_lines(py.stdout, zoo_names)
     js = run([node, str(NODE_DIR / "client.js"), router.address])

@@ -1,4 +1,5 @@
-"""The router as users run it: a real `messplus serve` process, a real Triton with the demo zoo, real gRPC."""
+"""The router as users call it: a real Triton with the demo zoo, real gRPC. What the router answers is checked on
+an App in this process (tests/support/inprocess.py); the crash and restart on a real `messplus serve` process."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from messplus.service.demo.repository import TraceGrader
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from .conftest import DemoZoo
-from .router_process import RouterProcess
+from ..support.fixtures import DemoZoo
+from ..support.inprocess import AppThread
+from ..support.procs import ServerProcess
 
 pytestmark = pytest.mark.triton
-Factory = Callable[..., RouterProcess]
+Apps = Callable[..., AppThread]
+Processes = Callable[..., ServerProcess]
 
 
 def trace_prompts(zoo: DemoZoo, n: int, seed: int = 0) -> list[str]:
@@ -40,8 +43,8 @@ def trace_prompts(zoo: DemoZoo, n: int, seed: int = 0) -> list[str]:
     return [texts[next(iter(r.values())).prompt_id] for r in rows]
 
 
-def test_health_says_serving_and_reflection_lists_the_service(router_factory: Factory) -> None:
-    router = router_factory()
+def test_health_says_serving_and_reflection_lists_the_service(router_app: Apps) -> None:
+    router = router_app()
     with grpc.insecure_channel(router.address) as ch:
         for service in ("", "messplus.v1.RoutingService"):
             reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
@@ -53,8 +56,8 @@ def test_health_says_serving_and_reflection_lists_the_service(router_factory: Fa
         assert {"messplus.v1.RoutingService", "grpc.health.v1.Health"} <= names
 
 
-def test_route_list_models_and_sla_status_answer(router_factory: Factory, demo_zoo: DemoZoo) -> None:
-    router = router_factory()
+def test_route_list_models_and_sla_status_answer(router_app: Apps, demo_zoo: DemoZoo) -> None:
+    router = router_app()
     with grpc.insecure_channel(router.address) as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         models = stub.ListModels(pb.ListModelsRequest(), timeout=5)
@@ -122,9 +125,9 @@ async def _drive(address: str, prompts: list[str], grader: TraceGrader, names: d
     return books
 
 
-def test_300_trace_prompts_through_generate_and_feedback_match_sla_status(router_factory: Factory,
+def test_300_trace_prompts_through_generate_and_feedback_match_sla_status(router_app: Apps,
                                                                           demo_zoo: DemoZoo) -> None:
-    router = router_factory()
+    router = router_app()
     grader = TraceGrader(demo_zoo.trace)
     names = {m.triton_name: m.trace_name for m in demo_zoo.models}
     books = asyncio.run(_drive(router.address, trace_prompts(demo_zoo, 300), grader, names))
@@ -140,9 +143,9 @@ def test_300_trace_prompts_through_generate_and_feedback_match_sla_status(router
     assert len([m for m in status.models if m.served]) >= 2, "the router never left one model"
 
 
-def test_kill_and_restart_keeps_every_queue_and_count(router_factory: Factory, demo_zoo: DemoZoo,
+def test_kill_and_restart_keeps_every_queue_and_count(router_process: Processes, demo_zoo: DemoZoo,
                                                       tmp_path: Path) -> None:
-    router = router_factory()
+    router = router_process()
     prompts = trace_prompts(demo_zoo, 40, seed=1)
     with grpc.insecure_channel(router.address) as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
@@ -159,7 +162,7 @@ def test_kill_and_restart_keeps_every_queue_and_count(router_factory: Factory, d
         stub.Feedback(pb.FeedbackRequest(tenant=ids[-1][0], request_id=ids[-1][1], satisfaction=0.5), timeout=10)
         before = {t: stub.SlaStatus(pb.SlaStatusRequest(tenant=t), timeout=5) for t in ("acme", "beta")}
     router.kill()
-    again = router_factory(name="again", state_dir=tmp_path / "state")
+    again = router_process(name="again", state_dir=tmp_path / "state")
     with grpc.insecure_channel(again.address) as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         for t in ("acme", "beta"):
