@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config")
     check.set_defaults(func=_check_config)
 
-    from .replay.run import add_commands
+    from .replay import add_commands
 
     add_commands(sub)
     return parser
