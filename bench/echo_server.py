@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from messplus.service.errors import ErrorInterceptor
+from messplus.service.server.status import ErrorInterceptor
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 

@@ -1,10 +1,11 @@
-"""Errors, and their one mapping to gRPC status codes.
+"""The domain errors: what went wrong with a request, or with the configuration, in the router's own terms.
 
-The tree::
+The tree (the gRPC status each gets is mapped in server/status.py, the one place that knows about gRPC)::
 
-    MessplusError                      per-request errors, mapped to a gRPC status by `status_of`
+    MessplusError                      per-request errors; raised bare: INTERNAL, with its message
     ├── InvalidArgument(field)         INVALID_ARGUMENT: a field of the request is wrong; names the field
     ├── NotFound                       NOT_FOUND: unknown request id (or another tenant's)
+    ├── AlreadyExists                  ALREADY_EXISTS: a request id that was already routed
     ├── Conflict                       FAILED_PRECONDITION: write-once feedback given a different value
     ├── Unauthenticated                UNAUTHENTICATED: no or bad credentials
     ├── PermissionDenied               PERMISSION_DENIED: the caller may not act for that tenant
@@ -14,25 +15,16 @@ The tree::
     └── DeadlineTooShort               DEADLINE_EXCEEDED: the caller's deadline ran out before the work finished
     ConfigError(key)                   fatal at start-up: the configuration is wrong; names the key
 
-Handlers raise these; `ErrorInterceptor` turns them into statuses. Any other exception becomes INTERNAL
-with a generic message (the stack trace goes to the log, never onto the wire).
+Handlers raise these; the server's ErrorInterceptor turns them into statuses. Any other exception becomes
+INTERNAL with a generic message (the stack trace goes to the log, never onto the wire). This module imports no
+gRPC, so the router and the state store can raise these without depending on the transport.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
-import grpc
-
-log = logging.getLogger("messplus.errors")
-
 
 class MessplusError(Exception):
     """A per-request error with a message the caller can act on."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -40,45 +32,45 @@ class MessplusError(Exception):
 
 
 class InvalidArgument(MessplusError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
 
 
 class NotFound(MessplusError):
-    code = grpc.StatusCode.NOT_FOUND
+    pass
+
+
+class AlreadyExists(MessplusError):
+    pass
 
 
 class Conflict(MessplusError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    pass
 
 
 class Unauthenticated(MessplusError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    pass
 
 
 class PermissionDenied(MessplusError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    pass
 
 
 class Overloaded(MessplusError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    pass
 
 
 class NoModelAvailable(MessplusError):
-    code = grpc.StatusCode.UNAVAILABLE
+    pass
 
 
 class StorageUnavailable(MessplusError):
     """The durable write failed, so nothing was applied or acknowledged; the caller may retry."""
 
-    code = grpc.StatusCode.UNAVAILABLE
-
 
 class DeadlineTooShort(MessplusError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    pass
 
 
 class ConfigError(Exception):
@@ -87,69 +79,3 @@ class ConfigError(Exception):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"config key '{key}': {problem}")
         self.key = key
-
-
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The one place where an exception becomes a gRPC status and message."""
-    if isinstance(exc, MessplusError):
-        return exc.code, exc.message
-    log.exception("unexpected error while serving a request", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
-
-
-Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
-
-
-def _wrap_unary(fn: Unary) -> Unary:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await fn(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except MessplusError as exc:
-            code, message = status_of(exc)
-        except Exception as exc:  # noqa: BLE001 - every other failure is INTERNAL, by design
-            code, message = status_of(exc)
-        await context.abort(code, message)
-
-    return handler
-
-
-def _wrap_stream(fn: Streaming) -> Streaming:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            async for item in fn(request, context):
-                yield item
-            return
-        except grpc.aio.AbortError:
-            raise
-        except MessplusError as exc:
-            code, message = status_of(exc)
-        except Exception as exc:  # noqa: BLE001
-            code, message = status_of(exc)
-        await context.abort(code, message)
-
-    return handler
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors raised by handlers to gRPC statuses, so handlers never call `abort` themselves."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler.request_deserializer:
-            return handler
-        kw = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **kw)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **kw)
-        return handler

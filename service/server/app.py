@@ -28,7 +28,7 @@ from messplus.v1 import routing_pb2, routing_pb2_grpc
 from .. import config as config_mod
 from .. import logs
 from ..config import Config, ModelConfig
-from ..errors import ErrorInterceptor
+from .status import ErrorInterceptor
 from .guard import Admission, GuardInterceptor
 from .servicer import Routed, RoutingServicer
 from ..routing.heads import Heads

@@ -1,20 +1,27 @@
 """The gate in front of every RoutingService call: authentication, tenant authorisation, per-tenant rate limits,
 admission control, then latency metrics and one access-log line with the request id.
 
-Order per call: bearer token (UNAUTHENTICATED) -> the token's tenants (PERMISSION_DENIED) -> the tenant's rate
-limit (RESOURCE_EXHAUSTED) -> a free in-flight slot (RESOURCE_EXHAUSTED, answered at once: no queue builds up, so
-admitted calls keep their latency under overload) -> the handler. Health and reflection bypass the gate: probes
-work without credentials and during overload. Errors are raised as domain errors; ErrorInterceptor, outside
-this one, turns them into statuses.
+Order per call: bearer token (UNAUTHENTICATED) -> the RPC's declared tenant scope -> the token's tenants
+(PERMISSION_DENIED) -> the tenant's rate limit (RESOURCE_EXHAUSTED) -> a free in-flight slot (RESOURCE_EXHAUSTED,
+answered at once: no queue builds up, so admitted calls keep their latency under overload) -> the handler. Health
+and reflection bypass the gate: probes work without credentials and during overload. Errors are raised as domain
+errors; ErrorInterceptor (server/status.py), outside this one, turns them into statuses.
+
+Every RPC of the service declares its tenant scope in `SCOPES`: TENANT (the request's `tenant` field is checked
+against the token's grant and rate-limited) or NONE (any authenticated caller). An RPC missing from `SCOPES`, or
+declared TENANT with a request that has no `tenant` field, is a server bug: the call is refused (INTERNAL, the
+log names the method) instead of running unscoped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -23,9 +30,44 @@ from ..errors import MessplusError, Overloaded
 from ..logs import request_id_var
 from .metrics import Metrics
 from .security import RateLimiter, TokenAuth
+from .status import code_of
 
 log = logging.getLogger("messplus.access")
 GUARDED_SERVICE = "/messplus.v1.RoutingService/"
+
+
+class Scope(enum.Enum):
+    """Whom an RPC acts for."""
+
+    TENANT = "the tenant its request names"
+    NONE = "no tenant"
+
+
+SCOPES: Mapping[str, Scope] = MappingProxyType({
+    "Route": Scope.TENANT,
+    "Feedback": Scope.TENANT,
+    "Generate": Scope.TENANT,
+    "SlaStatus": Scope.TENANT,
+    "ListModels": Scope.NONE,
+})
+
+
+class ScopeUndeclared(RuntimeError):
+    """A server bug: the RPC has no declared tenant scope, or its request lacks the tenant its scope promises."""
+
+
+def tenant_of(method: str, request: Any) -> str | None:
+    """The tenant `method` acts for, per its declaration in SCOPES (None: a tenant-free RPC)."""
+    scope = SCOPES.get(method)
+    if scope is None:
+        raise ScopeUndeclared(f"{GUARDED_SERVICE}{method} declares no tenant scope in guard.SCOPES; call refused")
+    if scope is Scope.NONE:
+        return None
+    tenant = getattr(request, "tenant", None)
+    if not isinstance(tenant, str):
+        raise ScopeUndeclared(f"{GUARDED_SERVICE}{method} is declared tenant-scoped but its request "
+                              f"{type(request).__name__} has no tenant field; call refused")
+    return tenant
 
 
 class Admission:
@@ -60,8 +102,8 @@ class _Call:
             self.finish()
 
     def __init__(self, guard: GuardInterceptor, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
-        self.guard, self.method, self.context = guard, method, context
-        self.tenant = str(getattr(request, "tenant", ""))
+        self.guard, self.method, self.request, self.context = guard, method, request, context
+        self.tenant = str(getattr(request, "tenant", ""))  # for the log line; admit() checks the declared scope
         self.started = time.perf_counter()
         self.admitted = False
         self.code = "OK"
@@ -70,9 +112,11 @@ class _Call:
     def admit(self) -> None:
         g = self.guard
         grant = g.auth.grant(self.context.invocation_metadata())
-        g.auth.authorize(grant, self.tenant)
-        if self.tenant in g.tenants:
-            g.limiter.take(self.tenant)
+        tenant = tenant_of(self.method, self.request)
+        if tenant is not None:
+            g.auth.authorize(grant, tenant)
+            if tenant in g.tenants:
+                g.limiter.take(tenant)
         g.admission.enter()
         self.admitted = True
 
@@ -83,7 +127,7 @@ class _Call:
 
     def failed(self, exc: BaseException) -> None:
         if isinstance(exc, MessplusError):
-            self.code = exc.code.name
+            self.code = code_of(exc).name
         elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
             self.code = "CANCELLED"
         else:

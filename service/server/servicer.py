@@ -18,7 +18,7 @@ import numpy as np
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from ..errors import DeadlineTooShort, InvalidArgument, MessplusError, NoModelAvailable
+from ..errors import AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelAvailable
 from .metrics import Metrics
 from ..routing.predictor import MicroBatcher, chat_to_text
 from ..routing.router import Decision, RouteItem, Router, input_tokens
@@ -31,10 +31,6 @@ _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 class Routed:
     decision: Decision
     embedding: np.ndarray
-
-
-class AlreadyExists(MessplusError):
-    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 def prompt_text(request: pb.RouteRequest | pb.GenerateRequest, max_chars: int) -> str:

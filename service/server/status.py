@@ -1,0 +1,103 @@
+"""The one mapping from domain errors (service/errors.py, which draws the tree) to gRPC status codes.
+
+`STATUS` is the table; `code_of` reads it (the nearest mapped class of the error wins, so a subclass gets its
+parent's status); `status_of` gives the code and the message that go on the wire; `ErrorInterceptor` applies it
+to every handler, so handlers raise domain errors and never call `context.abort` themselves. Any exception that
+is not a MessplusError becomes INTERNAL with a generic message; its stack trace goes to the log only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+
+from ..errors import (AlreadyExists, Conflict, DeadlineTooShort, InvalidArgument, MessplusError, NoModelAvailable,
+                      NotFound, Overloaded, PermissionDenied, StorageUnavailable, Unauthenticated)
+
+log = logging.getLogger("messplus.errors")
+
+STATUS: Mapping[type[MessplusError], grpc.StatusCode] = MappingProxyType({
+    MessplusError: grpc.StatusCode.INTERNAL,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NoModelAvailable: grpc.StatusCode.UNAVAILABLE,
+    StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineTooShort: grpc.StatusCode.DEADLINE_EXCEEDED,
+})
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+def code_of(exc: MessplusError) -> grpc.StatusCode:
+    """The status of a domain error: that of its nearest class in `STATUS`."""
+    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one place where an exception becomes a gRPC status and message."""
+    if isinstance(exc, MessplusError):
+        return code_of(exc), exc.message
+    log.exception("unexpected error while serving a request", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+def _wrap_unary(fn: Unary) -> Unary:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - domain errors get their status, every other failure INTERNAL
+            code, message = status_of(exc)
+        await context.abort(code, message)
+
+    return handler
+
+
+def _wrap_stream(fn: Streaming) -> Streaming:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(request, context):
+                yield item
+            return
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as in _wrap_unary
+            code, message = status_of(exc)
+        await context.abort(code, message)
+
+    return handler
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain errors raised by handlers to gRPC statuses, so handlers never call `abort` themselves."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler.request_deserializer:
+            return handler
+        kw = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **kw)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **kw)
+        return handler
