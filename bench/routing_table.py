@@ -81,7 +81,7 @@ def _slug(name: str) -> str:
 def run(case: Case, cond_name: str, seeds: int, out: Path, emb_cache: Path,
         policy: dict[str, Any] | None = None, reference: bool = True) -> list[dict[str, Any]]:
     from messplus.service.replay import run as R
-    from messplus.service.encoder.encoder import ensure_exported
+    from messplus.service.encoder import ensure_exported
     from messplus.service.trace import load_traces
 
     kwargs, _ = {**CONDITIONS, **ABLATION_CONDITIONS}.get(cond_name, ({}, ""))
@@ -211,7 +211,7 @@ def per_source_limits(emb_cache: Path) -> str:
 
     from messplus.service.replay import run as R
     from messplus.service.replay.baselines import min_cost_assignment
-    from messplus.service.encoder.encoder import ensure_exported
+    from messplus.service.encoder import ensure_exported
     from messplus.service.routing.heads import Heads
     from messplus.service.routing.router import input_tokens
     from messplus.service.trace import load_traces

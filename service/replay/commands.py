@@ -76,7 +76,7 @@ def _encoder_args(p: argparse.ArgumentParser, cache_default: str | None) -> None
 def embed_prompts(trace: Trace, onnx: Path, max_tokens: int, threads: int, cache_dir: Path | None,
                   progress: bool) -> np.ndarray:
     """The trace's prompt embeddings by the ONNX encoder at `onnx`, through the embedding cache."""
-    from ..encoder.encoder import Encoder, default_model_dir
+    from ..encoder import Encoder, default_model_dir
     from ..trace import embed_trace, file_sha256
 
     encoder = Encoder.load(onnx, default_model_dir() / "tokenizer.json", max_tokens=max_tokens, threads=threads or None)
@@ -88,7 +88,7 @@ def _say(msg: str) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from ..encoder.encoder import ensure_exported
+    from ..encoder import ensure_exported
     from ..trace import load_traces
 
     if not all(0 < a < 1 for a in args.alpha) or args.seeds < 1 or not 0 <= args.feedback_rate <= 1 \
@@ -142,7 +142,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .. import config
-    from ..encoder.encoder import ensure_exported
+    from ..encoder import ensure_exported
     from ..trace import load_traces
 
     cfg = config.load(args.config)

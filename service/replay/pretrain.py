@@ -13,6 +13,7 @@ from ..routing.heads import Heads
 from ..routing.router import Router
 from ..state.sqlite import SqliteStore
 from ..trace import Trace, TraceError
+from .drivers import match_models
 
 
 def train_heads(heads: Heads, emb: np.ndarray, labels: np.ndarray, rows: np.ndarray,

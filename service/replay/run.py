@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..config import TENANT_KNOBS, TenantConfig
+from ..routing.reference import reference_tenant
 from ..trace import Trace, TraceError
 from .baselines import stream_baselines
 from .drivers import TENANT, Driver, InProcess
@@ -255,7 +256,8 @@ def _one_run(trace: Trace, emb: np.ndarray | None, setup: ReplaySetup, alpha: fl
     if driver is None:
         if emb is None:
             raise ValueError("an in-process replay needs the prompt embeddings")
-        tenant = setup.policy.tenant(alpha, seed)  # the reference's policy sets its own knobs (PaperPolicy)
+        tenant = setup.policy.tenant(alpha, seed)
+        tenant = reference_tenant(tenant) if ref else tenant
         driver = InProcess(trace, tenant, emb.shape[1], reference=ref, flat_costs=cond.flat_costs)
         trained = train_heads(driver.router.heads, emb, trace.labels, train)
     started = time.perf_counter()

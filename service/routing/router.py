@@ -115,6 +115,16 @@ class Router:
     def typical_tokens(self) -> float:
         return self.pricing.typical_tokens
 
+    @property
+    def cost_fixed(self) -> np.ndarray:
+        """Each model's per-call cost estimate (its price per request, plus its output tokens as learned)."""
+        return self.pricing.cost_fixed
+
+    @property
+    def cost_input(self) -> np.ndarray:
+        """Each model's price per input token."""
+        return self.pricing.cost_input
+
     def request_costs(self, tokens: np.ndarray) -> np.ndarray:
         """[B, K] cost estimates, in the zoo's unit, of requests with these input tokens ([B])."""
         return self.pricing.request_costs(tokens)
