@@ -67,8 +67,8 @@ class Trace:
 
     def price_list(self) -> tuple[np.ndarray, np.ndarray]:
         """Per model, a price per request and a price per input token (as the router counts them:
-        routing.pricing.input_tokens) fitted to the recorded costs by least squares, both >= 0: the price list an operator
-        would configure. Output tokens, unknown before a call, fall into the per-request part."""
+        routing.pricing.input_tokens) fitted to the recorded costs by least squares, both >= 0: the price list an
+        operator would configure. Output tokens, unknown before a call, fall into the per-request part."""
         K = len(self.models)
         per_request, per_token = self.mean_cost.astype(np.float64).copy(), np.zeros(K)
         if len(self) < 2:
