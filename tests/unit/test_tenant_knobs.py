@@ -45,3 +45,11 @@ def test_each_knob_is_checked_by_the_config_naming_its_key(knob) -> None:
            "reserve": -2.0, "confidence": 11.0, "debt_gain": 101.0}[knob.name]
     with pytest.raises(ConfigError, match=rf"tenants\[0\]\.{knob.name}': {re.escape(knob.metadata['problem'])}"):
         config_mod.from_mapping({"tenants": [{"name": "t", "alpha": 0.7, knob.name: bad}]}, env={})
+
+
+def test_the_readme_configuration_example_is_a_valid_configuration() -> None:
+    import tomllib
+
+    (block,) = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+    cfg = config_mod.from_mapping(tomllib.loads(block), env={})
+    assert cfg.routing.policy == "messplus" and [t.name for t in cfg.tenants] == ["acme"]
