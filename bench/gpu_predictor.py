@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_predictor: ONNX Runtime's CUDAExecutionProvider is not available here (no GPU, a CPU-only "
               "onnxruntime, or missing CUDA libraries); nothing measured.", file=sys.stderr)
         return 2
-    from messplus.service.encoder.encoder import ensure_exported
+    from messplus.service.encoder import ensure_exported
 
     from .host import machine
     from .prompts import trace_prompts

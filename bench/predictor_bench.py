@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from messplus.service.encoder.encoder import Encoder, default_model_dir, ensure_exported
+from messplus.service.encoder import Encoder, default_model_dir, ensure_exported
 from messplus.service.routing.heads import Heads
 from messplus.service.routing.predictor import Predictor
 

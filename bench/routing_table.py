@@ -80,8 +80,9 @@ def _slug(name: str) -> str:
 
 def run(case: Case, cond_name: str, seeds: int, out: Path, emb_cache: Path,
         policy: dict[str, Any] | None = None, reference: bool = True) -> list[dict[str, Any]]:
-    from messplus.service.replay import run as R
-    from messplus.service.encoder.encoder import ensure_exported
+    from messplus.service import replay as R
+    from messplus.service.config import PredictorConfig
+    from messplus.service.encoder import ensure_exported
     from messplus.service.trace import load_traces
 
     kwargs, _ = {**CONDITIONS, **ABLATION_CONDITIONS}.get(cond_name, ({}, ""))
@@ -92,8 +93,9 @@ def run(case: Case, cond_name: str, seeds: int, out: Path, emb_cache: Path,
                        flat_costs=kwargs.get("flat_costs", False))
     trace = load_traces([DATA / f for f in case.files])
     onnx = ensure_exported(ROOT / "var", lambda m: print(f"routing_table: {m}", file=sys.stderr))
-    emb = R._embeddings(trace, onnx, R.PredictorConfig().max_tokens, 0, emb_cache, progress=True)
-    setup = R.ReplaySetup(alphas=case.alphas, seeds=tuple(range(seeds)), cond=cond, policy=R.Policy(**(policy or {})),
+    emb = R.embed_prompts(trace, onnx, PredictorConfig().max_tokens, 0, emb_cache, progress=True)
+    setup = R.ReplaySetup(alphas=case.alphas, seeds=tuple(range(seeds)), cond=cond,
+                          policy=R.TenantOverrides(**(policy or {})),
                           reference=reference)
     curves: dict[float, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -209,11 +211,12 @@ def per_source_limits(emb_cache: Path) -> str:
     prompt's length as one more feature, and the KNN nearest neighbours in the embedding."""
     import numpy as np
 
-    from messplus.service.replay import run as R
+    from messplus.service import replay as R
+    from messplus.service.config import PredictorConfig
     from messplus.service.replay.baselines import min_cost_assignment
-    from messplus.service.encoder.encoder import ensure_exported
+    from messplus.service.encoder import ensure_exported
     from messplus.service.routing.heads import Heads
-    from messplus.service.routing.router import input_tokens
+    from messplus.service.routing.pricing import input_tokens
     from messplus.service.trace import load_traces
 
     lines = ["| trace | alpha | static mixture | per-benchmark oracle / static | per-prompt oracle / static | "
@@ -222,12 +225,12 @@ def per_source_limits(emb_cache: Path) -> str:
     onnx = ensure_exported(ROOT / "var", lambda m: print(f"routing_table: {m}", file=sys.stderr))
     for case in CASES:
         t = load_traces([DATA / f for f in case.files])
-        emb = R._embeddings(t, onnx, R.PredictorConfig().max_tokens, 0, emb_cache, progress=False)
+        emb = R.embed_prompts(t, onnx, PredictorConfig().max_tokens, 0, emb_cache, progress=False)
         train, test = R.split_stream(t, 0, R.Condition(warm_start=0.5))
 
         def heads_on(x: Any) -> Any:
             """Predictions for the test half of heads over features x, trained on the warm-start half."""
-            heads = Heads(t.models, x.shape[1], prior_var=R.PredictorConfig().prior_var)
+            heads = Heads(t.models, x.shape[1], prior_var=PredictorConfig().prior_var)
             R.train_heads(heads, x, t.labels, train)
             return heads.predict(x[test])[0]
 
@@ -240,7 +243,7 @@ def per_source_limits(emb_cache: Path) -> str:
         p_knn = _knn_predict(emb[train], t.labels[train], emb[test], KNN)
         tokens = np.array([input_tokens(t.prompts[r]) for r in test])
         # the replay router's own estimate for each prompt: the trace's price list and the prompt's length
-        driver = R.InProcess(t, R.Policy().tenant(0.7, 0), emb.shape[1])
+        driver = R.InProcess(t, R.TenantOverrides().tenant(0.7, 0), emb.shape[1])
         cost_dec = driver.router.request_costs(tokens)
         driver.close()  # its in-memory store is not needed past the price list
         lab_test = np.nan_to_num(t.labels[test], nan=0.0)

@@ -110,7 +110,7 @@ class Suite:
 
     def start_zoo(self) -> None:
         from messplus.service.demo.repository import build_demo_repository
-        from messplus.service.encoder.encoder import ensure_exported
+        from messplus.service.encoder import ensure_exported
         from messplus.service.zoo.embedded import TritonServer
 
         self.onnx = ensure_exported(ROOT / "var", self.say)

@@ -29,7 +29,7 @@ def decide_batch(p_hat, cost, avail, queue, alpha, V):
     """Chosen model per request: argmin_k over avail[b] of V*cost[b, k] + queue*(alpha - p_hat[b, k]); -1 if none.
 
     p_hat[B, K], cost[B, K], avail[B, K] (bool), queue[B], alpha[B], V[B]; all C-contiguous. The row body is
-    one piece on purpose: moving its parts into helper functions cost 15-20% in kernels/bench.py.
+    one piece on purpose: moving its parts into helper functions cost 15-20% in bench/kernels_bench.py.
     """
     n_req, n_models = p_hat.shape
     if cost.shape[0] != n_req or cost.shape[1] != n_models or avail.shape[0] != n_req or avail.shape[1] != n_models:

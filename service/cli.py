@@ -32,8 +32,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from . import config
+    from .routing.registry import get_policy
 
     cfg = config.load(args.config)
+    get_policy(cfg.routing.policy)
     print(f"ok: {len(cfg.zoo.models) or 'demo'} models, {len(cfg.tenants) or 'default'} tenants, "
           f"listen {cfg.server.listen}")
     return 0
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config")
     check.set_defaults(func=_check_config)
 
-    from .replay.run import add_commands
+    from .replay import add_commands
 
     add_commands(sub)
     return parser

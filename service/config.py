@@ -8,6 +8,7 @@ Sections and keys (all optional; the embedded default is the demo zoo on a local
     [state]      dir, synchronous, snapshot_every_labels
     [predictor]  onnx, max_tokens, threads, prior_var, batch_max, batch_delay_ms, providers
     [triton]     url ("" = start the embedded Triton with the demo zoo), timeout_s, ready_poll_s
+    [routing]    policy (a name registered in routing/registry.py: "messplus", or "mess-paper", MESS+ as published)
     [zoo]        cost_unit, cost_ema; [[zoo.models]] name, triton_model, cost_per_request,
                  cost_per_input_token, cost_per_output_token, prior_accuracy
     [[tenants]]  name, alpha, V, c, explore_models, explore_budget, optimism, margin,
@@ -24,7 +25,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,11 @@ class TritonConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RoutingConfig:
+    policy: str = "messplus"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     name: str
     triton_model: str
@@ -109,28 +115,45 @@ class ZooConfig:
     models: tuple[ModelConfig, ...] = ()
 
 
+def _knob(default: Any, help: str, ok: Callable[[Any], bool], problem: str) -> Any:
+    """A tenant knob: its default, its one-line help (config docs, `messplus replay --<knob>`, the README) and
+    its check, declared once here."""
+    return field(default=default, metadata={"help": help, "ok": ok, "problem": problem})
+
+
 @dataclass(frozen=True, kw_only=True)
 class TenantConfig:
     """One SLA: the long-run mean satisfaction of the tenant's requests must stay >= alpha.
 
-    The defaults are the ones docs/ROUTING.md measured across every shared trace; MESS+ as published is
-    V ~ 0 on raw costs, c = 0.5, explore_models = 0, optimism = 0, margin = 0, reserve = 0,
-    confidence = 0, debt_gain = 0
-    (explore_budget does not apply when every model is explored).
+    The knobs' defaults are the ones docs/ROUTING.md measured across every shared trace; MESS+ as published
+    (the `mess-paper` policy) is V ~ 0 on raw costs, c = 0.5, explore_models = 0, optimism = 0, margin = 0,
+    reserve = 0, confidence = 0, debt_gain = 0 (explore_budget does not apply when every model is explored).
     """
 
     name: str
     alpha: float
-    V: float = 0.15             # cost weight, per unit of the tenant's mean cost per request so far
-    c: float = 0.2              # exploration probability min(1, c / t^(1/4)) at the tenant's request t
-    explore_models: int = 2     # 0: every available model; N: the exploit choice + N-1 it can afford to learn
-    explore_budget: float = 0.1 # exploration's extra models may cost up to this fraction of all the tenant spent
-    optimism: float = 1.0       # decisions use the upper sigma-bound of each model's satisfaction logit
-    margin: float = 0.3         # safety margin: the n-th label is held to alpha + margin / (2 sqrt(n))
-    reserve: float = -1.0       # satisfaction the queue may bank below zero; -1: unlimited, 0: the MESS+ floor
-    confidence: float = 2.0     # sigmas of the unlabelled requests' estimated satisfaction the queue also covers
-    debt_gain: float = 3.0      # the queue weighs this much more past half the margin's surplus (0: MESS+'s slope)
+    V: float = _knob(0.15, "cost weight, per unit of the tenant's own mean cost per request",
+                     lambda v: v > 0, "must be > 0")
+    c: float = _knob(0.2, "exploration: P(explore at request t) = min(1, c / t^(1/4))",
+                     lambda v: v >= 0, "must be >= 0")
+    explore_models: int = _knob(2, "0: exploration calls every model; N: the exploit choice + N-1 it learns most from",
+                                lambda v: v >= 0, "must be >= 0")
+    explore_budget: float = _knob(0.1, "exploration's extra models may cost up to this fraction of the tenant's spend",
+                                  lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    optimism: float = _knob(1.0, "decisions use the upper 1-sigma bound of each model's predicted satisfaction",
+                            lambda v: v >= 0, "must be >= 0")
+    margin: float = _knob(0.3, "the n-th label is held to alpha + margin / (2 sqrt(n))",
+                          lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    reserve: float = _knob(-1.0, "satisfaction the queue may bank below 0 (-1: unlimited; 0: the MESS+ floor)",
+                           lambda v: v >= 0 or v == -1, "must be >= 0, or -1 for unlimited")
+    confidence: float = _knob(2.0, "sigmas of the unlabelled requests' estimated satisfaction decisions also cover",
+                              lambda v: 0 <= v <= 10, "must be in [0, 10]")
+    debt_gain: float = _knob(3.0, "the queue weighs this much more past half the margin's surplus (0: linear)",
+                             lambda v: 0 <= v <= 100, "must be in [0, 100]")
     seed: int = 0
+
+
+TENANT_KNOBS = tuple(f for f in fields(TenantConfig) if "help" in f.metadata)  # the routing policy's knobs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +163,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
     tenants: tuple[TenantConfig, ...] = ()
 
@@ -202,7 +226,7 @@ def _build(cls: Any, prefix: str, raw: Mapping[str, Any]) -> Any:
 
 def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     sections = {"server": ServerConfig, "security": SecurityConfig, "state": StateConfig, "predictor": PredictorConfig,
-                "triton": TritonConfig, "zoo": ZooConfig}
+                "triton": TritonConfig, "routing": RoutingConfig, "zoo": ZooConfig}
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
@@ -233,7 +257,7 @@ def _tenants(raw: Any) -> tuple[TenantConfig, ...]:
 def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
     """Build and validate a Config from parsed TOML, applying environment overrides."""
     merged = _env_overrides(dict(raw), os.environ if env is None else env)
-    known = {"server", "security", "state", "predictor", "triton", "zoo", "tenants"}
+    known = {"server", "security", "state", "predictor", "triton", "routing", "zoo", "tenants"}
     for key in merged:
         if key not in known:
             raise ConfigError(key, f"unknown section (known: {', '.join(sorted(known))})")
@@ -245,6 +269,7 @@ def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         state=_build(StateConfig, "state", merged.get("state", {})),
         predictor=_build(PredictorConfig, "predictor", merged.get("predictor", {})),
         triton=_build(TritonConfig, "triton", merged.get("triton", {})),
+        routing=_build(RoutingConfig, "routing", merged.get("routing", {})),
         zoo=ZooConfig(**{**vars(_build(ZooConfig, "zoo", zoo_raw)), "models": models}),
         tenants=_tenants(merged.get("tenants", [])),
     )
@@ -343,15 +368,8 @@ def _validate_tenants(cfg: Config) -> None:
         _check(t.name not in seen, f"{key}.name", f"duplicate tenant {t.name!r}")
         seen.add(t.name)
         _check(0 < t.alpha < 1, f"{key}.alpha", f"must be in (0, 1), got {t.alpha}")
-        _check(t.V > 0, f"{key}.V", "must be > 0")
-        _check(t.c >= 0, f"{key}.c", "must be >= 0")
-        _check(t.explore_models >= 0, f"{key}.explore_models", "must be >= 0")
-        _check(t.optimism >= 0, f"{key}.optimism", "must be >= 0")
-        _check(0 <= t.explore_budget <= 1, f"{key}.explore_budget", "must be in [0, 1]")
-        _check(0 <= t.margin <= 1, f"{key}.margin", "must be in [0, 1]")
-        _check(t.reserve >= 0 or t.reserve == -1, f"{key}.reserve", "must be >= 0, or -1 for unlimited")
-        _check(0 <= t.confidence <= 10, f"{key}.confidence", "must be in [0, 10]")
-        _check(0 <= t.debt_gain <= 100, f"{key}.debt_gain", "must be in [0, 100]")
+        for knob in TENANT_KNOBS:
+            _check(knob.metadata["ok"](getattr(t, knob.name)), f"{key}.{knob.name}", knob.metadata["problem"])
         _check(t.seed >= 0, f"{key}.seed", "must be >= 0")
 
 

@@ -25,9 +25,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
+
+from .routing.pricing import input_tokens
+from .routing.types import TextEncoder
 
 log = logging.getLogger("messplus.trace")
 
@@ -65,10 +67,8 @@ class Trace:
 
     def price_list(self) -> tuple[np.ndarray, np.ndarray]:
         """Per model, a price per request and a price per input token (as the router counts them:
-        router.input_tokens) fitted to the recorded costs by least squares, both >= 0: the price list an operator
-        would configure. Output tokens, unknown before a call, fall into the per-request part."""
-        from .routing.router import input_tokens
-
+        routing.pricing.input_tokens) fitted to the recorded costs by least squares, both >= 0: the price list an
+        operator would configure. Output tokens, unknown before a call, fall into the per-request part."""
         K = len(self.models)
         per_request, per_token = self.mean_cost.astype(np.float64).copy(), np.zeros(K)
         if len(self) < 2:
@@ -89,7 +89,7 @@ class Trace:
     @property
     def accuracy(self) -> np.ndarray:
         """Mean label per model over its labelled prompts (NaN for a model with no label at all)."""
-        return _nanmean_cols(self.labels)
+        return nanmean_cols(self.labels)
 
     def select_models(self, names: Sequence[str]) -> Trace:
         """The same prompts with only these models (in this order)."""
@@ -100,7 +100,7 @@ class Trace:
         return replace(self, models=tuple(names), labels=self.labels[:, idx].copy(), costs=self.costs[:, idx].copy())
 
 
-def _nanmean_cols(a: np.ndarray) -> np.ndarray:
+def nanmean_cols(a: np.ndarray) -> np.ndarray:
     seen = ~np.isnan(a)
     n = seen.sum(axis=0)
     total = np.where(seen, a, 0.0).sum(axis=0)
@@ -154,7 +154,7 @@ def load_trace(path: str | Path, *, limit: int = 0) -> Trace:
     cost = np.array(costs, dtype=np.float64).reshape(len(prompts), len(models))
     cost[cost < 0] = np.nan
     missing = np.isnan(cost)
-    means = _nanmean_cols(cost)
+    means = nanmean_cols(cost)
     if len(prompts) and np.isnan(means).any():
         raise TraceError(f"{path}: no recorded cost at all for {[m for m, v in zip(models, means) if np.isnan(v)]}")
     cost[missing] = np.broadcast_to(means, cost.shape)[missing]
@@ -200,12 +200,6 @@ def load_traces(paths: Sequence[str | Path], *, limit: int = 0) -> Trace:
 
 
 # ------------------------------------------------------------------------------------------- embeddings
-class TextEncoder(Protocol):
-    dim: int
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -206,12 +206,11 @@ class _open_trace:
 
 
 class TraceGrader:
-    """Grades answers against a trace: the label and cost each model has for a prompt (text or id)."""
+    """Grades answers against a trace: the label and cost each model has for a prompt's text."""
 
     def __init__(self, trace_csv: Path = DEFAULT_TRACE) -> None:
         self.models = trace_models(trace_csv)
         self._by_key: dict[str, dict[str, Outcome]] = {}
-        self._by_id: dict[str, dict[str, Outcome]] = {}
         with _open_trace(trace_csv) as reader:
             for row in reader:
                 outcomes = {
@@ -219,15 +218,10 @@ class TraceGrader:
                     for m in self.models
                 }
                 self._by_key.setdefault(prompt_key(row["prompt"]), outcomes)
-                self._by_id[row["prompt_id"]] = outcomes
 
     def outcomes(self, prompt: str) -> dict[str, Outcome]:
         """Every model's outcome on this prompt text; empty when the trace lacks it."""
         return self._by_key.get(prompt_key(prompt), {})
-
-    def outcomes_by_id(self, prompt_id: str) -> dict[str, Outcome]:
-        """Every model's outcome on the row with this prompt_id; empty when there is none."""
-        return self._by_id.get(prompt_id, {})
 
     def label(self, prompt: str, model: str) -> float | None:
         """The satisfaction label `model` earned on this prompt; None when unlabelled or unknown."""

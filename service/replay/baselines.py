@@ -7,7 +7,7 @@
 
       min  sum_i sum_m c_im x_im   s.t.  sum_m x_im = 1 (each i),  (1/N) sum_i sum_m a_im x_im >= alpha,  x >= 0;
 
-- MESS+ reference semantics (`ReferenceRouter`): the paper's code's behaviour on the same router core.
+- MESS+ reference semantics: the paper's code's behaviour on the same router core (routing/reference.py).
 
 The LP in closed form (`min_cost_assignment`). Dualising only the accuracy constraint with a multiplier
 lambda >= 0, the Lagrangian separates by prompt: each prompt picks argmin_m c_im - lambda a_im. The accuracy
@@ -26,13 +26,11 @@ static mixture are means over each model's labelled prompts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..config import TenantConfig
-from ..routing.router import Router
 
 MAX_BISECT = 2000
 
@@ -162,52 +160,9 @@ def oracle_summary(o: Oracle, names: Sequence[str]) -> dict[str, Any]:
 
 def stream_baselines(names: Sequence[str], costs: np.ndarray, labels: np.ndarray, alpha: float) -> dict[str, Any]:
     """The three label-based baselines on one stream (costs, labels [N, K] of the replayed prompts)."""
-    from ..trace import _nanmean_cols
+    from ..trace import nanmean_cols
 
-    mean_cost, acc = costs.mean(axis=0), _nanmean_cols(labels)
+    mean_cost, acc = costs.mean(axis=0), nanmean_cols(labels)
     return {"cheapest_single": cheapest_single(names, mean_cost, acc, alpha),
             "static_mixture": static_mixture(names, mean_cost, acc, alpha),
             "oracle": oracle_summary(oracle(costs, labels, alpha), names)}
-
-
-# ------------------------------------------------------------------------------------ MESS+ reference
-REFERENCE_V = 1e-6
-REFERENCE_C = 0.5
-
-
-def reference_tenant(tenant: TenantConfig) -> TenantConfig:
-    """The tenant with the MESS+ paper's policy: V ~ 0 on raw costs, c = 0.5, explore every model, no optimism,
-    no safety margin, the queue floored at 0 and weighed linearly, and no allowance for unlabelled requests."""
-    return replace(tenant, V=REFERENCE_V, c=REFERENCE_C, explore_models=0, optimism=0.0, margin=0.0, reserve=0.0,
-                   confidence=0.0, debt_gain=0.0)
-
-
-class ReferenceRouter(Router):
-    """The MESS+ paper code's semantics on the service's router core.
-
-    Differences from `Router`, each a subclass hook: costs are the raw configured costs, not normalised (with
-    V = 1e-6 the cost term all but vanishes, so the policy is bang-bang: cheapest while Q = 0, most likely
-    satisfying otherwise); labels train the heads only on exploration steps (exploitation labels move the
-    queue but are thrown away). Its tenants must have the paper's policy (`reference_tenant`).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._exploit_pending: dict[int, object] = {}  # id -> the _Pending of an exploitation step (kept alive)
-
-    def cost_scale(self) -> float:
-        return 1.0
-
-    def v_scale(self, st: Any) -> float:
-        return 1.0
-
-    def record(self, d: Any, embedding: np.ndarray, **kwargs: Any) -> Any:
-        fut = super().record(d, embedding, **kwargs)
-        if not d.exploration:
-            pending = self._cache.get(d.request_id)
-            if pending is not None:
-                self._exploit_pending[id(pending)] = pending
-        return fut
-
-    def _learn(self, pending: Any, new: dict[int, float], last_seq: int) -> None:
-        super()._learn(pending, {} if id(pending) in self._exploit_pending else new, last_seq)

@@ -29,17 +29,20 @@ from messplus.v1 import routing_pb2, routing_pb2_grpc
 
 from .. import config as config_mod
 from .. import logs
-from ..config import Config, ModelConfig
-from .status import ErrorInterceptor
-from .guard import Admission, GuardInterceptor
-from .servicer import Routed, RoutingServicer
+from ..config import Config
 from ..routing.heads import Heads
-from .metrics import Metrics
-from ..routing.predictor import MicroBatcher, Predictor
-from ..routing.router import RouteItem, Router
-from .security import RateLimiter, TokenAuth, load_tokens, server_credentials
-from ..state.sqlite import Store
+from ..routing.registry import get_policy
+from ..routing.router import Router
+from ..routing.types import RouteItem, Routed
+from ..state.sqlite import SqliteStore
+from ..zoo.embedded import start_embedded_triton
 from ..zoo.triton import TritonZoo
+from .batcher import MicroBatcher
+from .guard import Admission, GuardInterceptor
+from .metrics import Metrics
+from .security import RateLimiter, TokenAuth, load_tokens, server_credentials
+from .servicer import RoutingServicer
+from .status import ErrorInterceptor
 
 log = logging.getLogger("messplus.app")
 SERVICE_NAME = routing_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name
@@ -54,27 +57,8 @@ def _say(msg: str) -> None:
     print(f"messplus: {msg}", file=sys.stderr, flush=True)
 
 
-def start_embedded_triton(cfg: Config, progress: Progress):  # type: ignore[no-untyped-def]
-    """Build the demo repository if missing and start a local tritonserver on it. Returns (server, models)."""
-    from ..demo.repository import DEFAULT_TRACE, build_demo_repository
-    from ..trace import load_trace
-    from ..zoo.embedded import TritonServer
-
-    repo = cfg.state_dir / "demo-model-repository"
-    progress(f"writing the demo zoo's Triton model repository to {repo}")
-    demo = build_demo_repository(repo)
-    progress("starting the embedded Triton server (tritonserver from nvidia-pytriton)")
-    server = TritonServer(repo, work_dir=cfg.state_dir / "triton").start()
-    progress(f"Triton ready on {server.grpc_url} in {server.startup_s:.1f}s with {len(demo)} models")
-    # the demo zoo's price list: per request and per input token, fitted to the trace its models replay
-    per_request, per_token = load_trace(DEFAULT_TRACE).select_models([d.trace_name for d in demo]).price_list()
-    models = tuple(ModelConfig(name=d.triton_name, triton_model=d.triton_name, cost_per_request=float(c),
-                               cost_per_input_token=float(t)) for d, c, t in zip(demo, per_request, per_token))
-    return server, models
-
-
 def load_encoder(cfg: Config, progress: Progress):  # type: ignore[no-untyped-def]
-    from ..encoder.encoder import Encoder, default_model_dir, ensure_exported
+    from ..encoder import Encoder, default_model_dir, ensure_exported
 
     onnx_path = Path(cfg.predictor.onnx) if cfg.predictor.onnx else ensure_exported(cfg.state_dir, progress)
     providers = [p for p in cfg.predictor.providers.split(",") if p] or None
@@ -99,9 +83,10 @@ class App:
 
     def _prepare(self) -> None:
         cfg = self.cfg
+        self.policy = get_policy(cfg.routing.policy)  # an unknown name stops the start (ConfigError)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         if cfg.embedded_triton:
-            self.triton, demo_models = start_embedded_triton(cfg, self.progress)
+            self.triton, demo_models = start_embedded_triton(cfg.state_dir, self.progress)
             cfg = config_mod.with_defaults(cfg, demo_models)
             triton_url = self.triton.grpc_url
         else:
@@ -114,16 +99,15 @@ class App:
         self.progress(f"kernels ready in {took:.2f}s; predictor on {', '.join(encoder.providers)}")
         heads = Heads([m.name for m in cfg.zoo.models], encoder.dim, prior_var=cfg.predictor.prior_var,
                       prior_accuracy=[m.prior_accuracy for m in cfg.zoo.models])
-        self.store = Store(cfg.state_dir / "messplus.sqlite3", synchronous=cfg.state.synchronous)
+        self.store = SqliteStore(cfg.state_dir / "messplus.sqlite3", synchronous=cfg.state.synchronous)
         self.router = Router(cfg.zoo.models, cfg.tenants, heads, self.store, cost_ema=cfg.zoo.cost_ema,
-                             snapshot_every=cfg.state.snapshot_every_labels)
-        self.predictor = Predictor(encoder, heads)
+                             snapshot_every=cfg.state.snapshot_every_labels, policy=self.policy)
+        self.encoder = encoder
         self.triton_url = triton_url
 
     def _route_batch(self, items: list[tuple[str, RouteItem]]) -> list[Routed | Exception]:
-        emb, p, var = self.predictor.predict([text for text, _ in items])
-        decisions = self.router.decide([it for _, it in items], p, var)
-        return [d if isinstance(d, Exception) else Routed(d, emb[b]) for b, d in enumerate(decisions)]
+        emb = self.encoder.encode([text for text, _ in items])
+        return list(self.router.route([it for _, it in items], emb))
 
     async def start(self) -> int:
         await asyncio.to_thread(self._prepare)

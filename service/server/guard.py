@@ -30,7 +30,7 @@ from ..errors import MessplusError, Overloaded
 from ..logs import request_id_var
 from .metrics import Metrics
 from .security import RateLimiter, TokenAuth
-from .status import code_of
+from .status import code_of, wrap_handler
 
 log = logging.getLogger("messplus.access")
 GUARDED_SERVICE = "/messplus.v1.RoutingService/"
@@ -159,13 +159,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not name.startswith(GUARDED_SERVICE):
             return handler
         method = name[len(GUARDED_SERVICE):]
-        kw = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(self._unary(method, handler.unary_unary), **kw)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(self._stream(method, handler.unary_stream), **kw)
-        return handler
+        return wrap_handler(handler, lambda fn: self._unary(method, fn), lambda fn: self._stream(method, fn))
 
     def _unary(self, method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -53,19 +53,18 @@ class _RouterCollector(Collector):
         sel = CounterMetricFamily("messplus_model_selections", "answers served per model", labels=["tenant", "model"])
         inv = CounterMetricFamily("messplus_model_invocations", "calls per model, exploration included",
                                   labels=["tenant", "model"])
-        with r._lock:
-            for name, st in r.tenants.items():
-                sat = st.sat_sum / st.labelled if st.labelled else 0.0
-                for key, value in (("queue", st.queue), ("alpha", st.cfg.alpha), ("satisfaction", sat),
-                                   ("sla_met", float(st.labelled == 0 or sat >= st.cfg.alpha)),
-                                   ("exploration_rate", st.explore_steps / st.requests if st.requests else 0.0)):
-                    g[key].add_metric([name], value)
-                for key, value in (("requests", st.requests), ("labelled", st.labelled), ("cost", st.cost_sum),
-                                   ("cost_raw", st.cost_raw_sum), ("exploration_steps", st.explore_steps)):
-                    c[key].add_metric([name], float(value))
-                for k, model in enumerate(r.names):
-                    sel.add_metric([name, model], float(st.served[k]))
-                    inv.add_metric([name, model], float(st.invoked[k]))
+        for st in r.tenant_views():
+            name = st.cfg.name
+            for key, value in (("queue", st.queue), ("alpha", st.cfg.alpha), ("satisfaction", st.satisfaction),
+                               ("sla_met", float(st.sla_met)),
+                               ("exploration_rate", st.explore_steps / st.requests if st.requests else 0.0)):
+                g[key].add_metric([name], value)
+            for key, value in (("requests", st.requests), ("labelled", st.labelled), ("cost", st.cost_sum),
+                               ("cost_raw", st.cost_raw_sum), ("exploration_steps", st.explore_steps)):
+                c[key].add_metric([name], float(value))
+            for k, model in enumerate(r.names):
+                sel.add_metric([name, model], float(st.served[k]))
+                inv.add_metric([name, model], float(st.invoked[k]))
         avail = GaugeMetricFamily("messplus_model_available", "1 when Triton reports the model ready", labels=["model"])
         for k, model in enumerate(r.names):
             avail.add_metric([model], float(r.available[k]))
@@ -103,7 +102,7 @@ class Metrics:
     def watch_zoo(self, zoo: TritonZoo) -> None:
         streams = Gauge("messplus_triton_streams_open", "Triton response streams still open (each ends by its "
                         "call's deadline)", registry=self.registry)
-        streams.set_function(lambda: len(zoo._streams))
+        streams.set_function(lambda: zoo.open_streams)
 
     def serve(self, listen: str) -> int:
         """Start the HTTP endpoint on HOST:PORT (port 0: any free port); returns the bound port."""
@@ -142,8 +141,3 @@ class Metrics:
             self.predicted.labels(model).inc(p_hat[k])
             self.observed.labels(model).inc(s)
             self.labels.labels(model).inc()
-
-    def triton_call(self, model: str, seconds: float, error: BaseException | None = None) -> None:
-        self.triton.labels(model).observe(seconds)
-        if error is not None:
-            self.triton_errors.labels(model, type(error).__name__).inc()

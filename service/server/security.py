@@ -67,7 +67,7 @@ def load_tokens(sec: SecurityConfig) -> list[tuple[bytes, Grant]]:
 
 
 class TokenAuth:
-    """Bearer tokens -> grants. `check` raises Unauthenticated or PermissionDenied."""
+    """Bearer tokens -> grants: `grant` raises Unauthenticated, `authorize` PermissionDenied."""
 
     def __init__(self, tokens: list[tuple[bytes, Grant]]) -> None:
         self._tokens = tokens

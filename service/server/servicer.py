@@ -1,36 +1,37 @@
 """RoutingService handlers: parse and validate the request, call the router or the zoo, build the reply.
 
-Handlers raise domain errors (service.errors); ErrorInterceptor maps them to statuses.
+Handlers raise domain errors (service.errors); server/status.py maps them to statuses. The routing core names
+its fields as its own API does (`allowed`, `excluded`); `REQUEST_FIELDS` turns them into the request's paths.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import re
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
-import numpy as np
 
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
 from ..errors import AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelAvailable
+from ..routing.pricing import input_tokens
+from ..routing.router import Router
+from ..routing.types import Decision, RouteItem, Routed
+from ..zoo.triton import TritonZoo
+from .batcher import MicroBatcher
+from .generate import Calls, sampling_parameters
 from .metrics import Metrics
-from ..routing.predictor import MicroBatcher, chat_to_text
-from ..routing.router import Decision, RouteItem, Router, input_tokens
-from ..zoo.triton import TritonZoo, ZooError
 
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+REQUEST_FIELDS = {"allowed": "overrides.allowed_models", "excluded": "overrides.excluded_models"}
 
 
-@dataclass(frozen=True)
-class Routed:
-    decision: Decision
-    embedding: np.ndarray
+def chat_to_text(messages: Sequence[Any]) -> str:
+    """Chat messages as one prompt text, `role: content` per line (the predictor keeps the tail)."""
+    return "\n".join(f"{m.role}: {m.content}" if m.role else m.content for m in messages)
 
 
 def prompt_text(request: pb.RouteRequest | pb.GenerateRequest, max_chars: int) -> str:
@@ -70,9 +71,13 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router, te
     left = set(item.allowed or router.names) - set(item.excluded)
     if not left:
         raise InvalidArgument("overrides.excluded_models", "the overrides exclude every model they allow")
-    if not router._mask(item).any():
+    try:
+        mask = router.mask(item)
+    except InvalidArgument as exc:
+        raise InvalidArgument(REQUEST_FIELDS.get(exc.field, exc.field), exc.problem) from None
+    if not mask.any():
         raise NoModelAvailable("no zoo model is available for this request after the overrides "
-                               f"(available now: {', '.join(router._available_names()) or 'none'})")
+                               f"(available now: {', '.join(router.available_names()) or 'none'})")
     return item
 
 
@@ -134,13 +139,12 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
     async def SlaStatus(self, request: pb.SlaStatusRequest, context: grpc.aio.ServicerContext) -> pb.SlaStatusReply:
         st = self.router.tenant(request.tenant)
         n = max(st.requests, 1)
-        sat = st.sat_sum / st.labelled if st.labelled else 0.0
         models = [pb.ModelShare(model=name, served=int(st.served[k]), share=float(st.served[k]) / n,
                                 invoked=int(st.invoked[k])) for k, name in enumerate(self.router.names)]
         return pb.SlaStatusReply(tenant=st.cfg.name, alpha=st.cfg.alpha, queue=st.queue, requests=st.requests,
-                                 labelled=st.labelled, satisfaction=sat, mean_cost=st.cost_sum / n,
+                                 labelled=st.labelled, satisfaction=st.satisfaction, mean_cost=st.cost_sum / n,
                                  mean_cost_raw=st.cost_raw_sum / n, exploration_steps=st.explore_steps,
-                                 models=models, sla_met=st.labelled == 0 or sat >= st.cfg.alpha)
+                                 models=models, sla_met=st.sla_met)
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsReply:
@@ -156,7 +160,7 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         d = routed.decision
         yield pb.GenerateReply(route=route_reply(self.router, d))
         budget = remaining(context, self.triton_timeout_s)
-        call = _Calls(self, text, _sampling(request.sampling), budget)
+        call = Calls(self.router, self.zoo, self.metrics, text, sampling_parameters(request.sampling), budget)
         async for reply in call.run(d):
             yield reply
         self.router.record(d, routed.embedding, served=call.served, invoked=tuple(sorted(call.invoked)),
@@ -164,115 +168,3 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         self.metrics.routed(d, served=call.served)
         yield pb.GenerateReply(done=pb.GenerateDone(served_model=self.router.names[call.served], cost=call.cost,
                                                     cost_raw=call.cost_raw))
-
-
-def _sampling(s: pb.SamplingParameters) -> dict[str, float | int]:
-    out: dict[str, float | int] = {}
-    if s.max_tokens:
-        out["max_tokens"] = int(s.max_tokens)
-    for name in ("temperature", "top_p"):
-        if s.HasField(name):
-            v = getattr(s, name)
-            if not math.isfinite(v) or v < 0 or (name == "top_p" and v > 1):
-                raise InvalidArgument(f"sampling.{name}", f"out of range: {v}")
-            out[name] = v
-    return out
-
-
-class _Calls:
-    """The Triton calls of one Generate: the served model streamed, the other explored models in parallel."""
-
-    def __init__(self, svc: RoutingServicer, text: str, sampling: dict[str, float | int], budget: float) -> None:
-        self.svc, self.router, self.zoo = svc, svc.router, svc.zoo
-        self.text, self.sampling = text, sampling
-        self.tokens = input_tokens(text)  # what every call of this request is charged for its input
-        self.deadline = time.monotonic() + budget  # one budget for every call of this request, not one per call
-        self.invoked: set[int] = set()
-        self.latency_ms: dict[int, float] = {}
-        self.served = -1
-        self.cost = self.cost_raw = 0.0
-
-    def _charge(self, k: int, output: str) -> None:
-        m = self.router.models[k]
-        raw = (m.cost_per_request + m.cost_per_input_token * self.tokens
-               + m.cost_per_output_token * input_tokens(output))
-        self.router.observe_cost(k, raw, self.tokens)
-        self.invoked.add(k)
-        self.cost_raw += raw
-        self.cost += raw / self.router.cost_scale()
-
-    def _left(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0.005:
-            raise DeadlineTooShort("the call's deadline expired before a model answered")
-        return left
-
-    def _failed(self, k: int, exc: ZooError) -> None:
-        from ..zoo.triton import ModelUnavailable
-        self.svc.metrics.triton_errors.labels(self.router.names[k], type(exc).__name__).inc()
-        if isinstance(exc, ModelUnavailable):
-            self.router.set_available(k, False)
-
-    async def _complete(self, k: int) -> str:
-        name = self.router.models[k].triton_model
-        started = time.perf_counter()
-        try:
-            out = await self.zoo.complete(name, self.text, sampling=self.sampling, timeout_s=self._left())
-        finally:
-            self.latency_ms[k] = (time.perf_counter() - started) * 1e3
-            self.svc.metrics.triton.labels(self.router.names[k]).observe(self.latency_ms[k] / 1e3)
-        self._charge(k, out)
-        return out
-
-    async def run(self, d: Decision) -> AsyncIterator[pb.GenerateReply]:
-        order = [d.served, *[k for k in np.argsort(-d.p_hat, kind="stable") if d.available[k] and k != d.served]]
-        others = {k: asyncio.ensure_future(self._complete(k)) for k in d.invoked if k != d.served}
-        try:
-            async for reply in self._serve(order, others):
-                yield reply
-            for k, task in others.items():
-                if k == self.served:
-                    continue
-                try:
-                    text, err = await task, ""
-                except ZooError as exc:
-                    text, err = "", str(exc)
-                    self._failed(k, exc)
-                yield pb.GenerateReply(answer=pb.ModelAnswer(model=self.router.names[k], text=text, error=err,
-                                                             latency_ms=self.latency_ms.get(k, 0.0)))
-        finally:
-            for task in others.values():
-                task.cancel()
-
-    async def _serve(self, order: list[int], others: dict[int, asyncio.Future[str]]) -> AsyncIterator[pb.GenerateReply]:
-        last: ZooError | None = None
-        for k in order:
-            k = int(k)
-            if k in others:  # an explored model answered already: serve its answer whole
-                try:
-                    text = await others[k]
-                except ZooError as exc:
-                    last = exc
-                    self._failed(k, exc)
-                    continue
-                self.served = k
-                yield pb.GenerateReply(text=text)
-                return
-            chunks: list[str] = []
-            started = time.perf_counter()
-            try:
-                name = self.router.models[k].triton_model
-                async for chunk in self.zoo.generate(name, self.text, sampling=self.sampling, timeout_s=self._left()):
-                    chunks.append(chunk)
-                    yield pb.GenerateReply(text=chunk)
-            except ZooError as exc:
-                if chunks:
-                    raise NoModelAvailable(f"model {self.router.names[k]!r} failed mid-answer: {exc}") from exc
-                last = exc
-                self._failed(k, exc)
-                continue
-            self.svc.metrics.triton.labels(self.router.names[k]).observe(time.perf_counter() - started)
-            self.served = k
-            self._charge(k, "".join(chunks))
-            return
-        raise NoModelAvailable(f"every available model failed; last error: {last}")

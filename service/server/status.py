@@ -92,12 +92,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler.request_deserializer:
             return handler
-        kw = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **kw)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **kw)
-        return handler
+        return wrap_handler(handler, _wrap_unary, _wrap_stream)
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, unary: Callable[[Unary], Unary],
+                 stream: Callable[[Streaming], Streaming]) -> grpc.RpcMethodHandler:
+    """The same RPC handler with its unary-unary or unary-stream behaviour wrapped (interceptors use it)."""
+    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **kw)
+    return handler

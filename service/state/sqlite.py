@@ -16,14 +16,14 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import StorageUnavailable
+from ..errors import Conflict, StorageUnavailable
+from .base import (AfterCommit, Expectation, FeedbackCommit, HeadRow, QueueStep, RequestRow, Store, TenantRow,
+                   now)
 
 log = logging.getLogger("messplus.store")
 
@@ -82,36 +82,6 @@ CREATE TABLE IF NOT EXISTS heads (
 """
 
 
-@dataclass(frozen=True, kw_only=True)
-class TenantRow:
-    name: str
-    queue: float
-    requests: int
-    labelled: int
-    sat_sum: float
-    cost_sum: float
-    cost_raw_sum: float
-    explore_steps: int
-    explore_cost_raw: float = 0.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class RequestRow:
-    request_id: str
-    tenant: str
-    t: int
-    served_model: str
-    invoked: tuple[str, ...]
-    exploration: bool
-    cost: float
-    cost_raw: float
-    alpha: float
-    embedding: bytes | None
-    explore_cost_raw: float = 0.0  # the exploration step's models beyond the exploit choice
-    p_served: float | None = None  # the predicted satisfaction of the served model when routed
-    target: float | None = None    # what its label will be held to: alpha plus the margin at its index
-
-
 Job = Callable[[sqlite3.Connection], Any]
 _STOP = object()
 
@@ -139,7 +109,7 @@ def connect(path: Path, synchronous: str = "FULL", readonly: bool = False) -> sq
     return conn
 
 
-class Store:
+class SqliteStore(Store):
     """The SQLite file, one writer thread with group commit, and a reader connection for look-ups."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_batch: int = 512,
@@ -263,23 +233,20 @@ class Store:
         return {r[0]: TenantRow(name=r[0], queue=r[1], requests=r[2], labelled=r[3], sat_sum=r[4], cost_sum=r[5],
                                 cost_raw_sum=r[6], explore_steps=r[7], explore_cost_raw=r[8]) for r in rows}
 
-    def expectations(self) -> dict[str, tuple[float, int, float, float, int]]:
-        """Per tenant: (sum of target - p_served, count) over requests whose served answer has no label yet, and
-        (sum of satisfaction - p_served, sum of its square, count) over those whose has: the router's
-        expected-queue terms."""
-        out: dict[str, list[float]] = {}
+    def expectations(self) -> dict[str, Expectation]:
+        out: dict[str, dict[str, float]] = {}
         for tenant, total, n in self.read(
                 "SELECT r.tenant, SUM(r.target - r.p_served), COUNT(*) FROM requests r WHERE r.p_served IS NOT NULL "
                 "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id AND "
                 "l.model = r.served_model) GROUP BY r.tenant"):
-            out.setdefault(tenant, [0.0, 0, 0.0, 0.0, 0])[0:2] = [total, n]
+            out.setdefault(tenant, {}).update(pending_sum=float(total), pending_n=int(n))
         for tenant, total, sq, n in self.read(
                 "SELECT r.tenant, SUM(l.satisfaction - r.p_served), "
                 "SUM((l.satisfaction - r.p_served) * (l.satisfaction - r.p_served)), COUNT(*) FROM requests r "
                 "JOIN labels l ON l.request_id = r.request_id AND l.model = r.served_model "
                 "WHERE r.p_served IS NOT NULL GROUP BY r.tenant"):
-            out.setdefault(tenant, [0.0, 0, 0.0, 0.0, 0])[2:5] = [total, sq, n]
-        return {k: (float(v[0]), int(v[1]), float(v[2]), float(v[3]), int(v[4])) for k, v in out.items()}
+            out.setdefault(tenant, {}).update(resid_sum=float(total), resid_sq=float(sq), resid_n=int(n))
+        return {k: Expectation(**v) for k, v in out.items()}  # type: ignore[arg-type]
 
     def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
         return {(r[0], r[1]): (r[2], r[3]) for r in self.read("SELECT tenant, model, served, invoked FROM model_counts")}
@@ -292,13 +259,9 @@ class Store:
                          "embedding, p_served, target FROM requests WHERE request_id = ?", (request_id,))
         return _request_row(rows[0]) if rows else None
 
-    def labels_of(self, request_id: str) -> dict[str, float]:
-        return {m: s for m, s in self.read("SELECT model, satisfaction FROM labels WHERE request_id = ?",
-                                           (request_id,))}
-
-    def head(self, model: str) -> tuple[int, int, bytes, bytes] | None:
+    def head(self, model: str) -> HeadRow | None:
         rows = self.read("SELECT dim, last_label_seq, W, S FROM heads WHERE model = ?", (model,))
-        return (rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
+        return HeadRow(features=rows[0][0], last_seq=rows[0][1], W=rows[0][2], S=rows[0][3]) if rows else None
 
     def labels_since(self, seq: int) -> Iterator[tuple[int, str, float, bytes | None]]:
         """(seq, model, satisfaction, embedding) of every label after `seq`, in order: replays heads."""
@@ -306,12 +269,97 @@ class Store:
                          "JOIN requests r ON r.request_id = l.request_id WHERE l.seq > ? ORDER BY l.seq", (seq,))
         yield from rows
 
+    # -- the router's writes (the Store interface): each a job on the writer thread ------------------------------
+    def ensure_tenants(self, names: tuple[str, ...]) -> Future[None]:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT OR IGNORE INTO tenants (name) VALUES (?)", [(n,) for n in names])
+        return self.submit(job)
+
+    def insert_request(self, row: RequestRow) -> Future[None]:
+        return self.submit(lambda conn: _insert_request(conn, row))
+
+    def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
+                       step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
+        def job(conn: sqlite3.Connection) -> FeedbackCommit:
+            return _apply_feedback(conn, tenant, request_id, served_model, labels, step)
+        return self.submit(job, after_commit)
+
+    def write_heads(self, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> Future[None]:
+        def job(conn: sqlite3.Connection) -> None:
+            _write_heads(conn, snaps, features, last_seq)
+        return self.submit(job)
+
+    def write_pretrained(self, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> Future[int]:
+        """The router reads a snapshot at seq 0 as "no snapshot" (and starts from the prior), so a state without
+        any label gets its label counter moved to 1 (sqlite_sequence, SQLite's documented AUTOINCREMENT
+        counter): the snapshot says "labels up to 1 are in", and the first real label gets seq 2 and is
+        replayed after a crash."""
+        def job(conn: sqlite3.Connection) -> int:
+            (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM labels").fetchone()
+            seq = max(int(last_seq), int(top), 1)
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'labels'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('labels', ?)", (seq,))
+            elif row[0] < seq:
+                conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'labels'", (seq,))
+            _write_heads(conn, snaps, features, seq)
+            return seq
+        return self.submit(job)
+
+
+def _insert_request(conn: sqlite3.Connection, row: RequestRow) -> None:
+    conn.execute("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw,"
+                 " alpha, embedding, created, p_served, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked),
+                  int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now(), row.p_served,
+                  row.target))
+    conn.execute("UPDATE tenants SET requests = requests + 1, cost_sum = cost_sum + ?, "
+                 "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ?, "
+                 "explore_cost_raw = explore_cost_raw + ? WHERE name = ?",
+                 (row.cost, row.cost_raw, int(row.exploration), row.explore_cost_raw, row.tenant))
+    for m in row.invoked:
+        conn.execute("INSERT INTO model_counts (tenant, model, served, invoked) VALUES (?, ?, ?, 1) "
+                     "ON CONFLICT (tenant, model) DO UPDATE SET served = served + excluded.served, "
+                     "invoked = invoked + 1", (row.tenant, m, int(m == row.served_model)))
+    if row.served_model not in row.invoked:
+        raise ValueError("served model must be among the invoked ones")
+
+
+def _apply_feedback(conn: sqlite3.Connection, tenant: str, request_id: str, served_model: str,
+                    labels: dict[str, float], step: QueueStep) -> FeedbackCommit:
+    stored = dict(conn.execute("SELECT model, satisfaction FROM labels WHERE request_id = ?", (request_id,)))
+    new: dict[str, float] = {}
+    for model, s in labels.items():
+        if model in stored:
+            if abs(stored[model] - s) > 1e-12:
+                raise Conflict(f"request {request_id!r} already has satisfaction {stored[model]} for "
+                               f"model {model!r}; feedback is write-once")
+        else:
+            new[model] = s
+    queue, labelled = conn.execute("SELECT queue, labelled FROM tenants WHERE name = ?", (tenant,)).fetchone()
+    moves = served_model in new
+    if moves:
+        queue = step(float(queue), int(labelled) + 1, new[served_model])
+        conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
+                     "WHERE name = ?", (queue, new[served_model], tenant))
+    last_seq = 0
+    for model, s in new.items():
+        served = model == served_model
+        cur = conn.execute("INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"
+                           " VALUES (?, ?, ?, ?, ?, ?)", (request_id, model, s, int(served),
+                                                          queue if served else None, now()))
+        last_seq = max(last_seq, int(cur.lastrowid or 0))
+    return FeedbackCommit(new=new, given=len(labels), queue=queue, moved=moves, last_seq=last_seq)
+
+
+def _write_heads(conn: sqlite3.Connection, snaps: list[tuple[str, bytes, bytes]], features: int,
+                 last_seq: int) -> None:
+    conn.executemany("INSERT OR REPLACE INTO heads (model, dim, last_label_seq, W, S, updated) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", [(n, features, last_seq, w, s, now()) for n, w, s in snaps])
+
 
 def _request_row(r: tuple[Any, ...]) -> RequestRow:
     return RequestRow(request_id=r[0], tenant=r[1], t=r[2], served_model=r[3],
                       invoked=tuple(m for m in r[4].split("\n") if m), exploration=bool(r[5]), cost=r[6],
                       cost_raw=r[7], alpha=r[8], embedding=r[9], p_served=r[10], target=r[11])
 
-
-def now() -> float:
-    return time.time()

@@ -25,11 +25,14 @@ import sysconfig
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from ..config import ModelConfig
 
 INSTALL_HINT = "pip install nvidia-pytriton==0.7.0"
 _BIND_ERRORS = ("address already in use", "failed to start grpc", "failed to start http", "failed to start metrics")
@@ -282,3 +285,23 @@ class TritonServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def start_embedded_triton(state_dir: Path,
+                          progress: Callable[[str], None]) -> tuple[TritonServer, tuple[ModelConfig, ...]]:
+    """Build the demo repository under `state_dir` if missing and start a local tritonserver on it; returns the
+    server and the demo zoo's models with their price list."""
+    from ..demo.repository import DEFAULT_TRACE, build_demo_repository
+    from ..trace import load_trace
+
+    repo = state_dir / "demo-model-repository"
+    progress(f"writing the demo zoo's Triton model repository to {repo}")
+    demo = build_demo_repository(repo)
+    progress("starting the embedded Triton server (tritonserver from nvidia-pytriton)")
+    server = TritonServer(repo, work_dir=state_dir / "triton").start()
+    progress(f"Triton ready on {server.grpc_url} in {server.startup_s:.1f}s with {len(demo)} models")
+    # the demo zoo's price list: per request and per input token, fitted to the trace its models replay
+    per_request, per_token = load_trace(DEFAULT_TRACE).select_models([d.trace_name for d in demo]).price_list()
+    models = tuple(ModelConfig(name=d.triton_name, triton_model=d.triton_name, cost_per_request=float(c),
+                               cost_per_input_token=float(t)) for d, c, t in zip(demo, per_request, per_token))
+    return server, models

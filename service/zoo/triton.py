@@ -116,6 +116,11 @@ class TritonZoo:
             await asyncio.wait(set(self._streams), timeout=self.close_timeout_s)
         await self._client.close()
 
+    @property
+    def open_streams(self) -> int:
+        """Response streams still being read to their end (see _pump)."""
+        return len(self._streams)
+
     async def __aenter__(self) -> TritonZoo:
         return self
 

@@ -64,7 +64,7 @@ def demo_zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoZoo]:
 @pytest.fixture(scope="session")
 def encoder_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """all-MiniLM-L6-v2 exported to ONNX once per session (no torch: built from the packaged weights)."""
-    from messplus.service.encoder.encoder import ensure_exported
+    from messplus.service.encoder import ensure_exported
 
     return ensure_exported(tmp_path_factory.mktemp("predictor"), None)
 

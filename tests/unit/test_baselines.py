@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from messplus.service.replay.baselines import (ReferenceRouter, reference_tenant, cheapest_single, min_cost_assignment, oracle,
-                                        static_mixture, stream_baselines)
+from messplus.service.replay.baselines import (cheapest_single, min_cost_assignment, oracle, static_mixture,
+                                               stream_baselines)
+from messplus.service.routing.reference import PaperPolicy, reference_tenant
+from messplus.service.routing.router import Router
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.routing.heads import Heads
-from messplus.service.routing.router import EXPLORE_ALWAYS, Decision, RouteItem
-from messplus.service.state.sqlite import Store
+from messplus.service.routing.types import EXPLORE_ALWAYS, Decision, RouteItem
+from messplus.service.state.sqlite import SqliteStore as Store
 from messplus.service.trace import load_trace
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_trace.csv"
@@ -160,12 +162,14 @@ MODELS = (ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1e-4)
           ModelConfig(name="big", triton_model="big", cost_per_request=5e-3))
 
 
-def _reference(c: float = 0.0) -> ReferenceRouter:
+def _reference(c: float = 0.0) -> Router:
+    """A router running the MESS+ paper's policy (routing/reference.py)."""
     tenant = replace(reference_tenant(TenantConfig(name="t", alpha=0.8)), c=c)
-    return ReferenceRouter(MODELS, [tenant], Heads([m.name for m in MODELS], 4), Store(":memory:", inline=True))
+    return Router(MODELS, [tenant], Heads([m.name for m in MODELS], 4), Store(":memory:", inline=True),
+                  policy=PaperPolicy())
 
 
-def _route(r: ReferenceRouter, rid: str, **kw: object) -> Decision:
+def _route(r: Router, rid: str, **kw: object) -> Decision:
     p = np.array([[0.5, 0.9]])
     (d,) = r.decide([RouteItem(tenant="t", request_id=rid, **kw)], p, np.zeros_like(p))  # type: ignore[arg-type]
     assert isinstance(d, Decision)

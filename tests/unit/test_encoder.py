@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from messplus.service.encoder import encoder as enc_mod
-from messplus.service.encoder.encoder import Encoder, default_model_dir, ensure_exported
+from messplus.service import encoder as enc_mod
+from messplus.service.encoder import Encoder, default_model_dir, ensure_exported
 from messplus.service.encoder.export import quantize_int8, read_safetensors
 from messplus.service.trace import file_sha256
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from messplus.service.routing.predictor import MicroBatcher
+from messplus.service.server.batcher import MicroBatcher
 
 LONG = 30.0  # a max delay no test may wait out: a batch that waits for it makes the test time out instead
 

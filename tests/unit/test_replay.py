@@ -21,11 +21,12 @@ import pytest
 from messplus.service import config as config_mod
 from messplus.service.cli import main
 from messplus.service.routing.heads import Heads
-from messplus.service.replay.run import (Condition, InProcess, Outage, Policy, ReplaySetup, Step, pretrain, replay,
+from messplus.service.replay import (Condition, InProcess, Outage, ReplaySetup, Step, pretrain, replay,
                                      run_stream, split_stream, write_outputs)
+from messplus.service.replay import TenantOverrides as Policy
 from messplus.service.config import TenantConfig
 from messplus.service.routing.router import Router
-from messplus.service.state.sqlite import Store
+from messplus.service.state.sqlite import SqliteStore as Store
 from messplus.service.trace import TraceError, concat, embed_trace, load_trace
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -274,7 +275,7 @@ def test_pretrain_writes_heads_the_service_restores(tiny, emb, tmp_path: Path) -
     result = pretrain(cfg, tiny, emb)
     assert result["labels"] == 22 and result["snapshot_seq"] == 1
     expected = Heads(tiny.models, emb.shape[1])
-    from messplus.service.replay.run import train_heads
+    from messplus.service.replay import train_heads
     train_heads(expected, emb, tiny.labels, np.random.default_rng([0, 1]).permutation(8))
     store = Store(tmp_path / "messplus.sqlite3", inline=True)
     heads = Heads(tiny.models, emb.shape[1])
@@ -292,8 +293,10 @@ def service(tiny) -> Iterator[tuple[str, Router]]:
     import grpc
 
     from messplus.service.config import ModelConfig, TenantConfig
-    from messplus.service.server.servicer import Routed, RoutingServicer
-    from messplus.service.routing.predictor import MicroBatcher, Predictor
+    from messplus.service.routing.predictor import Predictor
+    from messplus.service.routing.types import Routed
+    from messplus.service.server.batcher import MicroBatcher
+    from messplus.service.server.servicer import RoutingServicer
     from messplus.v1 import routing_pb2_grpc
 
     per_request, per_token = tiny.price_list()  # the price list the in-process replay gives its router
@@ -338,7 +341,7 @@ def service(tiny) -> Iterator[tuple[str, Router]]:
 
 
 def test_grpc_replay_agrees_with_in_process(tiny, emb, service) -> None:
-    from messplus.service.replay.run import GrpcDriver
+    from messplus.service.replay import GrpcDriver
 
     addr, router = service
     driver = GrpcDriver(addr, "default", tiny.models)
@@ -359,7 +362,7 @@ def test_grpc_replay_agrees_with_in_process(tiny, emb, service) -> None:
 # ----------------------------------------------------------------------------------- the real encoder
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from messplus.service.encoder.encoder import ensure_exported
+    from messplus.service.encoder import ensure_exported
 
     return ensure_exported(tmp_path_factory.mktemp("encoder"))
 

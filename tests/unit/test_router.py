@@ -13,9 +13,12 @@ import pytest
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.errors import Conflict, InvalidArgument, NotFound
 from messplus.service.routing.heads import Heads
-from messplus.service.routing.router import (BIAS_PRIOR_N, EXPLORE_ALWAYS, EXPLORE_NEVER, TYPICAL_TOKENS_PRIOR, Decision,
-                                     RouteItem, Router, debt_pressure, expected_pending, fold_queue, input_tokens)
-from messplus.service.state.sqlite import Store
+from messplus.service.routing.policy import debt_pressure
+from messplus.service.routing.pricing import TYPICAL_TOKENS_PRIOR, input_tokens
+from messplus.service.routing.router import Router
+from messplus.service.routing.tenant import BIAS_PRIOR_N, expected_pending, fold_queue
+from messplus.service.routing.types import EXPLORE_ALWAYS, EXPLORE_NEVER, Decision, RouteItem
+from messplus.service.state.sqlite import SqliteStore as Store
 
 DIM = 8
 MODELS = (ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1.0),

@@ -1,0 +1,157 @@
+"""The command lines of the replay package: `messplus replay` and `messplus pretrain`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import TENANT_KNOBS, PredictorConfig
+from ..trace import Trace
+from . import run as replay_run
+from .drivers import GrpcDriver
+from .outputs import format_table, write_outputs
+from .pretrain import pretrain
+from .run import POLICY_KEYS, Condition, Outage, ReplaySetup, TenantOverrides, replay
+
+
+def add_commands(sub: Any) -> None:
+    """Register `messplus replay` and `messplus pretrain`."""
+    p = sub.add_parser("replay", help="replay routing traces through the router; baselines, summary.json, plots",
+                       description=replay_run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trace", action="append", required=True, help="trace CSV; repeat to concatenate (drift)")
+    p.add_argument("--alpha", action="append", type=float, required=True, help="SLA target; repeat for a sweep")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
+    p.add_argument("--out", required=True, help="output folder (summary.json, runs/, *.png)")
+    p.add_argument("--feedback-rate", type=float, default=1.0, help="fraction of requests given feedback")
+    p.add_argument("--feedback-delay", type=int, default=0, help="feedback arrives this many requests late")
+    p.add_argument("--outage", action="append", default=[], metavar="MODEL:START:END",
+                   help="model unavailable in [START, END): two integers = request indices, else fractions of "
+                        "the replayed stream; MODEL @cheapest = the cheapest single model meeting alpha")
+    p.add_argument("--warm-start", type=float, default=0.0, metavar="F",
+                   help="train the heads offline on a random fraction F of the prompts, replay the rest")
+    p.add_argument("--order", choices=("shuffle", "source", "file"), default="shuffle",
+                   help="stream order within each trace: seeded shuffle (default), by source_benchmark, as in the file")
+    p.add_argument("--flat-costs", action="store_true",
+                   help="give the router one price per model (its mean cost) instead of the trace's price list "
+                        "(per request plus per input token)")
+    for knob in TENANT_KNOBS:  # the tenant's knobs, as config.TenantConfig declares them
+        p.add_argument(f"--{knob.name.replace('_', '-')}", type=int if knob.type == "int" else float,
+                       dest=knob.name, help=f"tenant {knob.name}: {knob.metadata['help']} (default {knob.default})")
+    p.add_argument("--no-reference", action="store_true", help="skip the MESS+ reference runs")
+    p.add_argument("--grpc", metavar="ADDR", help="route through a running service (Route/Feedback) at HOST:PORT")
+    p.add_argument("--tenant", default="default", help="the service tenant to drive with --grpc")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--limit", type=int, default=0, help="only the first N rows of each trace file")
+    p.add_argument("--models", help="comma-separated trace models to route among (default: all of the trace's)")
+    _encoder_args(p, cache_default="var/embeddings")
+    p.add_argument("--encoder-dir", default="var", help="folder of the exported ONNX encoder (default var)")
+    p.add_argument("--onnx", help="use this ONNX encoder file instead")
+    p.add_argument("--max-tokens", type=int, default=PredictorConfig().max_tokens)
+    p.add_argument("--threads", type=int, default=0, help="encoder threads (0: all cores)")
+    p.set_defaults(func=_cmd_replay)
+
+    q = sub.add_parser("pretrain", help="warm-start the service's predictor heads from a trace's labels")
+    q.add_argument("--trace", action="append", required=True, help="trace CSV; repeat for several")
+    q.add_argument("--config", help="the service's TOML config (default: $MESSPLUS_CONFIG, else the embedded one)")
+    q.add_argument("--state-dir", help="the service's state folder (default: the config's state.dir)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the training order")
+    q.add_argument("--limit", type=int, default=0, help="only the first N rows of each trace file")
+    _encoder_args(q, cache_default=None)
+    q.set_defaults(func=_cmd_pretrain)
+
+
+def _encoder_args(p: argparse.ArgumentParser, cache_default: str | None) -> None:
+    p.add_argument("--cache-dir", default=cache_default,
+                   help="prompt embedding cache (default: var/embeddings; pretrain: STATE_DIR/embeddings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def embed_prompts(trace: Trace, onnx: Path, max_tokens: int, threads: int, cache_dir: Path | None,
+                  progress: bool) -> np.ndarray:
+    """The trace's prompt embeddings by the ONNX encoder at `onnx`, through the embedding cache."""
+    from ..encoder import Encoder, default_model_dir
+    from ..trace import embed_trace, file_sha256
+
+    encoder = Encoder.load(onnx, default_model_dir() / "tokenizer.json", max_tokens=max_tokens, threads=threads or None)
+    return embed_trace(trace, encoder, f"{file_sha256(onnx)}:{max_tokens}", cache_dir, progress=progress)
+
+
+def _say(msg: str) -> None:
+    print(f"messplus: {msg}", file=sys.stderr, flush=True)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ..encoder import ensure_exported
+    from ..trace import load_traces
+
+    if not all(0 < a < 1 for a in args.alpha) or args.seeds < 1 or not 0 <= args.feedback_rate <= 1 \
+            or args.feedback_delay < 0 or not 0 <= args.warm_start < 1 or args.limit < 0:
+        raise SystemExit("messplus replay: need 0 < alpha < 1, seeds >= 1, 0 <= feedback-rate <= 1, "
+                         "feedback-delay >= 0, 0 <= warm-start < 1, limit >= 0")
+    cond = Condition(feedback_rate=args.feedback_rate, feedback_delay=args.feedback_delay,
+                     outages=tuple(Outage.parse(o) for o in args.outage), warm_start=args.warm_start,
+                     order=args.order, flat_costs=args.flat_costs)
+    setup = ReplaySetup(alphas=tuple(args.alpha), seeds=tuple(range(args.seeds)), cond=cond,
+                        policy=TenantOverrides(**{k: getattr(args, k) for k in POLICY_KEYS}),
+                        reference=not args.no_reference, progress=not args.quiet)
+    started = time.perf_counter()
+    trace = load_traces(args.trace, limit=args.limit)
+    if args.models:
+        trace = trace.select_models([m.strip() for m in args.models.split(",") if m.strip()])
+    driver = None
+    if args.grpc:
+        if args.warm_start or len(args.alpha) != 1 or args.seeds != 1:
+            raise SystemExit("messplus replay --grpc: one alpha, one seed, no --warm-start (restart the service "
+                             "between runs; warm-start it with `messplus pretrain`)")
+        if any(getattr(args, k) is not None for k in POLICY_KEYS):
+            raise SystemExit(f"messplus replay --grpc: the policy ({', '.join(POLICY_KEYS)}) is the service tenant's; "
+                             "set it in its config")
+        if args.flat_costs:
+            raise SystemExit("messplus replay --grpc: the prices are the service's; set them in its config")
+        driver = GrpcDriver(args.grpc, args.tenant, trace.models)
+        if abs(driver.alpha - args.alpha[0]) > 1e-9:
+            raise SystemExit(f"messplus replay --grpc: tenant {args.tenant!r} has alpha {driver.alpha}, not "
+                             f"{args.alpha[0]}")
+        trace = trace.select_models(driver.trace_models)
+    emb = None
+    if driver is None or setup.reference:
+        onnx = Path(args.onnx) if args.onnx else ensure_exported(Path(args.encoder_dir), _say)
+        cache = Path(args.cache_dir) if args.cache_dir else None
+        emb = embed_prompts(trace, onnx, args.max_tokens, args.threads, cache, not args.quiet)
+    _say(f"{trace.name}: {len(trace)} prompts, {len(trace.models)} models; ready in "
+         f"{time.perf_counter() - started:.1f}s")
+    curves: dict[float, dict[str, Any]] = {}
+    try:
+        summary = replay(trace, emb, setup, grpc_driver=driver, curves=curves)
+    finally:
+        if driver is not None:
+            driver.close()
+    for path in write_outputs(Path(args.out), summary, curves, plots=not args.no_plots):
+        _say(f"wrote {path}")
+    print(format_table(summary))
+    _say(f"done in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .. import config
+    from ..encoder import ensure_exported
+    from ..trace import load_traces
+
+    cfg = config.load(args.config)
+    if args.state_dir:
+        cfg = replace(cfg, state=replace(cfg.state, dir=args.state_dir))
+    trace = load_traces(args.trace, limit=args.limit)
+    onnx = Path(cfg.predictor.onnx) if cfg.predictor.onnx else ensure_exported(cfg.state_dir, _say)
+    cache = Path(args.cache_dir) if args.cache_dir else cfg.state_dir / "embeddings"
+    emb = embed_prompts(trace, onnx, cfg.predictor.max_tokens, cfg.predictor.threads, cache, not args.quiet)
+    result = pretrain(cfg, trace, emb, seed=args.seed)
+    print(json.dumps(result, indent=1))
+    return 0

@@ -1,0 +1,53 @@
+"""What a replay writes: summary.json, the per-request arrays, the plots, and a plain-text table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def write_outputs(out_dir: Path, summary: list[dict[str, Any]], curves: dict[float, dict[str, Any]] | None = None,
+                  *, plots: bool = True) -> list[Path]:
+    """DIR/summary.json, DIR/runs/*.npz (per-request arrays of the first seed) and the PNG plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    written = [path]
+    for alpha, cv in (curves or {}).items():
+        for kind in ("messplus", "reference"):
+            if kind in cv:
+                a = cv[kind]
+                npz = out_dir / "runs" / f"alpha{alpha:g}-{kind}-seed{cv['seed']}.npz"
+                npz.parent.mkdir(exist_ok=True)
+                np.savez_compressed(npz, rows=a.rows, served=a.served, exploration=a.exploration, cost=a.cost,
+                                    sat=a.sat, queue=a.queue, invoked=a.invoked)
+                written.append(npz)
+    if plots and curves:
+        from .plots import plot_all
+
+        written += plot_all(out_dir, curves)
+    return written
+
+
+def format_table(summary: list[dict[str, Any]]) -> str:
+    """A plain-text table of a summary: one line per run, then the baselines."""
+    def f(x: Any, spec: str = ".4g") -> str:
+        return "-" if x is None else format(x, spec)
+
+    lines = []
+    for e in summary:
+        b = e["baselines"]
+        lines.append(f"{e['trace']}  alpha={e['alpha']:g}  (cost unit: {e['cost_unit'] or 'trace'})")
+        for r in e["runs"]:
+            lines.append(f"  seed {r['seed']}: satisfaction {f(r['satisfaction'], '.4f')} sla_met {r['sla_met']} "
+                         f"mean_cost {f(r['mean_cost'])} explore {f(r['exploration_fraction'], '.3f')} "
+                         f"x static {f(r['cost_vs_static_mixture'], '.3f')} x oracle {f(r['cost_vs_oracle'], '.3f')} "
+                         f"x reference {f(r['cost_vs_reference'], '.3f')}")
+        ref = b["messplus_reference"] or {}
+        lines.append(f"  cheapest single {b['cheapest_single']['model']} {f(b['cheapest_single']['mean_cost'])}; "
+                     f"static mixture {f(b['static_mixture']['mean_cost'])}; oracle {f(b['oracle']['mean_cost'])}; "
+                     f"MESS+ reference {f(ref.get('mean_cost'))} (satisfaction {f(ref.get('satisfaction'), '.4f')})")
+    return "\n".join(lines)

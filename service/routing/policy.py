@@ -1,0 +1,197 @@
+"""Routing policies: how a batch of requests is decided from predictions, costs and the tenants' queues.
+
+`Policy` is messplus's production MESS+ policy; a policy is a subclass that overrides public hooks (`tenant`,
+`cost_unit`, `v_unit`, `learns`, `plan`) and is registered by name in `registry.py` (config key
+`routing.policy`). The router (router.py) owns the bookkeeping; a policy owns only the math. docs/ROUTING.md
+explains each choice below and what it measured.
+
+Per request of tenant k (alpha, V, c, explore_models, explore_budget, optimism, margin, reserve, confidence,
+debt_gain from its config):
+  1. explore with probability min(1, c / t^(1/4)) at the tenant's request t (a counter-based draw: reproducible
+     by seed), STUCK_EXPLORE times that while the tenant is stuck: its queue past the margin's bank (step 3)
+     and even the optimistic choice predicted below alpha.
+  2. decisions use the optimistic p_opt = sigmoid(mu + optimism * sqrt(v)) of each model's predicted logit mean
+     mu and variance v (heads.py), so a model the router knows little about is tried when the queue asks for
+     satisfaction, and a dominated one stops being tried once it is known.
+  3. exploit: argmin_m V' * cost_m + P * (alpha - p_opt_m) over the available models (kernels.decide_batch),
+     with V' = V per unit of the tenant's mean cost per request so far, and P the pressure of the queue:
+     max(0, Q + E), and debt_gain times more past half the surplus the margin has banked (debt_pressure). E is
+     what the routed requests still without a label are expected to add to Q (tenant.expected_pending): so
+     late feedback does not make the queue overshoot, and requests that never get feedback still count.
+  4. explore: invoke the exploit choice plus the explore_models - 1 runners-up of step 3's objective with every
+     model at its plausible best (sigmoid(mu + EXPLORE_SIGMAS sigma), counting exploration labels still in
+     flight as if they had arrived), among its neighbours in cost, the models the exploration budget affords
+     and those the queue could justify (0: all models); serve the invoked answer predicted most satisfying
+     (they are all paid for); every answer can be labelled.
+  5. the queue moves on the served answer's first label (tenant.queue_step); every label trains its model's head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from messplus import kernels
+
+from ..config import TenantConfig
+from .pricing import Pricing
+from .tenant import TenantState
+from .types import EXPLORE_ALWAYS, EXPLORE_DEFAULT
+
+SCALE_WARMUP = 20  # requests before a tenant's own mean cost sets the unit of V
+EXPLORE_COST_RATIO = 2.0  # exploration steps learn models at most this much dearer than the exploit choice
+EXPLORE_SIGMAS = 3.0  # exploration ranks each model at sigmoid(mu + 3 sigma): what it might plausibly be
+DEBT_BANK = 0.5  # the queue runs at its plain slope up to this share of the margin's surplus (margin sqrt(n))
+STUCK_EXPLORE = 4.0  # exploration is this much likelier while the tenant is stuck in debt (see Policy.plan)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Batch:
+    """One batch of requests as the router hands it to a policy; rows are requests, columns zoo models."""
+
+    tenants: list[TenantState]
+    modes: np.ndarray      # [B] EXPLORE_DEFAULT / _NEVER / _ALWAYS, the caller's exploration override
+    t: np.ndarray          # [B] int64, each request's index in its tenant's stream
+    expected: np.ndarray   # [B] the queue plus what the unlabelled requests are expected to add (Q + E)
+    labelled: np.ndarray   # [B] the tenant's labelled requests
+    awaiting: list[np.ndarray]  # [B] of [K] bool: exploration labels still in flight
+    masks: np.ndarray      # [B, K] bool: models this request may use
+    p_hat: np.ndarray      # [B, K] predicted satisfaction
+    var: np.ndarray        # [B, K] logit variance of the prediction
+    raw: np.ndarray        # [B, K] cost estimates in the zoo's unit
+    costs: np.ndarray      # [B, K] the same in the policy's unit (cost_unit)
+    unit: float            # the policy's cost unit, in the zoo's unit
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One request's decision: the exploit choice, whether it explores, the models invoked, the one served."""
+
+    choice: int
+    exploration: bool
+    invoked: tuple[int, ...]
+    served: int
+
+
+class Policy:
+    """messplus's MESS+ policy (the module docstring); subclasses override the hooks."""
+
+    name = "messplus"
+
+    def tenant(self, cfg: TenantConfig) -> TenantConfig:
+        """The tenant's knobs as this policy runs them (a policy may fix some)."""
+        return cfg
+
+    def learns(self, exploration: bool) -> bool:
+        """Whether labels of a request (an exploration step or not) train the heads."""
+        return True
+
+    def cost_unit(self, pricing: Pricing) -> float:
+        """The unit of normalised costs: the dearest model's cost for a typical request, so V is unitless."""
+        return float(pricing.cost_raw.max())
+
+    def v_unit(self, st: TenantState, pricing: Pricing) -> float:
+        """V is per unit of the tenant's own mean cost per request so far (the zoo's median model cost for its
+        first SCALE_WARMUP requests): this converts it to the units of `cost_unit`, where the dearest model is 1.
+
+        So V means the same at any alpha and in any cost unit: a model twice the tenant's going rate dearer
+        than another must be V / (Q * 2) likelier to satisfy to be chosen."""
+        going = st.cost_raw_sum / st.requests if st.requests >= SCALE_WARMUP else 0.0
+        if not (going > 0 and math.isfinite(going)):
+            going = float(np.median(pricing.cost_raw))
+        return self.cost_unit(pricing) / going
+
+    def plan(self, batch: Batch, pricing: Pricing) -> list[Plan | None]:
+        """Decide every row of the batch; None where no model is available."""
+        states, B = batch.tenants, len(batch.tenants)
+        cfgs = [st.cfg for st in states]
+        alpha = np.array([c.alpha for c in cfgs], np.float64)
+        V = np.array([c.V * self.v_unit(st, pricing) for c, st in zip(cfgs, states)], np.float64)
+        c = np.array([c.c for c in cfgs], np.float64)
+        kappa = np.array([c.optimism for c in cfgs], np.float64)
+        streams = np.array([st.index for st in states], np.uint64)
+        seed = np.uint64(cfgs[0].seed if states else 0)
+        p_dec = optimistic(batch.p_hat, batch.var, kappa)
+        margin = np.array([c.margin for c in cfgs], np.float64)
+        gain = np.array([c.debt_gain for c in cfgs], np.float64)
+        pressure = np.maximum(debt_pressure(batch.expected, margin, batch.labelled, gain), 0.0)
+        choice = kernels.decide_batch(p_dec, batch.costs, batch.masks, pressure, alpha, V)
+        # stuck: the queue is past the margin's bank and even the optimistic choice is predicted below alpha
+        stuck = (pressure > np.maximum(batch.expected, 0.0)) & (p_dec[np.arange(B), np.maximum(choice, 0)] < alpha)
+        c = np.where(stuck, c * STUCK_EXPLORE, c)
+        explore = kernels.draw_explore_batch(seed, streams, batch.t, c) if B else np.zeros(0, np.bool_)
+        out: list[Plan | None] = []
+        for b in range(B):
+            if choice[b] < 0:
+                out.append(None)
+                continue
+            mode = int(batch.modes[b])
+            ex = mode == EXPLORE_ALWAYS or (mode == EXPLORE_DEFAULT and bool(explore[b]))
+            invoked: tuple[int, ...] = (int(choice[b]),)
+            if ex:
+                # exploration ranks models by the decision's own objective with each one at its plausible best
+                p_best = optimistic(batch.p_hat[b:b + 1], in_flight(batch.var[b:b + 1], batch.awaiting[b]),
+                                    np.array([EXPLORE_SIGMAS]))[0]
+                rank = V[b] * batch.costs[b] + pressure[b] * (alpha[b] - p_best)
+                # the dearest model the queue could justify: what a perfect answer would be worth over the choice
+                worth = pressure[b] * (1.0 - p_dec[b, choice[b]]) / V[b] if V[b] > 0 else math.inf
+                invoked = self.explored(states[b], int(choice[b]), rank, batch.masks[b], worth, batch.raw[b],
+                                        batch.unit)
+            p, raw = batch.p_hat[b], batch.raw[b]
+            served = max(invoked, key=lambda k: (p[k], raw[k]))  # ties: the dearer, more capable
+            out.append(Plan(int(choice[b]), ex, invoked, served))
+        return out
+
+    def explored(self, st: TenantState, choice: int, rank: np.ndarray, mask: np.ndarray, worth: float,
+                 raw: np.ndarray, unit: float) -> tuple[int, ...]:
+        """The exploit choice plus the explore_models - 1 best-ranked models (lowest `rank`) among those it can
+        afford: its neighbours in cost (at most EXPLORE_COST_RATIO times as dear, and at least the next dearer
+        one), any model at most `worth` (in units of `unit`) dearer than the choice, and any model whose cost
+        fits in what is left of the exploration budget (explore_budget times all the tenant has spent, minus
+        what exploration's extra models have cost so far). The budget and `worth` are what keep a dear model
+        that started badly from being locked out: the first at a bounded price, the second when the queue says
+        the SLA needs it. `raw` is each model's cost for this request."""
+        idx = np.flatnonzero(mask)
+        n = st.cfg.explore_models
+        if n == 0 or n >= len(idx):
+            return tuple(int(i) for i in idx)
+        cost = raw[idx]
+        dearer = cost[cost > raw[choice]]
+        limit = max(EXPLORE_COST_RATIO * raw[choice], dearer.min() if dearer.size else 0.0, raw[choice] + worth * unit)
+        left = st.cfg.explore_budget * st.cost_raw_sum - st.explore_cost_raw
+        near = idx[(cost <= limit) | (cost <= left)]
+        others = [int(i) for i in near[np.argsort(rank[near], kind="stable")] if i != choice]
+        return tuple(sorted([choice, *others[: n - 1]]))
+
+
+def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray) -> np.ndarray:
+    """sigmoid(mu + kappa * sqrt(var)) per row, from the moderated p = sigmoid(mu / sqrt(1 + pi var / 8))."""
+    if not p.size or not kappa.any():
+        return np.ascontiguousarray(p, dtype=np.float64)
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    mu = (np.log(q) - np.log1p(-q)) * np.sqrt(1 + np.pi * var / 8)
+    return np.ascontiguousarray(1 / (1 + np.exp(-(mu + kappa[:, None] * np.sqrt(var)))))
+
+
+def in_flight(var: np.ndarray, awaiting: np.ndarray) -> np.ndarray:
+    """Logit variances with each awaited exploration label counted as if it had arrived: one logistic label
+    adds at most 1/4 to the precision (p (1 - p) <= 1/4), so v -> v / (1 + v / 4).
+
+    Without it, while labels are late the same least-known model stays the runner-up and is explored again and
+    again until its first label lands: with a 200-request delay the router learned one model per 200 requests,
+    and GPT-4, the dearest of 11, only after some 2,000 (docs/ROUTING.md)."""
+    return var / (1.0 + awaiting * var / 4.0)
+
+
+def debt_pressure(expected: np.ndarray, margin: np.ndarray, labelled: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """The queue the decisions weigh satisfaction by: the expected queue Q + E, and `gain` times more beyond
+    DEBT_BANK of the surplus the safety margin has banked (margin sqrt(n) after n labels); per row.
+
+    MESS+'s linear queue settles where the cost of lifting satisfaction balances it (Q* ~ V' dcost / dp), a
+    standing deficit that only vanishes as Q*/T over an infinite horizon. When lifting satisfaction takes a
+    much dearer model for a small gain, Q* outgrows the margin's surplus and the stream ends below alpha; the
+    steeper slope past the bank holds Q near it instead, so the margin's surplus pays the standing deficit."""
+    bank = DEBT_BANK * margin * np.sqrt(np.maximum(labelled, 1.0))
+    return expected + gain * np.maximum(expected - bank, 0.0)

@@ -1,0 +1,98 @@
+"""A tenant's state (its SLA's ledger) and the pure math of its virtual queue.
+
+On the served answer's first label s, the n-th of the tenant:
+    Q <- max(-reserve, Q + alpha + margin / (2 sqrt(n)) - s)      (kernels.queue_update)
+reserve 0 and margin 0 is the MESS+ queue. With an unlimited reserve the queue keeps the surplus of a good
+stretch instead of losing it at the floor, and the decaying margin keeps the running satisfaction on the safe
+side of alpha by a total of margin * sqrt(n) labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from messplus import kernels
+
+from ..config import TenantConfig
+
+BIAS_PRIOR_N = 20.0  # pseudo-labels of zero error behind the predictor's bias estimate
+
+
+@dataclass
+class TenantState:
+    cfg: TenantConfig
+    index: int
+    queue: float = 0.0
+    next_t: int = 1
+    requests: int = 0
+    labelled: int = 0
+    sat_sum: float = 0.0
+    cost_sum: float = 0.0
+    cost_raw_sum: float = 0.0
+    explore_steps: int = 0
+    explore_cost_raw: float = 0.0  # spent on exploration steps' models beyond the exploit choice
+    pending_sum: float = 0.0  # sum of target - p_served over routed requests whose served answer is unlabelled
+    pending_n: int = 0
+    resid_sum: float = 0.0    # sum of satisfaction - p_served over those that are labelled (predictor bias)
+    resid_sq: float = 0.0     # sum of (satisfaction - p_served)^2 over the same (the predictor's error spread)
+    resid_n: int = 0
+    served: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    invoked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # models an exploration step invoked whose label has not come back yet (memory only: clear after a restart)
+    awaiting: np.ndarray = field(default_factory=lambda: np.zeros(0, np.bool_))
+
+    @property
+    def satisfaction(self) -> float:
+        """The running mean satisfaction of the served answers that have feedback (0 before the first)."""
+        return self.sat_sum / self.labelled if self.labelled else 0.0
+
+    @property
+    def sla_met(self) -> bool:
+        """Satisfaction so far >= alpha; True while nothing is labelled."""
+        return self.labelled == 0 or self.satisfaction >= self.cfg.alpha
+
+
+def expected_pending(st: TenantState) -> float:
+    """The deficit the tenant's routed-but-unlabelled requests are expected to add to the queue, plus
+    `confidence` standard errors of that estimate. Zero when every request is labelled.
+
+    The estimate is each one's target minus its predicted satisfaction, corrected by the predictor's mean error
+    on the labelled ones (shrunk towards 0 by BIAS_PRIOR_N pseudo-labels). Its error has two parts: the n
+    unlabelled outcomes' own spread (variance n s2) and the error of the bias estimate, which every one of them
+    shares (n^2 s2 / m, from m labels); s2 is the labelled residuals' variance (a prior of 1/4, the most a
+    label's can be, weighs BIAS_PRIOR_N labels). With sparse feedback (n ~ 4m) the second part grows like n and
+    the router holds the stream above alpha by what it cannot see; with full feedback n is the requests in
+    flight and it all but vanishes."""
+    n = st.pending_n
+    if n <= 0:
+        return 0.0
+    m = st.resid_n + BIAS_PRIOR_N
+    bias = st.resid_sum / m
+    s2 = max(st.resid_sq - st.resid_sum * bias + 0.25 * BIAS_PRIOR_N, 0.0) / m
+    return st.pending_sum - bias * n + st.cfg.confidence * math.sqrt(s2 * (n + n * n / m))
+
+
+def queue_floor(cfg: TenantConfig) -> float:
+    return -math.inf if cfg.reserve < 0 else -cfg.reserve
+
+
+def label_target(cfg: TenantConfig, n: int) -> float:
+    """What the tenant's n-th label is held to: alpha plus the decaying safety margin."""
+    return cfg.alpha + cfg.margin / (2 * math.sqrt(max(n, 1)))
+
+
+def queue_step(cfg: TenantConfig, queue: float, n: int, satisfaction: float) -> float:
+    """The queue after the tenant's n-th queue-moving label (n >= 1)."""
+    return kernels.queue_update(queue, label_target(cfg, n), satisfaction, queue_floor(cfg))
+
+
+def fold_queue(cfg: TenantConfig, satisfactions: Sequence[float]) -> float:
+    """The queue recomputed from the tenant's queue-moving labels in commit order (the labels table)."""
+    q = 0.0
+    for n, s in enumerate(satisfactions, start=1):
+        q = queue_step(cfg, q, n, float(s))
+    return q

@@ -1,0 +1,119 @@
+"""`MicroBatcher` gathers concurrent calls into one predictor call: it waits at most `max_delay_s` after the
+first queued item (or until `max_batch` items are queued), runs one batch on a worker thread, and hands each
+caller its row. On a 2-core box one MiniLM call on 8 short prompts costs far less than 8 calls on one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class MicroBatcher(Generic[T, R]):
+    """Collects items from concurrent coroutines and runs `fn(batch) -> results` once per batch on a thread.
+
+    A batch closes as soon as one of these holds:
+    - `max_batch` items are queued;
+    - the items expected back are queued: those that were waiting when the previous batch finished plus the
+      callers that batch just answered (closed-loop callers come back together, so concurrent callers merge
+      into one batch instead of settling into two half-size batches that alternate; a lone caller, whose
+      previous batch was 1, never waits);
+    - the predictor has been idle for `max_delay_s` with items queued (it never idles longer than that to
+      fill a batch).
+    One batch runs at a time (the predictor already uses every core). `sizes` counts the batches by size.
+    """
+
+    def __init__(self, fn: Callable[[list[T]], list[R]], *, max_batch: int, max_delay_s: float,
+                 executor: ThreadPoolExecutor | None = None) -> None:
+        self._fn = fn
+        self._max_batch = max_batch
+        self._max_delay = max_delay_s
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="messplus-predict")
+        self._queue: list[tuple[T, asyncio.Future[R], float]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.items = 0
+        self.sizes: Counter[int] = Counter()
+        self._expect = 1  # items to wait for: backlog when the last batch finished + the callers it answered
+        self._free_since = 0.0  # when the last batch finished
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run())
+        fut: asyncio.Future[R] = loop.create_future()
+        self._queue.append((item, fut, time.monotonic()))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await fut
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._queue:
+                continue
+            deadline = max(self._queue[0][2], self._free_since) + self._max_delay
+            enough = min(self._max_batch, self._expect)
+            while len(self._queue) < enough and (left := deadline - time.monotonic()) > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
+            if self._queue:
+                self._wakeup.set()
+            await self._execute(loop, [(item, fut) for item, fut, _ in batch])
+            self._expect = len(self._queue) + len(batch)
+            await asyncio.sleep(0)  # let the answered callers' handlers send their replies before the clock starts
+            self._free_since = time.monotonic()
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        live = [(item, fut) for item, fut in batch if not fut.done()]
+        if not live:
+            return
+        self.batches += 1
+        self.items += len(live)
+        self.sizes[len(live)] += 1
+        try:
+            results = await loop.run_in_executor(self._executor, self._fn, [item for item, _ in live])
+        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), res in zip(live, results):
+            if fut.done():
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    def summary(self) -> str:
+        """One line for the log: batches, items, mean and largest batch."""
+        if not self.batches:
+            return "micro-batching: no batches"
+        return (f"micro-batching: {self.batches} batches, {self.items} items, mean batch "
+                f"{self.items / self.batches:.2f}, largest {max(self.sizes)}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,147 @@
+"""The router's durable state behind one interface: tenants' queues and counters, request records, the label
+log and predictor-head snapshots. `state/sqlite.py` implements it on one SQLite file; another backend is one
+more module beside it that implements `Store`.
+
+Contract of every write: it returns a Future that resolves only after the write has committed; the optional
+`after_commit(result)` runs right after the commit and before the future resolves, in commit order. That is
+where the router's memory follows the durable state ("append feedback, commit, then update Q in memory, then
+ack"). A write that cannot commit fails its future with errors.StorageUnavailable and applies nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+AfterCommit = Callable[[Any], None] | None
+QueueStep = Callable[[float, int, float], float]  # (queue, n-th label of the tenant, satisfaction) -> new queue
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantRow:
+    name: str
+    queue: float
+    requests: int
+    labelled: int
+    sat_sum: float
+    cost_sum: float
+    cost_raw_sum: float
+    explore_steps: int
+    explore_cost_raw: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestRow:
+    request_id: str
+    tenant: str
+    t: int
+    served_model: str
+    invoked: tuple[str, ...]
+    exploration: bool
+    cost: float
+    cost_raw: float
+    alpha: float
+    embedding: bytes | None
+    explore_cost_raw: float = 0.0  # the exploration step's models beyond the exploit choice
+    p_served: float | None = None  # the predicted satisfaction of the served model when routed
+    target: float | None = None    # what its label will be held to: alpha plus the margin at its index
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expectation:
+    """A tenant's expected-queue terms: over requests whose served answer has no label yet, the sum of
+    target - p_served and their count; over those whose has, the sum of satisfaction - p_served, of its
+    square, and their count."""
+
+    pending_sum: float = 0.0
+    pending_n: int = 0
+    resid_sum: float = 0.0
+    resid_sq: float = 0.0
+    resid_n: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadRow:
+    features: int
+    last_seq: int
+    W: bytes
+    S: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackCommit:
+    """What one feedback transaction committed: the labels that were new (model -> satisfaction, in the order
+    given), the tenant's queue after it, whether the served answer's label moved it, the last label seq."""
+
+    new: dict[str, float]
+    given: int
+    queue: float
+    moved: bool
+    last_seq: int
+
+
+class Store(abc.ABC):
+    """The state backend the router talks to."""
+
+    # -- writes (each: a Future resolved after commit) ------------------------------------------------------
+    @abc.abstractmethod
+    def ensure_tenants(self, names: tuple[str, ...]) -> Future[None]:
+        """Create the tenants' rows that do not exist yet (queue 0, no requests)."""
+
+    @abc.abstractmethod
+    def insert_request(self, row: RequestRow) -> Future[None]:
+        """Record a routed request and add it to its tenant's counters and per-model counts."""
+
+    @abc.abstractmethod
+    def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
+                       step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
+        """In one transaction: compare `labels` with the request's stored ones (a different value for a stored
+        label raises errors.Conflict: feedback is write-once; an equal one is a duplicate), append the new ones
+        to the label log and, if the served model's label is new, move the tenant's queue with `step`."""
+
+    @abc.abstractmethod
+    def write_heads(self, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> Future[None]:
+        """Snapshot every head (model, W, S), saying which label seq they have learned up to."""
+
+    @abc.abstractmethod
+    def write_pretrained(self, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> Future[int]:
+        """Snapshot heads trained offline, at a label seq >= 1 that every later label lies after; returns it."""
+
+    @abc.abstractmethod
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every write submitted so far has committed."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def tenants(self) -> dict[str, TenantRow]: ...
+
+    @abc.abstractmethod
+    def expectations(self) -> dict[str, Expectation]: ...
+
+    @abc.abstractmethod
+    def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(tenant, model) -> (served, invoked)."""
+
+    @abc.abstractmethod
+    def request_exists(self, request_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def request(self, request_id: str) -> RequestRow | None: ...
+
+    @abc.abstractmethod
+    def head(self, model: str) -> HeadRow | None: ...
+
+    @abc.abstractmethod
+    def labels_since(self, seq: int) -> Iterator[tuple[int, str, float, bytes | None]]:
+        """(seq, model, satisfaction, the request's embedding) of every label after `seq`, in log order."""
+
+
+def now() -> float:
+    return time.time()

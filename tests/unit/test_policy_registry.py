@@ -1,0 +1,76 @@
+"""The routing policy is picked by name (`routing.policy`); a policy is a Policy subclass using public hooks only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from messplus.service import config as config_mod
+from messplus.service.cli import main
+from messplus.service.config import ModelConfig, TenantConfig
+from messplus.service.errors import ConfigError
+from messplus.service.routing import registry
+from messplus.service.routing.heads import Heads
+from messplus.service.routing.policy import Batch, Plan, Policy
+from messplus.service.routing.pricing import Pricing
+from messplus.service.routing.reference import PaperPolicy
+from messplus.service.routing.router import Router
+from messplus.service.routing.types import Decision, RouteItem
+from messplus.service.state.sqlite import SqliteStore
+
+MODELS = (ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1.0),
+          ModelConfig(name="big", triton_model="big", cost_per_request=10.0))
+
+
+class Dearest(Policy):
+    """A policy of the test's own: always the dearest available model, never exploring."""
+
+    name = "dearest"
+
+    def plan(self, batch: Batch, pricing: Pricing) -> list[Plan | None]:
+        out: list[Plan | None] = []
+        for b in range(len(batch.tenants)):
+            idx = np.flatnonzero(batch.masks[b])
+            if not idx.size:
+                out.append(None)
+                continue
+            k = int(idx[np.argmax(batch.raw[b, idx])])
+            out.append(Plan(k, False, (k,), k))
+        return out
+
+
+def test_the_registry_names_messplus_and_the_paper_policy() -> None:
+    assert type(registry.get_policy()) is Policy and registry.DEFAULT_POLICY == "messplus"
+    assert type(registry.get_policy("mess-paper")) is PaperPolicy
+    with pytest.raises(ConfigError, match="routing.policy.*unknown policy 'nope'.*messplus, mess-paper"):
+        registry.get_policy("nope")
+
+
+def test_a_registered_policy_decides_through_the_router(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry.POLICIES, Dearest.name, Dearest)
+    store = SqliteStore(":memory:", inline=True)
+    router = Router(MODELS, [TenantConfig(name="t", alpha=0.5)], Heads(["cheap", "big"], 4), store,
+                    policy=registry.get_policy("dearest"))
+    p = np.array([[0.9, 0.9]])
+    (d,) = router.decide([RouteItem(tenant="t")], p, np.zeros_like(p))
+    assert isinstance(d, Decision) and router.names[d.served] == "big" and d.cost == pytest.approx(1.0)
+    (d,) = router.decide([RouteItem(tenant="t", excluded=("big",))], p, np.zeros_like(p))
+    assert isinstance(d, Decision) and router.names[d.served] == "cheap"
+    store.close()
+
+
+def test_the_paper_policy_fixes_its_knobs_and_learns_from_exploration_only() -> None:
+    paper = PaperPolicy()
+    t = paper.tenant(TenantConfig(name="t", alpha=0.7, c=0.3))
+    assert (t.V, t.c, t.explore_models, t.margin, t.reserve, t.debt_gain) == (1e-6, 0.3, 0, 0.0, 0.0, 0.0)
+    assert paper.learns(True) and not paper.learns(False) and Policy().learns(False)
+
+
+def test_routing_policy_is_a_config_key_checked_at_start(tmp_path, capsys) -> None:
+    cfg = config_mod.from_mapping({"routing": {"policy": "mess-paper"}}, env={})
+    assert cfg.routing.policy == "mess-paper"
+    assert config_mod.from_mapping({}, env={"MESSPLUS_ROUTING_POLICY": "x"}).routing.policy == "x"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[routing]\npolicy = "nope"\n')
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert "config key 'routing.policy': unknown policy 'nope'" in capsys.readouterr().err

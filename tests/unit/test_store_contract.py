@@ -1,0 +1,116 @@
+"""The state backend's contract (state/base.py), run against every backend: today the SQLite file.
+
+A second backend (PostgreSQL) is added to BACKENDS and must pass the same tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from messplus.service.errors import Conflict
+from messplus.service.state.base import FeedbackCommit, RequestRow, Store
+from messplus.service.state.sqlite import SqliteStore
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": lambda tmp: SqliteStore(tmp / "state.sqlite3")}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = BACKENDS[request.param](tmp_path)
+    s.ensure_tenants(("acme", "beta")).result()
+    yield s
+    s.close()
+
+
+def row(rid: str, *, served: str = "cheap", invoked: tuple[str, ...] = ("cheap",), p: float = 0.6) -> RequestRow:
+    return RequestRow(request_id=rid, tenant="acme", t=1, served_model=served, invoked=invoked,
+                      exploration=len(invoked) > 1, cost=0.25, cost_raw=2.5, alpha=0.8,
+                      embedding=np.arange(4, dtype=np.float32).tobytes(), explore_cost_raw=0.5 * (len(invoked) - 1),
+                      p_served=p, target=0.9)
+
+
+def step(queue: float, n: int, s: float) -> float:
+    return queue + 0.8 - s + n * 1000  # n is visible in the result: the store passes the tenant's label count
+
+
+def test_tenants_start_at_zero_and_creating_them_again_keeps_them(store: Store) -> None:
+    store.insert_request(row("r1")).result()
+    store.ensure_tenants(("acme", "gamma")).result()
+    t = store.tenants()
+    assert set(t) == {"acme", "beta", "gamma"} and t["acme"].requests == 1 and t["gamma"].requests == 0
+    assert t["beta"].queue == 0.0 and t["beta"].labelled == 0
+
+
+def test_a_request_is_recorded_with_its_tenant_counters_and_model_counts(store: Store) -> None:
+    store.insert_request(row("r1", served="big", invoked=("cheap", "big"))).result()
+    assert store.request_exists("r1") and not store.request_exists("r2")
+    got = store.request("r1")
+    assert got is not None and got.invoked == ("cheap", "big") and got.served_model == "big" and got.exploration
+    assert np.frombuffer(got.embedding or b"", np.float32).tolist() == [0, 1, 2, 3]
+    t = store.tenants()["acme"]
+    assert (t.requests, t.cost_sum, t.cost_raw_sum, t.explore_steps, t.explore_cost_raw) == (1, 0.25, 2.5, 1, 0.5)
+    assert store.model_counts() == {("acme", "cheap"): (0, 1), ("acme", "big"): (1, 1)}
+
+
+def test_a_failing_write_applies_nothing(store: Store) -> None:
+    with pytest.raises(ValueError):
+        store.insert_request(row("bad", served="big", invoked=("cheap",))).result()
+    assert not store.request_exists("bad") and store.tenants()["acme"].requests == 0
+
+
+def test_feedback_commits_new_labels_moves_the_queue_and_is_write_once(store: Store) -> None:
+    store.insert_request(row("r1", invoked=("cheap", "big"))).result()
+    seen: list[FeedbackCommit] = []
+    fut: Future[FeedbackCommit] = store.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0, "big": 0.0}, step,
+                                                       seen.append)
+    commit = fut.result()
+    assert seen == [commit]  # after_commit ran before the future resolved
+    assert commit.new == {"cheap": 1.0, "big": 0.0} and commit.moved and commit.queue == pytest.approx(1000 - 0.2)
+    again = store.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0}, step).result()
+    assert again.new == {} and again.given == 1 and not again.moved and again.queue == pytest.approx(1000 - 0.2)
+    with pytest.raises(Conflict, match="write-once"):
+        store.apply_feedback("acme", "r1", "cheap", {"big": 1.0}, step).result()
+    t = store.tenants()["acme"]
+    assert (t.labelled, t.sat_sum, t.queue) == (1, 1.0, pytest.approx(1000 - 0.2))
+    log = list(store.labels_since(0))
+    assert [(m, s) for _, m, s, _ in log] == [("cheap", 1.0), ("big", 0.0)] and log[0][0] < log[1][0]
+    assert commit.last_seq == log[-1][0] and list(store.labels_since(log[0][0]))[0][1] == "big"
+
+
+def test_a_label_of_another_model_does_not_move_the_queue(store: Store) -> None:
+    store.insert_request(row("r1", invoked=("cheap", "big"))).result()
+    commit = store.apply_feedback("acme", "r1", "cheap", {"big": 1.0}, step).result()
+    assert not commit.moved and commit.queue == 0.0 and store.tenants()["acme"].labelled == 0
+
+
+def test_expectations_split_labelled_and_pending_requests(store: Store) -> None:
+    store.insert_request(row("r1", p=0.6)).result()
+    store.insert_request(row("r2", p=0.7)).result()
+    store.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0}, step).result()
+    e = store.expectations()["acme"]
+    assert (e.pending_n, e.resid_n) == (1, 1)
+    assert e.pending_sum == pytest.approx(0.9 - 0.7) and e.resid_sum == pytest.approx(0.4)
+    assert e.resid_sq == pytest.approx(0.16)
+
+
+def test_head_snapshots_round_trip_and_pretrained_heads_sit_before_every_later_label(store: Store) -> None:
+    W, S = np.ones(3).tobytes(), np.eye(3).tobytes()
+    store.write_heads([("cheap", W, S)], 3, 7).result()
+    head = store.head("cheap")
+    assert head is not None and (head.features, head.last_seq, head.W, head.S) == (3, 7, W, S)
+    assert store.head("big") is None
+    seq = store.write_pretrained([("cheap", W, S), ("big", W, S)], 3, 0).result()
+    assert seq >= 1 and store.head("big") is not None and store.head("big").last_seq == seq  # type: ignore[union-attr]
+    store.insert_request(row("r1")).result()
+    store.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0}, step).result()
+    assert [s for s, *_ in store.labels_since(seq)] and all(s > seq for s, *_ in store.labels_since(0))
+
+
+def test_flush_waits_for_every_write(store: Store) -> None:
+    futures = [store.insert_request(row(f"r{i}")) for i in range(20)]
+    store.flush()
+    assert all(f.done() for f in futures) and store.tenants()["acme"].requests == 20
