@@ -9,9 +9,8 @@ sends protobufs and raw bytes that do not parse at all.
 from __future__ import annotations
 
 import re
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 

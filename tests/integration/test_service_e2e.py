@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from messplus.service.demo.repository import TraceGrader
+from messplus.service.trace import load_trace
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
@@ -29,18 +30,10 @@ Processes = Callable[..., ServerProcess]
 
 
 def trace_prompts(zoo: DemoZoo, n: int, seed: int = 0) -> list[str]:
-    grader = TraceGrader(zoo.trace)
-    keys = sorted(grader._by_id)
-    rng = random.Random(seed)
-    rows = [grader._by_id[k] for k in rng.sample(keys, n)]
-    import csv
-    import sys
-
-    csv.field_size_limit(sys.maxsize)
-    wanted = {next(iter(r.values())).prompt_id for r in rows}
-    with open(zoo.trace, newline="", encoding="utf-8") as f:
-        texts = {row["prompt_id"]: row["prompt"] for row in csv.DictReader(f) if row["prompt_id"] in wanted}
-    return [texts[next(iter(r.values())).prompt_id] for r in rows]
+    """n prompts of the demo zoo's trace, sampled by seed from its rows sorted by prompt id."""
+    trace = load_trace(zoo.trace)
+    text = dict(zip(trace.prompt_ids, trace.prompts))
+    return [text[k] for k in random.Random(seed).sample(sorted(text), n)]
 
 
 def test_health_says_serving_and_reflection_lists_the_service(router_app: Apps) -> None:
