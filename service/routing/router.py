@@ -23,9 +23,10 @@ import numpy as np
 
 from ..config import ModelConfig, TenantConfig
 from ..errors import InvalidArgument, NoModelAvailable, NotFound
-from ..state.base import FeedbackCommit, RequestRow, Store
+from ..state.base import FeedbackCommit, LabelEvent, RequestRow, Store
 from .feedback import validated_labels
 from .heads import Heads
+from .learner import Learner
 from .policy import Batch, Plan, Policy
 from .pricing import Pricing
 from .tenant import TenantState, expected_pending, label_target, queue_step
@@ -51,10 +52,12 @@ class Router:
         self.tenants = {t.name: TenantState(cfg=self.policy.tenant(t), index=i) for i, t in enumerate(tenants)}
         self._cache: OrderedDict[str, Pending] = OrderedDict()
         self._cache_size = cache_size
-        self._snapshot_every = snapshot_every
-        self._labels_since_snapshot = 0
+        self.learner = Learner(heads, self.models, store, self.policy, snapshot_every)
+        self._counted: set[int] = set()  # (shared store) own labels counted at commit, not yet seen in the log
         self.lock = threading.Lock()  # guards tenant counters shared by the event loop and the writer thread
         self._load()
+        if store.shared:
+            store.subscribe(self.apply_log)
 
     # -- start-up ----------------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -63,7 +66,8 @@ class Router:
             st.served, st.invoked = np.zeros(K, np.int64), np.zeros(K, np.int64)
             st.awaiting = np.zeros(K, np.bool_)
         self.store.ensure_tenants(tuple(self.tenants)).result()
-        for name, row in self.store.tenants().items():
+        rows, self._counted_through = self.store.tenants_at()
+        for name, row in rows.items():
             st = self.tenants.get(name)
             if st is None:
                 continue
@@ -71,6 +75,7 @@ class Router:
             st.cost_sum, st.cost_raw_sum, st.explore_steps = row.cost_sum, row.cost_raw_sum, row.explore_steps
             st.explore_cost_raw = row.explore_cost_raw
             st.next_t = row.requests + 1
+            st.queue_seq = self._counted_through
         for name, e in self.store.expectations().items():
             if name in self.tenants:
                 st = self.tenants[name]
@@ -80,30 +85,7 @@ class Router:
             if tenant in self.tenants and model in self.index:
                 self.tenants[tenant].served[self.index[model]] = served
                 self.tenants[tenant].invoked[self.index[model]] = invoked
-        self._restore_heads()
-
-    def _restore_heads(self) -> None:
-        seq, complete = 0, True
-        for k, name in enumerate(self.names):
-            snap = self.store.head(name)
-            if snap is None or snap.features != self.heads.features:
-                seq, complete = 0, False
-                break
-            self.heads.restore(k, snap.W, snap.S)
-            seq = snap.last_seq if k == 0 else min(seq, snap.last_seq)
-        if not complete:  # no snapshot of every head: start from the prior and learn every stored label
-            fresh = Heads(self.names, self.heads.dim, prior_var=self.heads.prior_var,
-                          prior_accuracy=[m.prior_accuracy for m in self.models])
-            self.heads.W[:], self.heads.S[:] = fresh.W, fresh.S
-        replayed = 0
-        for s, model, sat, emb in self.store.labels_since(seq):
-            if model in self.index and emb is not None:
-                self.heads.update(np.frombuffer(emb, dtype=np.float32), self.index[model], sat)
-                replayed += 1
-            self.heads.last_seq = s
-        self.heads.last_seq = max(self.heads.last_seq, seq)
-        if replayed:
-            log.info("predictor heads: replayed %d labels since snapshot seq %d", replayed, seq)
+        self.learner.restore()
 
     # -- costs and availability ----------------------------------------------------------------------------------
     @property
@@ -294,7 +276,7 @@ class Router:
             return queue_step(cfg, queue, n, s)
 
         def after_commit(commit: FeedbackCommit) -> None:
-            self._applied(st, pending, commit)
+            self._applied(pending, commit)
 
         named = {self.names[k]: s for k, s in by_model.items()}
         fut = self.store.apply_feedback(tenant, request_id, self.names[pending.served], named, step, after_commit)
@@ -302,40 +284,54 @@ class Router:
                                                    duplicate=c.given - len(c.new), queue=c.queue,
                                                    queue_updated=c.moved))
 
-    def _applied(self, st: TenantState, pending: Pending, commit: FeedbackCommit) -> None:
-        """Memory follows a committed feedback transaction (on the store's writer thread, in commit order)."""
-        new = {self.index[m]: s for m, s in commit.new.items()}
+    def _applied(self, pending: Pending, commit: FeedbackCommit) -> None:
+        """Memory follows a committed feedback transaction (on the store's writer thread, in commit order): the
+        tenant's counters at once; the heads at once too when this process is the only writer, else when the
+        label log brings these labels in order (apply_log)."""
+        self._count(commit.events, pending)
+        if self.store.shared:
+            self._counted.update(ev.seq for ev in commit.events)
+        else:
+            self.learner.learn(commit.events, {commit.events[0].request_id: pending.embedding} if commit.events else None)
+
+    def apply_log(self, events: list[LabelEvent]) -> None:
+        """Labels of the shared log, in order, each once: count those another process committed, learn them all."""
+        for ev in events:
+            if ev.seq <= self.heads.last_seq:
+                continue
+            if ev.seq in self._counted:
+                self._counted.discard(ev.seq)
+            elif ev.seq > self._counted_through:  # the tenants' rows this process loaded did not have it
+                self._count((ev,), self._cache.get(ev.request_id))
+        self.learner.learn(events)
+
+    def _count(self, events: Sequence[LabelEvent], pending: Pending | None) -> None:
+        """A label's effect on its tenant: the queue (as the transaction left it), labelled, satisfaction, and
+        the expected-queue terms of the request (when this process routed it and still knows it)."""
         with self.lock:
-            st.awaiting[list(new)] = False
-            if commit.moved:
-                s = new[pending.served]
-                st.queue = commit.queue
+            for ev in events:
+                st, k = self.tenants.get(ev.tenant), self.index.get(ev.model)
+                if st is None or k is None:
+                    continue
+                st.awaiting[k] = False
+                if not ev.moves_queue or ev.queue_after is None:
+                    continue
+                s = ev.satisfaction
+                if ev.seq > st.queue_seq:
+                    st.queue, st.queue_seq = ev.queue_after, ev.seq
                 st.labelled += 1
                 st.sat_sum += s
-                p, target = pending.p_served, pending.target
+                p, target = (pending.p_served, pending.target) if pending is not None else (None, None)
                 if p is not None and target is not None:  # it leaves the pending expectation for the queue
                     st.pending_sum -= target - p
                     st.pending_n -= 1
                     st.resid_sum += s - p
                     st.resid_sq += (s - p) ** 2
                     st.resid_n += 1
-        if new:
-            self._learn(pending, new if self.policy.learns(pending.exploration) else {}, commit.last_seq)
-
-    def _learn(self, pending: Pending, new: dict[int, float], last_seq: int) -> None:
-        if pending.embedding.size == self.heads.dim:
-            for k, s in new.items():
-                self.heads.update(pending.embedding, k, s)
-        self.heads.last_seq = max(self.heads.last_seq, last_seq)
-        self._labels_since_snapshot += len(new)
-        if self._labels_since_snapshot >= self._snapshot_every:
-            self._labels_since_snapshot = 0
-            self.snapshot()
 
     def snapshot(self) -> Future[None]:
         """Persist the heads with the last label they have learned (replayed after a crash)."""
-        snaps = [(n, *self.heads.snapshot(k)) for k, n in enumerate(self.names)]
-        return self.store.write_heads(snaps, self.heads.features, self.heads.last_seq)
+        return self.learner.snapshot()
 
     def tenant_views(self) -> list[TenantState]:
         """A consistent copy of every tenant's state (for metrics and status), taken under the lock."""

@@ -27,6 +27,7 @@ class TenantState:
     cfg: TenantConfig
     index: int
     queue: float = 0.0
+    queue_seq: int = 0  # the label whose transaction left the queue at `queue`
     next_t: int = 1
     requests: int = 0
     labelled: int = 0

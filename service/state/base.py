@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -73,19 +73,43 @@ class HeadRow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LabelEvent:
+    """One entry of the label log, with what a router needs to apply it: the tenant's queue after it (when it
+    moved the queue) and the request's exploration flag and embedding (to learn from it)."""
+
+    seq: int
+    tenant: str
+    request_id: str
+    model: str
+    satisfaction: float
+    moves_queue: bool
+    queue_after: float | None
+    exploration: bool
+    embedding: bytes | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class FeedbackCommit:
     """What one feedback transaction committed: the labels that were new (model -> satisfaction, in the order
-    given), the tenant's queue after it, whether the served answer's label moved it, the last label seq."""
+    given) and their log entries, the tenant's queue after it, and whether the served answer's label moved it."""
 
     new: dict[str, float]
     given: int
     queue: float
     moved: bool
-    last_seq: int
+    events: tuple[LabelEvent, ...]
 
 
 class Store(abc.ABC):
-    """The state backend the router talks to."""
+    """The state backend the router talks to.
+
+    `shared` is True when other router processes write the same state: then the label log also brings their
+    labels, which the store hands to `subscribe`'s callback in log order (on its writer thread)."""
+
+    shared = False
+
+    def subscribe(self, callback: Callable[[list[LabelEvent]], None]) -> None:
+        """Deliver other writers' labels to `callback`; a store that only this process writes has none."""
 
     # -- writes (each: a Future resolved after commit) ------------------------------------------------------
     @abc.abstractmethod
@@ -123,6 +147,10 @@ class Store(abc.ABC):
     def tenants(self) -> dict[str, TenantRow]: ...
 
     @abc.abstractmethod
+    def tenants_at(self) -> tuple[dict[str, TenantRow], int]:
+        """The tenants' rows and the last label seq they include, read together (one snapshot)."""
+
+    @abc.abstractmethod
     def expectations(self) -> dict[str, Expectation]: ...
 
     @abc.abstractmethod
@@ -139,8 +167,8 @@ class Store(abc.ABC):
     def head(self, model: str) -> HeadRow | None: ...
 
     @abc.abstractmethod
-    def labels_since(self, seq: int) -> Iterator[tuple[int, str, float, bytes | None]]:
-        """(seq, model, satisfaction, the request's embedding) of every label after `seq`, in log order."""
+    def label_events(self, after: int) -> list[LabelEvent]:
+        """Every label of the log after seq `after`, in log order."""
 
 
 def now() -> float:

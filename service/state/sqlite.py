@@ -16,14 +16,14 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from ..errors import Conflict, StorageUnavailable
-from .base import (AfterCommit, Expectation, FeedbackCommit, HeadRow, QueueStep, RequestRow, Store, TenantRow,
-                   now)
+from .base import (AfterCommit, Expectation, FeedbackCommit, HeadRow, LabelEvent, QueueStep, RequestRow, Store,
+                   TenantRow, now)
 
 log = logging.getLogger("messplus.store")
 
@@ -228,10 +228,18 @@ class SqliteStore(Store):
             return self._reader.execute(sql, params).fetchall()
 
     def tenants(self) -> dict[str, TenantRow]:
-        rows = self.read("SELECT name, queue, requests, labelled, sat_sum, cost_sum, cost_raw_sum, explore_steps, "
-                         "explore_cost_raw FROM tenants")
-        return {r[0]: TenantRow(name=r[0], queue=r[1], requests=r[2], labelled=r[3], sat_sum=r[4], cost_sum=r[5],
-                                cost_raw_sum=r[6], explore_steps=r[7], explore_cost_raw=r[8]) for r in rows}
+        with self._reader_lock:
+            return _tenants(self._reader)
+
+    def tenants_at(self) -> tuple[dict[str, TenantRow], int]:
+        with self._reader_lock:  # one read transaction: one snapshot of the file
+            self._reader.execute("BEGIN")
+            try:
+                rows = _tenants(self._reader)
+                (seq,) = self._reader.execute("SELECT COALESCE(MAX(seq), 0) FROM labels").fetchone()
+            finally:
+                self._reader.execute("COMMIT")
+        return rows, int(seq)
 
     def expectations(self) -> dict[str, Expectation]:
         out: dict[str, dict[str, float]] = {}
@@ -263,11 +271,13 @@ class SqliteStore(Store):
         rows = self.read("SELECT dim, last_label_seq, W, S FROM heads WHERE model = ?", (model,))
         return HeadRow(features=rows[0][0], last_seq=rows[0][1], W=rows[0][2], S=rows[0][3]) if rows else None
 
-    def labels_since(self, seq: int) -> Iterator[tuple[int, str, float, bytes | None]]:
-        """(seq, model, satisfaction, embedding) of every label after `seq`, in order: replays heads."""
-        rows = self.read("SELECT l.seq, l.model, l.satisfaction, r.embedding FROM labels l "
-                         "JOIN requests r ON r.request_id = l.request_id WHERE l.seq > ? ORDER BY l.seq", (seq,))
-        yield from rows
+    def label_events(self, after: int) -> list[LabelEvent]:
+        rows = self.read("SELECT l.seq, r.tenant, l.request_id, l.model, l.satisfaction, l.moves_queue, l.queue_after, "
+                         "r.exploration, r.embedding FROM labels l JOIN requests r ON r.request_id = l.request_id "
+                         "WHERE l.seq > ? ORDER BY l.seq", (after,))
+        return [LabelEvent(seq=r[0], tenant=r[1], request_id=r[2], model=r[3], satisfaction=r[4],
+                           moves_queue=bool(r[5]), queue_after=r[6], exploration=bool(r[7]), embedding=r[8])
+                for r in rows]
 
     # -- the router's writes (the Store interface): each a job on the writer thread ------------------------------
     def ensure_tenants(self, names: tuple[str, ...]) -> Future[None]:
@@ -307,6 +317,13 @@ class SqliteStore(Store):
         return self.submit(job)
 
 
+def _tenants(conn: sqlite3.Connection) -> dict[str, TenantRow]:
+    rows = conn.execute("SELECT name, queue, requests, labelled, sat_sum, cost_sum, cost_raw_sum, explore_steps, "
+                        "explore_cost_raw FROM tenants").fetchall()
+    return {r[0]: TenantRow(name=r[0], queue=r[1], requests=r[2], labelled=r[3], sat_sum=r[4], cost_sum=r[5],
+                            cost_raw_sum=r[6], explore_steps=r[7], explore_cost_raw=r[8]) for r in rows}
+
+
 def _insert_request(conn: sqlite3.Connection, row: RequestRow) -> None:
     conn.execute("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw,"
                  " alpha, embedding, created, p_served, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -342,14 +359,19 @@ def _apply_feedback(conn: sqlite3.Connection, tenant: str, request_id: str, serv
         queue = step(float(queue), int(labelled) + 1, new[served_model])
         conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
                      "WHERE name = ?", (queue, new[served_model], tenant))
-    last_seq = 0
+    events = []
+    if new:
+        exploration, embedding = conn.execute("SELECT exploration, embedding FROM requests WHERE request_id = ?",
+                                              (request_id,)).fetchone()
     for model, s in new.items():
         served = model == served_model
         cur = conn.execute("INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"
                            " VALUES (?, ?, ?, ?, ?, ?)", (request_id, model, s, int(served),
                                                           queue if served else None, now()))
-        last_seq = max(last_seq, int(cur.lastrowid or 0))
-    return FeedbackCommit(new=new, given=len(labels), queue=queue, moved=moves, last_seq=last_seq)
+        events.append(LabelEvent(seq=int(cur.lastrowid or 0), tenant=tenant, request_id=request_id, model=model,
+                                 satisfaction=s, moves_queue=served, queue_after=queue if served else None,
+                                 exploration=bool(exploration), embedding=embedding))
+    return FeedbackCommit(new=new, given=len(labels), queue=queue, moved=moves, events=tuple(events))
 
 
 def _write_heads(conn: sqlite3.Connection, snaps: list[tuple[str, bytes, bytes]], features: int,

@@ -76,9 +76,14 @@ def test_feedback_commits_new_labels_moves_the_queue_and_is_write_once(store: St
         store.apply_feedback("acme", "r1", "cheap", {"big": 1.0}, step).result()
     t = store.tenants()["acme"]
     assert (t.labelled, t.sat_sum, t.queue) == (1, 1.0, pytest.approx(1000 - 0.2))
-    log = list(store.labels_since(0))
-    assert [(m, s) for _, m, s, _ in log] == [("cheap", 1.0), ("big", 0.0)] and log[0][0] < log[1][0]
-    assert commit.last_seq == log[-1][0] and list(store.labels_since(log[0][0]))[0][1] == "big"
+    log = store.label_events(0)
+    assert [(e.model, e.satisfaction, e.moves_queue) for e in log] == [("cheap", 1.0, True), ("big", 0.0, False)]
+    assert log[0].seq < log[1].seq and store.label_events(log[0].seq) == log[1:]
+    assert commit.events == tuple(log)  # the transaction's own log entries, as the log has them
+    assert log[0].queue_after == commit.queue and log[1].queue_after is None and log[0].exploration
+    assert np.frombuffer(log[0].embedding or b"", np.float32).tolist() == [0, 1, 2, 3] and log[0].tenant == "acme"
+    rows, seq = store.tenants_at()
+    assert seq == log[-1].seq and rows["acme"].labelled == 1
 
 
 def test_a_label_of_another_model_does_not_move_the_queue(store: Store) -> None:
@@ -107,7 +112,7 @@ def test_head_snapshots_round_trip_and_pretrained_heads_sit_before_every_later_l
     assert seq >= 1 and store.head("big") is not None and store.head("big").last_seq == seq  # type: ignore[union-attr]
     store.insert_request(row("r1")).result()
     store.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0}, step).result()
-    assert [s for s, *_ in store.labels_since(seq)] and all(s > seq for s, *_ in store.labels_since(0))
+    assert store.label_events(seq) and all(e.seq > seq for e in store.label_events(0))
 
 
 def test_flush_waits_for_every_write(store: Store) -> None:
