@@ -9,8 +9,11 @@ model repository (measured, see ARCHITECTURE.md):
   model fails with "'_thread.RLock' object has no attribute '_recursion_count'";
 - this interpreter's `bin` first on `PATH`: the stub finds site-packages (NumPy) through `python3` on PATH.
 
-The server runs in its own session (process group), so `stop()` takes down the stubs with it. Model control is
-explicit with every model loaded at start, so callers can unload and load models through the gRPC API.
+The server runs in a process group of its own, led by a watchdog (watchdog.py) that kills the whole group when the
+process that started it dies, even by kill -9; `stop()` takes down the stubs with it. The group's id is in
+`<work_dir>/tritonserver.pid`, and a start first ends a Triton of the same work folder that an earlier process
+left running (proctree.py). Model control is explicit with every model loaded at start, so callers can unload
+and load models through the gRPC API.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ..config import ModelConfig
+from .proctree import PID_FILE, end_leftovers, write_pid_file
 
 INSTALL_HINT = "pip install nvidia-pytriton==0.7.0"
 _BIND_ERRORS = ("address already in use", "failed to start grpc", "failed to start http", "failed to start metrics")
@@ -124,7 +128,7 @@ class TritonServer:
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self._own_work_dir = work_dir is None
-        self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="messplus-triton-"))
+        self.work_dir = Path(work_dir if work_dir is not None else tempfile.mkdtemp(prefix="messplus-triton-")).resolve()
         self._ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
         self.startup_timeout_s = startup_timeout_s
         self.stop_grace_s = stop_grace_s
@@ -147,7 +151,7 @@ class TritonServer:
 
     @property
     def pid(self) -> int | None:
-        """Process id of tritonserver, which is also its process group id."""
+        """Process id of the watchdog, which is also the process group id of tritonserver and its stubs."""
         return None if self._process is None else self._process.pid
 
     def running(self) -> bool:
@@ -161,6 +165,7 @@ class TritonServer:
             raise FileNotFoundError(f"model repository {self.model_repository} does not exist")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         backends = prepare_backend_dir(self.work_dir)
+        end_leftovers(self.work_dir, backends)  # a Triton an earlier process of this folder left behind
         began = time.monotonic()
         auto_ports = any(p == 0 for p in self._ports.values()) or not self._ports["grpc"]
         attempts = 3 if auto_ports else 1  # a free port can be taken between probe and bind: retry with new ones
@@ -208,7 +213,7 @@ class TritonServer:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
             log.flush()
             self._process = subprocess.Popen(
-                command,
+                [sys.executable, "-S", str(Path(__file__).with_name("watchdog.py")), str(os.getpid()), "--", *command],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -217,6 +222,7 @@ class TritonServer:
                 start_new_session=True,
             )
         self._finalizer = weakref.finalize(self, _kill_group, self._process.pid, signal.SIGKILL)
+        write_pid_file(self.work_dir, self._process.pid)
 
     def _wait_ready(self, deadline: float) -> None:
         with grpcclient.InferenceServerClient(self.grpc_url) as client:
@@ -266,6 +272,7 @@ class TritonServer:
         _kill_group(pgid, signal.SIGKILL)
         if self._finalizer is not None:
             self._finalizer.detach()
+        (self.work_dir / PID_FILE).unlink(missing_ok=True)
         return process.returncode
 
     def load_model(self, name: str, timeout_s: float = 60.0) -> None:

@@ -1,0 +1,105 @@
+"""The embedded Triton cannot outlive its router: kill -9 of `messplus serve` takes tritonserver and its
+Python-backend stubs with it, and a start after a Triton was left running by hand ends that one first (and says
+so). Checked by the state folder's pid file and /proc, not by the code under test: real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from messplus.service.demo.repository import build_demo_repository
+from messplus.service.zoo.embedded import TritonServer
+from messplus.v1 import routing_pb2 as pb
+from messplus.v1 import routing_pb2_grpc as pb_grpc
+
+from ..support.procs import ServerProcess, messplus_serve
+
+pytestmark = pytest.mark.triton
+
+
+def live_processes() -> dict[int, tuple[int, str]]:
+    """{pid: (process group, command line)} of every process that is not a zombie, read from /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if state not in ("Z", "X"):
+            out[int(entry.name)] = (int(pgrp), cmd)
+    return out
+
+
+def tritons_of(state: Path, pgid: int | None = None) -> dict[int, str]:
+    """The live processes of the state folder's Triton: in process group `pgid`, or naming the folder."""
+    return {pid: cmd for pid, (pgrp, cmd) in live_processes().items()
+            if pgrp == pgid or ("tritonserver" in cmd or "triton_python_backend_stub" in cmd) and str(state) in cmd}
+
+
+def embedded_router(tmp_path: Path, encoder_onnx: Path, name: str) -> ServerProcess:
+    env = {"MESSPLUS_STATE_DIR": str(tmp_path / "state"), "MESSPLUS_SERVER_LISTEN": "127.0.0.1:0",
+           "MESSPLUS_PREDICTOR_ONNX": str(encoder_onnx), "MESSPLUS_PREDICTOR_THREADS": "1"}
+    return messplus_serve(tmp_path / name, None, env=env)
+
+
+def gone_within(state: Path, pgid: int, timeout_s: float) -> float:
+    began = time.monotonic()
+    while left := tritons_of(state, pgid):
+        assert time.monotonic() - began < timeout_s, f"still running after {timeout_s} s: {left}"
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def test_kill_9_of_the_router_takes_triton_and_its_stubs_with_it(tmp_path: Path, encoder_onnx: Path) -> None:
+    state = tmp_path / "state"
+    r = embedded_router(tmp_path, encoder_onnx, "router").start()
+    try:
+        pgid = int((state / "triton" / "tritonserver.pid").read_text())
+        tree = tritons_of(state, pgid)
+        assert sum("tritonserver" in c for c in tree.values()) >= 1
+        assert sum("triton_python_backend_stub" in c for c in tree.values()) == 5, tree  # one per demo model
+        os.kill(r.pid, signal.SIGKILL)  # the router alone: Triton lives in a session of its own
+        r.proc.wait(10)  # type: ignore[union-attr]
+        took = gone_within(state, pgid, 5.0)
+    finally:
+        r.kill()
+    print(f"Triton's {len(tree)} processes gone {took:.2f} s after kill -9 of the router")
+
+
+def test_a_start_ends_the_triton_an_earlier_router_left_and_serves(tmp_path: Path, encoder_onnx: Path) -> None:
+    state = tmp_path / "state"
+    # By hand: the embedded Triton of this state folder, then kill -9 of its watchdog only, so tritonserver and
+    # its stubs run on with no router and no watchdog (what a router of an earlier version left behind).
+    build_demo_repository(state / "demo-model-repository")
+    orphan = TritonServer(state / "demo-model-repository", work_dir=state / "triton").start()
+    pgid = orphan.pid
+    assert pgid is not None
+    os.kill(pgid, signal.SIGKILL)
+    time.sleep(0.5)
+    left = tritons_of(state, pgid)
+    assert any("tritonserver" in c for c in left.values()) and len(left) == 6, left
+    r = embedded_router(tmp_path, encoder_onnx, "router").start()
+    try:
+        assert not set(left) & set(tritons_of(state)), "the leftover Triton still runs beside the new one"
+        (said,) = [ln for ln in r.log_text().splitlines() if "left running by an earlier router" in ln]
+        assert f"process group {pgid}, 6 processes" in said and str(state / "triton") in said, said
+        with grpc.insecure_channel(r.address) as ch:
+            stub = pb_grpc.RoutingServiceStub(ch)
+            events = [m.WhichOneof("event") for m in stub.Generate(
+                pb.GenerateRequest(tenant="default", text="Say hello."), timeout=30)]
+        assert events[0] == "route" and events[-1] == "done"
+        new_pgid = int((state / "triton" / "tritonserver.pid").read_text())
+        assert new_pgid != pgid and tritons_of(state, new_pgid)
+    finally:
+        assert r.stop() == 0, r.log_tail()
+    assert not tritons_of(state) and not (state / "triton" / "tritonserver.pid").exists()
+    orphan.stop()  # reaps the killed watchdog; its group is gone already
