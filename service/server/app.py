@@ -36,6 +36,7 @@ from ..routing.router import Router
 from ..routing.types import RouteItem, Routed
 from ..state.sqlite import SqliteStore
 from ..zoo.embedded import start_embedded_triton
+from ..zoo.monitor import TritonMonitor
 from ..zoo.triton import TritonZoo
 from .batcher import MicroBatcher
 from .guard import Admission, GuardInterceptor
@@ -113,11 +114,13 @@ class App:
         await asyncio.to_thread(self._prepare)
         cfg = self.cfg
         self.zoo = TritonZoo(self.triton_url)
+        self.monitor = TritonMonitor(self.zoo, [m.triton_model for m in cfg.zoo.models])
         self.batcher = MicroBatcher(self._route_batch, max_batch=cfg.predictor.batch_max,
                                     max_delay_s=cfg.predictor.batch_delay_ms / 1e3)
         size = cfg.server.max_message_bytes
         self.metrics.watch(self.router)
         self.metrics.watch_zoo(self.zoo)
+        self.metrics.watch_triton(self.monitor)
         guard = GuardInterceptor(auth=TokenAuth(load_tokens(cfg.security)),
                                  admission=Admission(cfg.server.max_inflight),
                                  limiter=RateLimiter(cfg.security.rate_limit_rps, cfg.security.rate_limit_burst),
@@ -128,7 +131,7 @@ class App:
             maximum_concurrent_rpcs=cfg.server.max_inflight + 256)  # a backstop; the guard refuses first
         servicer = RoutingServicer(self.router, self.batcher, self.zoo, max_prompt_chars=cfg.server.max_prompt_chars,
                                    triton_timeout_s=cfg.triton.timeout_s, cost_unit=cfg.zoo.cost_unit,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, triton=self.monitor)
         routing_pb2_grpc.add_RoutingServiceServicer_to_server(servicer, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -160,10 +163,9 @@ class App:
             await self.health.set(name, status)
 
     async def _poll_zoo(self) -> None:
-        names = [m.triton_model for m in self.cfg.zoo.models]
-        ready = await self.zoo.ready_models(names)
-        for k, name in enumerate(names):
-            self.router.set_available(k, ready.get(name, False))
+        ready = (await self.monitor.poll()).ready  # logs a line when Triton's state changes
+        for k, m in enumerate(self.cfg.zoo.models):
+            self.router.set_available(k, ready.get(m.triton_model, False))
         if not self._stopping:
             await self._set_health(any(ready.values()))
 

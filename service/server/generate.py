@@ -15,7 +15,7 @@ from ..errors import DeadlineTooShort, InvalidArgument, NoModelAvailable
 from ..routing.pricing import input_tokens
 from ..routing.router import Router
 from ..routing.types import Decision
-from ..zoo.triton import ModelUnavailable, TritonZoo, ZooError
+from ..zoo.triton import ModelUnavailable, TritonUnreachable, TritonZoo, ZooError
 from .metrics import Metrics
 
 
@@ -126,4 +126,6 @@ class Calls:
             self.served = k
             self._charge(k, "".join(chunks))
             return
+        if isinstance(last, TritonUnreachable):  # not the models: Triton itself ("Triton at HOST:PORT unreachable")
+            raise NoModelAvailable(str(last))
         raise NoModelAvailable(f"every available model failed; last error: {last}")

@@ -10,7 +10,10 @@ Per model: messplus_model_selections_total{tenant,model} (answers served), messp
   messplus_triton_streams_open,
   calibration: messplus_label_predicted_sum / messplus_label_observed_sum / messplus_labels_total (the mean
   predicted satisfaction of labelled answers against the mean observed one).
+Triton: messplus_triton_up (1 when the last poll reached it), messplus_triton_problem{reason} (1 for the reason
+  it cannot serve now, 0 for the others: refused, dns, timeout, unreachable, not_ready; the log has the text).
 Per RPC: messplus_rpc_duration_seconds{method,code} (Route and Generate latency histograms among them).
+  Refusals for overload (server.max_inflight, a tenant's rate limit) are its code="RESOURCE_EXHAUSTED" series.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..zoo.monitor import PROBLEMS
+
 if TYPE_CHECKING:
     from ..routing.router import Decision, Router
+    from ..zoo.monitor import TritonMonitor
     from ..zoo.triton import TritonZoo
 
 _RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -73,6 +79,23 @@ class _RouterCollector(Collector):
         yield from (sel, inv, avail)
 
 
+class _TritonCollector(Collector):
+    """Triton's state as the last poll saw it."""
+
+    def __init__(self, monitor: TritonMonitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.monitor.state
+        up = GaugeMetricFamily("messplus_triton_up", "1 when the last poll reached Triton (whatever its models do)")
+        up.add_metric([], float(state.reachable))
+        problem = GaugeMetricFamily("messplus_triton_problem", "1 for the reason Triton cannot serve every zoo "
+                                    "model now (the log line names the address and the details)", labels=["reason"])
+        for reason in PROBLEMS:
+            problem.add_metric([reason], float(state.kind == reason))
+        yield from (up, problem)
+
+
 class Metrics:
     """Every metric of one router process, and the hooks the handlers call."""
 
@@ -103,6 +126,9 @@ class Metrics:
         streams = Gauge("messplus_triton_streams_open", "Triton response streams still open (each ends by its "
                         "call's deadline)", registry=self.registry)
         streams.set_function(lambda: zoo.open_streams)
+
+    def watch_triton(self, monitor: TritonMonitor) -> None:
+        self.registry.register(_TritonCollector(monitor))
 
     def serve(self, listen: str) -> int:
         """Start the HTTP endpoint on HOST:PORT (port 0: any free port); returns the bound port."""

@@ -20,6 +20,7 @@ from ..errors import AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelAv
 from ..routing.pricing import input_tokens
 from ..routing.router import Router
 from ..routing.types import Decision, RouteItem, Routed
+from ..zoo.monitor import TritonMonitor
 from ..zoo.triton import TritonZoo
 from .batcher import MicroBatcher
 from .generate import Calls, sampling_parameters
@@ -55,7 +56,10 @@ def prompt_text(request: pb.RouteRequest | pb.GenerateRequest, max_chars: int) -
     return text
 
 
-def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router, text: str) -> RouteItem:
+def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router, text: str,
+               triton_problem: str = "") -> RouteItem:
+    """The request as the router takes it; `triton_problem` is why Triton cannot serve now ("" if it can), the
+    error's text when no model at all is available."""
     rid = request.request_id
     if rid and not _REQUEST_ID.match(rid):
         raise InvalidArgument("request_id", "must be 1-128 printable ASCII characters without spaces")
@@ -76,8 +80,10 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router, te
     except InvalidArgument as exc:
         raise InvalidArgument(REQUEST_FIELDS.get(exc.field, exc.field), exc.problem) from None
     if not mask.any():
+        if not router.available.any():  # the cause is Triton, not the request
+            raise NoModelAvailable(triton_problem or "no zoo model is ready on Triton now")
         raise NoModelAvailable("no zoo model is available for this request after the overrides "
-                               f"(available now: {', '.join(router.available_names()) or 'none'})")
+                               f"(available now: {', '.join(router.available_names())})")
     return item
 
 
@@ -105,8 +111,9 @@ def remaining(context: grpc.aio.ServicerContext, default: float) -> float:
 class RoutingServicer(pb_grpc.RoutingServiceServicer):
     def __init__(self, router: Router, batcher: MicroBatcher[tuple[str, RouteItem], Routed | Exception],
                  zoo: TritonZoo, *, max_prompt_chars: int, triton_timeout_s: float, cost_unit: str,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, triton: TritonMonitor | None = None) -> None:
         self.metrics = metrics or Metrics()
+        self.triton = triton
         self.router = router
         self.batcher = batcher
         self.zoo = zoo
@@ -114,10 +121,19 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         self.triton_timeout_s = triton_timeout_s
         self.cost_unit = cost_unit
 
+    def triton_problem(self) -> str:
+        """Why Triton cannot serve now, as the last poll saw it ("" when it can, or when nothing polls it)."""
+        return self.triton.state.problem if self.triton is not None else ""
+
     async def _route(self, request: pb.RouteRequest | pb.GenerateRequest) -> tuple[str, Routed]:
         text = prompt_text(request, self.max_prompt_chars)
-        item = route_item(request, self.router, text)
-        return text, await self.batcher.submit((text, item))
+        item = route_item(request, self.router, text, self.triton_problem())
+        try:
+            return text, await self.batcher.submit((text, item))
+        except NoModelAvailable:  # every model went away while the request waited for its batch
+            if self.router.available.any() or not self.triton_problem():
+                raise
+            raise NoModelAvailable(self.triton_problem()) from None
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteReply:
         _, routed = await self._route(request)
@@ -128,8 +144,11 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
     async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackReply:
         satisfaction = request.satisfaction if request.HasField("satisfaction") else None
         labels = [(x.model, x.satisfaction) for x in request.labels]
-        result = await asyncio.wrap_future(self.router.feedback(request.tenant, request.request_id, satisfaction,
-                                                                labels))
+        args = (request.tenant, request.request_id, satisfaction, labels)
+        # a shared store may be asked for another replica's record: off the event loop (state/postgres.py)
+        fut = await asyncio.to_thread(self.router.feedback, *args) if self.router.store.shared \
+            else self.router.feedback(*args)
+        result = await asyncio.wrap_future(fut)
         if result.applied:
             self.metrics.labelled(request.request_id, satisfaction, labels)
         return pb.FeedbackReply(request_id=result.request_id, duplicate=result.applied == 0,
@@ -149,7 +168,10 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsReply:
         costs = self.router.costs()
-        return pb.ListModelsReply(cost_unit=self.cost_unit, models=[
+        st = self.triton.state if self.triton is not None else None
+        triton = (pb.TritonStatus(address=st.url, reachable=st.reachable, state=st.kind, problem=st.problem)
+                  if st is not None else None)
+        return pb.ListModelsReply(cost_unit=self.cost_unit, triton=triton, models=[
             pb.ZooModel(name=m.name, triton_model=m.triton_model, cost=float(costs[k]),
                         cost_raw=float(self.router.cost_raw[k]), available=bool(self.router.available[k]))
             for k, m in enumerate(self.router.models)])

@@ -11,6 +11,8 @@ Every Triton call has a deadline. Failures raise one of:
 
     ZooError                      base; `.model` names the model ("" for the server)
     +-- ModelUnavailable          not loaded, unknown, not ready, or Triton unreachable: route elsewhere
+    |   +-- TritonUnreachable     Triton itself cannot be reached (refused, unresolvable, not Triton): no model
+    |                             of it can serve; `.kind` and `.reason` say why, the message names the address
     +-- ModelTimeout              no complete answer within the deadline: retry elsewhere or give up
     +-- ModelFailed               the model answered with an error (bad sampling parameters, backend
                                   failure); `.message` is Triton's text: retrying the same call will not help
@@ -48,6 +50,14 @@ class ModelUnavailable(ZooError):
     def __init__(self, model: str, detail: str = "") -> None:
         text = f"model {model!r} is unavailable on Triton" + (f": {detail}" if detail else "")
         super().__init__(model, text)
+
+
+class TritonUnreachable(ModelUnavailable):
+    """Triton cannot be reached at all; the message is `Triton at HOST:PORT unreachable (reason)`."""
+
+    def __init__(self, model: str, url: str, kind: str, reason: str) -> None:
+        ZooError.__init__(self, model, f"Triton at {url} unreachable ({reason})")
+        self.url, self.kind, self.reason = url, kind, reason
 
 
 class ModelTimeout(ZooError):
@@ -89,11 +99,32 @@ def _error_text(exc: BaseException) -> str:
     return str(exc)
 
 
-def classify(model: str, exc: BaseException, timeout_s: float) -> ZooError:
+def unreachable(exc: BaseException, timeout_s: float) -> tuple[str, str] | None:
+    """(kind, reason) when `exc`, the error of a call to Triton, says Triton itself cannot be reached: kind is
+    "refused", "dns", "timeout" or "unreachable"; None for an error of Triton's own (a model's, a request's)."""
+    code, text = _error_code(exc), _error_text(exc)
+    low = text.lower()
+    if code == "DEADLINE_EXCEEDED":
+        return "timeout", f"no answer within {timeout_s:.3g} s"
+    if "connection refused" in low:
+        return "refused", "connection refused"
+    if "resolving" in low or "dns" in low or "name or service not known" in low or "domain name not found" in low:
+        return "dns", f"cannot resolve its name: {text}"
+    if code == "UNAVAILABLE" and ("failed to connect" in low or "socket closed" in low or "connection reset" in low):
+        return "unreachable", text
+    if code in ("UNIMPLEMENTED", "UNKNOWN", "INTERNAL") and "http2" in low:
+        return "unreachable", f"not a Triton gRPC endpoint: {code}: {text}"
+    return None
+
+
+def classify(model: str, exc: BaseException, timeout_s: float, url: str = "") -> ZooError:
     """Map a tritonclient/gRPC error to the zoo's error tree."""
     code, text = _error_code(exc), _error_text(exc)
     if code == "DEADLINE_EXCEEDED":
         return ModelTimeout(model, timeout_s)
+    cause = unreachable(exc, timeout_s)
+    if cause is not None:
+        return TritonUnreachable(model, url, *cause)
     if code in _UNAVAILABLE_CODES or any(hint in text.lower() for hint in _UNAVAILABLE_HINTS):
         return ModelUnavailable(model, text)
     return ModelFailed(model, text or f"{type(exc).__name__} {code}".strip())
@@ -133,6 +164,15 @@ class TritonZoo:
             return bool(await self._client.is_server_ready(client_timeout=timeout_s or self.control_timeout_s))
         except (InferenceServerException, grpc.RpcError):
             return False
+
+    async def live(self, timeout_s: float | None = None) -> bool:
+        """Triton's answer to its liveness call; raises the call's error (tritonclient's) when there is none."""
+        return bool(await self._client.is_server_live(client_timeout=timeout_s or self.control_timeout_s))
+
+    async def repository_index(self, timeout_s: float | None = None) -> dict[str, tuple[str, str]]:
+        """{model: (state, reason)} of every model in Triton's repository, e.g. ("UNAVAILABLE", "unloaded")."""
+        reply = await self._client.get_model_repository_index(client_timeout=timeout_s or self.control_timeout_s)
+        return {m.name: (m.state, m.reason) for m in reply.models}
 
     async def ready_models(self, names: Iterable[str], timeout_s: float | None = None) -> dict[str, bool]:
         """Readiness per model, asked concurrently; all False when Triton cannot be reached."""
@@ -178,7 +218,7 @@ class TritonZoo:
                 result = await self._client.infer(triton_model, inputs, client_timeout=remaining)
                 yield _text(result)
         except (InferenceServerException, grpc.RpcError) as exc:
-            error = classify(triton_model, exc, timeout_s)
+            error = classify(triton_model, exc, timeout_s, self.url)
             if isinstance(error, ModelUnavailable):
                 self._models.pop(triton_model, None)  # it may come back with another config
             raise error from None
@@ -226,7 +266,7 @@ class TritonZoo:
             try:
                 reply = await self._client.get_model_config(model, client_timeout=timeout_s)
             except (InferenceServerException, grpc.RpcError) as exc:
-                error = classify(model, exc, timeout_s)
+                error = classify(model, exc, timeout_s, self.url)
                 raise (ModelUnavailable(model, error.message) if isinstance(error, ModelFailed) else error) from None
             config = reply.config
             info = _ModelInfo(config.model_transaction_policy.decoupled, frozenset(i.name for i in config.input))

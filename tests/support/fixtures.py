@@ -107,15 +107,16 @@ def router_process(tmp_path: Path, demo_zoo: DemoZoo, encoder_onnx: Path) -> Ite
     still running after the test is killed."""
     started: list[ServerProcess] = []
 
-    def make(name: str = "router", *, zoo: DemoZoo | None = None, state_dir: Path | None = None,
-             server: Mapping[str, Any] | None = None, security: Mapping[str, Any] | None = None,
-             tenants: Sequence[Mapping[str, Any]] = (), env: dict[str, str] | None = None,
-             client_tls: grpc.ChannelCredentials | None = None) -> ServerProcess:
-        text = router_toml(state_dir or tmp_path / "state", zoo or demo_zoo, encoder_onnx, server=server,
-                           security=security, tenants=tenants)
+    def make(name: str = "router", *, zoo: DemoZoo | None = None, triton_url: str | None = None,
+             state_dir: Path | None = None, server: Mapping[str, Any] | None = None,
+             security: Mapping[str, Any] | None = None, tenants: Sequence[Mapping[str, Any]] = (),
+             env: dict[str, str] | None = None, client_tls: grpc.ChannelCredentials | None = None,
+             ready: str = "") -> ServerProcess:
+        text = router_toml(state_dir or tmp_path / "state", zoo or demo_zoo, encoder_onnx, triton_url=triton_url,
+                           server=server, security=security, tenants=tenants)
         proc = messplus_serve(tmp_path / name, text, env=env, client_tls=client_tls)
         started.append(proc)
-        return proc.start()
+        return proc.start(ready=ready)
 
     yield make
     for proc in started:

@@ -251,9 +251,23 @@ class ZooModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., triton_model: _Optional[str] = ..., cost: _Optional[float] = ..., cost_raw: _Optional[float] = ..., available: _Optional[bool] = ...) -> None: ...
 
 class ListModelsReply(_message.Message):
-    __slots__ = ("models", "cost_unit")
+    __slots__ = ("models", "cost_unit", "triton")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     COST_UNIT_FIELD_NUMBER: _ClassVar[int]
+    TRITON_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ZooModel]
     cost_unit: str
-    def __init__(self, models: _Optional[_Iterable[_Union[ZooModel, _Mapping]]] = ..., cost_unit: _Optional[str] = ...) -> None: ...
+    triton: TritonStatus
+    def __init__(self, models: _Optional[_Iterable[_Union[ZooModel, _Mapping]]] = ..., cost_unit: _Optional[str] = ..., triton: _Optional[_Union[TritonStatus, _Mapping]] = ...) -> None: ...
+
+class TritonStatus(_message.Message):
+    __slots__ = ("address", "reachable", "state", "problem")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    reachable: bool
+    state: str
+    problem: str
+    def __init__(self, address: _Optional[str] = ..., reachable: _Optional[bool] = ..., state: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
