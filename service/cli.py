@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check_config)
 
     from .replay import add_commands
+    from .statuscmd import add_command as add_status
 
+    add_status(sub)
     add_commands(sub)
     return parser
 
