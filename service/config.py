@@ -5,7 +5,8 @@ Sections and keys (all optional; the embedded default is the demo zoo on a local
     [server]     listen, max_message_bytes, max_prompt_chars, grace_s, drain_delay_s, max_inflight,
                  metrics_listen, log_format
     [security]   tls_cert, tls_key, tls_client_ca, tokens, tokens_file, rate_limit_rps, rate_limit_burst
-    [state]      dir, synchronous, snapshot_every_labels
+    [state]      dir, synchronous, snapshot_every_labels, backend, url, password_file, buffer_records,
+                 retention_days, poll_s, record_wait_s
     [predictor]  onnx, max_tokens, threads, prior_var, batch_max, batch_delay_ms, providers
     [triton]     url ("" = start the embedded Triton with the demo zoo), timeout_s, ready_poll_s
     [routing]    policy (a name registered in routing/registry.py: "messplus", or "mess-paper", MESS+ as published)
@@ -23,17 +24,16 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import checks
 from .errors import ConfigError
 
 ENV_PREFIX = "MESSPLUS_"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,9 +65,23 @@ class SecurityConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StateConfig:
-    dir: str = "var"
-    synchronous: str = "FULL"
+    dir: str = "var"  # the SQLite file (backend "sqlite"), the exported encoder, the demo repository
+    synchronous: str = "FULL"  # SQLite's sync mode
     snapshot_every_labels: int = 500
+    backend: str = "sqlite"  # "sqlite": one router; "postgres": replicas share one state (docs/SCALING.md)
+    url: str = ""  # postgres: "postgresql://USER@HOST:5432/DB" (no password: password_file or $MESSPLUS_STATE_PASSWORD)
+    password_file: str = ""  # postgres: a file holding the password (a mounted Secret)
+    password: str = field(default="", repr=False)  # postgres: from $MESSPLUS_STATE_PASSWORD; never logged
+    buffer_records: int = 10_000  # postgres: routed requests kept while the database is down; then UNAVAILABLE
+    retention_days: float = 30.0  # postgres: request records kept this long (later feedback: NOT_FOUND)
+    poll_s: float = 0.5  # postgres: the label log is read at least this often (NOTIFY wakes it sooner)
+    record_wait_s: float = 2.0  # postgres: how long Feedback looks for a record another replica is committing
+
+    def db_password(self) -> str:
+        """The database password: the file's first line, else `password` (the environment)."""
+        if self.password_file:
+            return Path(self.password_file).expanduser().read_text(encoding="utf-8").splitlines()[0].strip()
+        return self.password
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,85 +306,9 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
     return from_mapping(raw, environ)
 
 
-def _check(ok: bool, key: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(key, problem)
-
-
-def _check_listen(key: str, value: str) -> None:
-    host, sep, port = value.rpartition(":")
-    _check(bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) < 65536, key,
-           f"expected HOST:PORT, got {value!r}")
-
-
 def validate(cfg: Config) -> None:
-    """Every semantic check of the configuration, each naming its key."""
-    _check_listen("server.listen", cfg.server.listen)
-    if cfg.server.metrics_listen:
-        _check_listen("server.metrics_listen", cfg.server.metrics_listen)
-    _check(cfg.server.max_message_bytes >= 1024, "server.max_message_bytes", "must be >= 1024")
-    _check(cfg.server.max_prompt_chars >= 1, "server.max_prompt_chars", "must be >= 1")
-    _check(cfg.server.grace_s >= 0, "server.grace_s", "must be >= 0")
-    _check(cfg.server.max_inflight >= 1, "server.max_inflight", "must be >= 1")
-    _check(cfg.server.drain_delay_s >= 0, "server.drain_delay_s", "must be >= 0")
-    _check(cfg.server.log_format in ("text", "json"), "server.log_format", "must be text or json")
-    _validate_security(cfg.security)
-    _check(cfg.state.synchronous.upper() in ("FULL", "NORMAL", "EXTRA"), "state.synchronous",
-           "must be FULL, EXTRA or NORMAL")
-    _check(cfg.state.snapshot_every_labels >= 1, "state.snapshot_every_labels", "must be >= 1")
-    _check(16 <= cfg.predictor.max_tokens <= 512, "predictor.max_tokens", "must be in [16, 512]")
-    _check(cfg.predictor.threads >= 0, "predictor.threads", "must be >= 0 (0: all cores)")
-    _check(cfg.predictor.prior_var > 0, "predictor.prior_var", "must be > 0")
-    _check(cfg.predictor.batch_max >= 1, "predictor.batch_max", "must be >= 1")
-    _check(cfg.predictor.batch_delay_ms >= 0, "predictor.batch_delay_ms", "must be >= 0")
-    _check(cfg.triton.timeout_s > 0, "triton.timeout_s", "must be > 0")
-    _check(cfg.triton.ready_poll_s > 0, "triton.ready_poll_s", "must be > 0")
-    if cfg.triton.url:
-        _check(":" in cfg.triton.url, "triton.url", f"expected HOST:PORT, got {cfg.triton.url!r}")
-    _check(0 < cfg.zoo.cost_ema <= 1, "zoo.cost_ema", "must be in (0, 1]")
-    _validate_models(cfg)
-    _validate_tenants(cfg)
-
-
-def _validate_security(sec: SecurityConfig) -> None:
-    _check(bool(sec.tls_cert) == bool(sec.tls_key), "security.tls_key", "tls_cert and tls_key go together")
-    _check(not sec.tls_client_ca or sec.tls, "security.tls_client_ca", "mutual TLS needs tls_cert and tls_key")
-    for key in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
-        path = getattr(sec, key)
-        _check(not path or Path(path).expanduser().is_file(), f"security.{key}", f"file not found: {path}")
-    _check(sec.rate_limit_rps >= 0, "security.rate_limit_rps", "must be >= 0")
-    _check(sec.rate_limit_burst >= 0, "security.rate_limit_burst", "must be >= 0")
-
-
-def _validate_models(cfg: Config) -> None:
-    if cfg.embedded_triton and not cfg.zoo.models:
-        return  # the demo zoo is filled in at start-up
-    _check(len(cfg.zoo.models) >= 1, "zoo.models", "at least one model is needed when triton.url is set")
-    seen: set[str] = set()
-    for i, m in enumerate(cfg.zoo.models):
-        key = f"zoo.models[{i}]"
-        _check(bool(_NAME.match(m.name)), f"{key}.name", f"invalid model name {m.name!r}")
-        _check(m.name not in seen, f"{key}.name", f"duplicate model name {m.name!r}")
-        seen.add(m.name)
-        _check(bool(m.triton_model), f"{key}.triton_model", "must not be empty")
-        for part in ("cost_per_request", "cost_per_input_token", "cost_per_output_token"):
-            _check(getattr(m, part) >= 0, f"{key}.{part}", "must be >= 0")
-        _check(m.cost_per_request + m.cost_per_input_token + m.cost_per_output_token > 0, f"{key}.cost_per_request",
-               "a model needs a positive cost (per request or per token)")
-        _check(0 < m.prior_accuracy < 1, f"{key}.prior_accuracy", "must be in (0, 1)")
-
-
-def _validate_tenants(cfg: Config) -> None:
-    seen: set[str] = set()
-    for i, t in enumerate(cfg.tenants):
-        key = f"tenants[{i}]"
-        _check(bool(_NAME.match(t.name)), f"{key}.name", f"invalid tenant name {t.name!r}")
-        _check(t.name not in seen, f"{key}.name", f"duplicate tenant {t.name!r}")
-        seen.add(t.name)
-        _check(0 < t.alpha < 1, f"{key}.alpha", f"must be in (0, 1), got {t.alpha}")
-        for knob in TENANT_KNOBS:
-            _check(knob.metadata["ok"](getattr(t, knob.name)), f"{key}.{knob.name}", knob.metadata["problem"])
-        _check(t.seed >= 0, f"{key}.seed", "must be >= 0")
+    """Every semantic check of the configuration, each naming its key (service/checks.py)."""
+    checks.validate(cfg, TENANT_KNOBS)
 
 
 DEFAULT_TENANTS = (TenantConfig(name="default", alpha=0.7),)

@@ -14,16 +14,15 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
 from ..config import ModelConfig, TenantConfig
 from ..errors import InvalidArgument, NoModelAvailable, NotFound
-from ..state.base import FeedbackCommit, LabelEvent, RequestRow, Store
+from ..state.base import FeedbackCommit, LabelEvent, RequestRow, Store, then
 from .feedback import validated_labels
 from .heads import Heads
 from .learner import Learner
@@ -245,8 +244,12 @@ class Router:
 
     def known(self, request_id: str) -> bool:
         """Was this id routed before: in memory (the last cache_size requests), else in the state store (older
-        ones, and those routed before a restart)."""
-        return request_id in self._cache or self.store.request_exists(request_id)
+        ones, and those routed before a restart) when only this process writes it."""
+        if request_id in self._cache:
+            return True
+        # a shared store would cost Route a database round trip: there, an id another replica routed is caught
+        # when its record is written (a duplicate key: that record is not stored, and the error is logged)
+        return not self.store.shared and self.store.request_exists(request_id)
 
     # -- feedback ------------------------------------------------------------------------------------------------
     def _pending(self, tenant: str, request_id: str) -> Pending:
@@ -280,7 +283,7 @@ class Router:
 
         named = {self.names[k]: s for k, s in by_model.items()}
         fut = self.store.apply_feedback(tenant, request_id, self.names[pending.served], named, step, after_commit)
-        return _then(fut, lambda c: FeedbackResult(request_id=request_id, applied=len(c.new),
+        return then(fut, lambda c: FeedbackResult(request_id=request_id, applied=len(c.new),
                                                    duplicate=c.given - len(c.new), queue=c.queue,
                                                    queue_updated=c.moved))
 
@@ -344,17 +347,3 @@ def _log_failure(fut: Future[None]) -> None:
     if fut.exception() is not None:
         log.error("storing a routed request failed: %s", fut.exception())
 
-
-def _then(fut: Future[Any], fn: Callable[[Any], Any]) -> Future[Any]:
-    """A future of fn(result), resolved when `fut` is (with its exception, if it failed)."""
-    out: Future[Any] = Future()
-
-    def done(f: Future[Any]) -> None:
-        exc = f.exception()
-        if exc is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(fn(f.result()))
-
-    fut.add_done_callback(done)
-    return out

@@ -173,3 +173,18 @@ class Store(abc.ABC):
 
 def now() -> float:
     return time.time()
+
+
+def then(fut: Future[Any], fn: Callable[[Any], Any]) -> Future[Any]:
+    """A future of fn(result), resolved when `fut` is (with its exception, if it failed)."""
+    out: Future[Any] = Future()
+
+    def done(f: Future[Any]) -> None:
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(fn(f.result()))
+
+    fut.add_done_callback(done)
+    return out

@@ -1,6 +1,5 @@
-"""The state backend's contract (state/base.py), run against every backend: today the SQLite file.
-
-A second backend (PostgreSQL) is added to BACKENDS and must pass the same tests."""
+"""The state backend's contract (state/base.py), run against every backend: a SQLite file and a real PostgreSQL
+database (a fresh one per test, on the session's server). A new backend joins BACKENDS."""
 
 from __future__ import annotations
 
@@ -15,12 +14,21 @@ from messplus.service.errors import Conflict
 from messplus.service.state.base import FeedbackCommit, RequestRow, Store
 from messplus.service.state.sqlite import SqliteStore
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {"sqlite": lambda tmp: SqliteStore(tmp / "state.sqlite3")}
+def _postgres(request: pytest.FixtureRequest, tmp: Path) -> Store:
+    from messplus.service.state.postgres import PostgresStore
+
+    return PostgresStore(request.getfixturevalue("postgres_url"), record_wait_s=0.1)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Store]] = {
+    "sqlite": lambda request, tmp: SqliteStore(tmp / "state.sqlite3"),
+    "postgres": _postgres,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = BACKENDS[request.param](tmp_path)
+    s = BACKENDS[request.param](request, tmp_path)
     s.ensure_tenants(("acme", "beta")).result()
     yield s
     s.close()

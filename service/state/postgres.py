@@ -1,0 +1,281 @@
+"""The state on PostgreSQL, shared by every router replica (docs/SCALING.md has the design and its reasons).
+
+- Writes are group-committed by one writer thread (state/writer.py), as on SQLite. A label and the tenant's new
+  queue commit in one transaction; that transaction first takes a transaction-scoped advisory lock, so label
+  seqs are handed out in commit order and a reader that has seen seq n has seen every committed seq below it.
+- The label log is read forward by seq: each feedback transaction returns every label after this replica's
+  cursor (other replicas' and its own, in order), and a tail thread LISTENs for the notification every label
+  commit sends (and reads the log every `poll_s` anyway, so nothing is missed across a lost connection). The
+  subscriber (the router) gets the labels in order, on the writer thread.
+- A routed request's record is a retried write: while the database is down, records wait (at most
+  `buffer_records`; past that Route is refused with UNAVAILABLE) and are committed when it is back. Feedback is
+  never retried by the store: it fails with UNAVAILABLE and nothing is acknowledged that was not committed.
+- The schema is versioned (table messplus_schema) and migrated forward at start under a session advisory lock,
+  so replicas starting together do not race; a schema newer than this code is refused.
+
+The password never appears in the URL: it comes from `state.password_file` or $MESSPLUS_STATE_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from . import sql
+from .base import (AfterCommit, Expectation, FeedbackCommit, HeadRow, LabelEvent, QueueStep, RequestRow, Store,
+                   TenantRow, then)
+from .writer import GroupCommit
+
+log = logging.getLogger("messplus.store")
+
+CHANNEL = "messplus_labels"
+LOG_LOCK = 0x6D6573735F6C6F67  # advisory lock keys ("mess_log", "mess_mig")
+MIGRATE_LOCK = 0x6D6573735F6D6967
+MIGRATIONS = (
+    # version 1: the SQLite schema's tables, in PostgreSQL's types
+    """
+    CREATE TABLE tenants (
+        name TEXT PRIMARY KEY, queue DOUBLE PRECISION NOT NULL DEFAULT 0, requests BIGINT NOT NULL DEFAULT 0,
+        labelled BIGINT NOT NULL DEFAULT 0, sat_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+        cost_sum DOUBLE PRECISION NOT NULL DEFAULT 0, cost_raw_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+        explore_steps BIGINT NOT NULL DEFAULT 0, explore_cost_raw DOUBLE PRECISION NOT NULL DEFAULT 0);
+    CREATE TABLE model_counts (
+        tenant TEXT NOT NULL, model TEXT NOT NULL, served BIGINT NOT NULL DEFAULT 0,
+        invoked BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (tenant, model));
+    CREATE TABLE requests (
+        request_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, t BIGINT NOT NULL, served_model TEXT NOT NULL,
+        invoked TEXT NOT NULL, exploration INTEGER NOT NULL, cost DOUBLE PRECISION NOT NULL,
+        cost_raw DOUBLE PRECISION NOT NULL, alpha DOUBLE PRECISION NOT NULL, embedding BYTEA,
+        created DOUBLE PRECISION NOT NULL, p_served DOUBLE PRECISION, target DOUBLE PRECISION);
+    CREATE INDEX requests_created ON requests (created);
+    CREATE TABLE labels (
+        seq BIGSERIAL PRIMARY KEY, request_id TEXT NOT NULL, model TEXT NOT NULL,
+        satisfaction DOUBLE PRECISION NOT NULL, moves_queue INTEGER NOT NULL, queue_after DOUBLE PRECISION,
+        created DOUBLE PRECISION NOT NULL, UNIQUE (request_id, model));
+    CREATE TABLE heads (
+        model TEXT PRIMARY KEY, dim INTEGER NOT NULL, last_label_seq BIGINT NOT NULL, W BYTEA NOT NULL,
+        S BYTEA NOT NULL, updated DOUBLE PRECISION NOT NULL);
+    """,
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer messplus: this one must not write to it."""
+
+
+class _Qmark:
+    """A psycopg connection that takes the qmark placeholders of state/sql.py."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+
+    def execute(self, query: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.raw.execute(query.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Bring the schema up to this code's version under a session advisory lock; returns the version."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS messplus_schema (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM messplus_schema").fetchone()
+        have = int(row[0] or 0) if row else 0
+        if have > len(MIGRATIONS):
+            raise SchemaTooNew(f"the state database has schema version {have}, newer than this messplus knows "
+                               f"({len(MIGRATIONS)}): upgrade messplus before pointing it at this database")
+        for version in range(have + 1, len(MIGRATIONS) + 1):
+            with conn.transaction():
+                conn.execute(MIGRATIONS[version - 1])  # type: ignore[arg-type]
+                conn.execute("INSERT INTO messplus_schema (version) VALUES (%s)", (version,))
+            log.info("state schema migrated to version %d", version)
+        return len(MIGRATIONS)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+
+
+class PostgresStore(Store):
+    """The shared state: a writer thread, a pool of readers, and the tail of the label log."""
+
+    shared = True
+
+    def __init__(self, url: str, *, password: str = "", buffer_records: int = 10_000, poll_s: float = 0.5,
+                 retention_s: float = 30 * 86400.0, record_wait_s: float = 2.0, max_batch: int = 512) -> None:
+        self._kw: dict[str, Any] = {"password": password} if password else {}
+        self._url, self.poll_s = url, poll_s
+        self.retention_s, self.record_wait_s = retention_s, record_wait_s
+        with psycopg.connect(url, autocommit=True, **self._kw) as conn:
+            self.schema_version = migrate(conn)
+        self._pool = ConnectionPool(url, kwargs={"autocommit": True, **self._kw}, min_size=1, max_size=4,
+                                    open=True, name="messplus-state-read")
+        self._callbacks: list[Callable[[list[LabelEvent]], None]] = []
+        self._cursor = 0     # the last label seq handed to subscribers
+        self._reading = 0    # the same, counting what the open batch has read
+        self._catching_up = threading.Event()
+        self._writer = GroupCommit(self._connect, max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
+                                   on_rollback=self._rolled_back)
+        self._stop = threading.Event()
+        self._tail = threading.Thread(target=self._run_tail, name="messplus-state-tail", daemon=True)
+
+    def _connect(self) -> _Qmark:
+        return _Qmark(psycopg.connect(self._url, autocommit=True, connect_timeout=5, **self._kw))
+
+    @property
+    def error(self) -> str:
+        """Why the database cannot be written now ("" when it can)."""
+        return self._writer.error
+
+    # -- the label log ----------------------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[list[LabelEvent]], None]) -> None:
+        """Hand every label after the current end of the log to `callback` in order (starting the tail)."""
+        self._callbacks.append(callback)
+        self._cursor = self._reading = self._read(sql.label_seq)
+        if not self._tail.is_alive():
+            self._tail.start()
+
+    def _rolled_back(self) -> None:
+        self._reading = self._cursor
+
+    def _log_since_cursor(self, conn: Any) -> list[LabelEvent]:
+        events = sql.label_events(conn, self._reading)
+        if events:
+            self._reading = events[-1].seq
+        return events
+
+    def _deliver(self, events: list[LabelEvent]) -> None:
+        if events and events[-1].seq > self._cursor:
+            self._cursor = events[-1].seq
+            for cb in self._callbacks:
+                cb(events)
+
+    def catch_up(self) -> Future[list[LabelEvent]]:
+        """Read the log after the cursor (on the writer thread, in order with feedback) and deliver it."""
+        self._catching_up.set()
+
+        def job(conn: Any) -> list[LabelEvent]:
+            self._catching_up.clear()
+            return self._log_since_cursor(conn)
+
+        return self._writer.submit(job, self._deliver)
+
+    def _run_tail(self) -> None:
+        """LISTEN for label commits; read the log on each one, and every poll_s whatever happens."""
+        last_cleanup = 0.0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=5, **self._kw) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._stop.is_set():
+                        if not self._catching_up.is_set():
+                            self.catch_up()
+                        for _ in conn.notifies(timeout=self.poll_s, stop_after=1):
+                            pass
+                        if time.monotonic() - last_cleanup > min(self.retention_s / 10, 3600.0):
+                            last_cleanup = time.monotonic()
+                            self._writer.submit(self._expire)
+            except psycopg.Error as exc:
+                log.warning("state tail: %s; reconnecting", exc)
+                self._stop.wait(min(self.poll_s * 4, 5.0))
+
+    def _expire(self, conn: Any) -> None:
+        """Drop request records older than the retention whose labels every head snapshot has learned."""
+        conn.execute("DELETE FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM labels l WHERE "
+                     "l.request_id = requests.request_id AND l.seq > (SELECT COALESCE(MIN(last_label_seq), 0) "
+                     "FROM heads))", (time.time() - self.retention_s,))
+
+    # -- writes ------------------------------------------------------------------------------------------------
+    def ensure_tenants(self, names: tuple[str, ...]) -> Future[None]:
+        return self._writer.submit(lambda conn: sql.ensure_tenants(conn, names))
+
+    def insert_request(self, row: RequestRow) -> Future[None]:
+        """A retried write: kept while the database is down (bounded), so Route need not wait for it."""
+        return self._writer.submit(lambda conn: sql.insert_request(conn, row), retry=True)
+
+    def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
+                       step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
+        def job(conn: Any) -> tuple[FeedbackCommit, list[LabelEvent]]:
+            commit = sql.apply_feedback(conn, tenant, request_id, served_model, labels, step, _lock_log)
+            if commit.events:
+                conn.execute("SELECT pg_notify(?, '')", (CHANNEL,))
+            return commit, self._log_since_cursor(conn)
+
+        def after(res: tuple[FeedbackCommit, list[LabelEvent]]) -> None:
+            if after_commit is not None:
+                after_commit(res[0])  # the router counts its own labels first ...
+            self._deliver(res[1])     # ... then the log, its own labels included, in order
+
+        return then(self._writer.submit(job, after), lambda res: res[0])
+
+    def write_heads(self, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> Future[None]:
+        return self._writer.submit(lambda conn: sql.write_heads(conn, snaps, features, last_seq))
+
+    def write_pretrained(self, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> Future[int]:
+        """Heads trained offline, at a seq >= 1 that every later label comes after (the sequence moved past it)."""
+        def job(conn: Any) -> int:
+            _lock_log(conn)
+            seq = max(int(last_seq), sql.label_seq(conn), 1)
+            conn.execute("SELECT setval(pg_get_serial_sequence('labels', 'seq'), ?)", (seq,))
+            sql.write_heads(conn, snaps, features, seq)
+            return seq
+        return self._writer.submit(job)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        self._writer.flush(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._writer.close()
+        if self._tail.is_alive():
+            self._tail.join(timeout=10)
+        self._pool.close()
+
+    # -- reads (a pooled connection each) -----------------------------------------------------------------------
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._pool.connection() as conn:
+            return fn(_Qmark(conn), *args)
+
+    def tenants(self) -> dict[str, TenantRow]:
+        return self._read(sql.tenants)  # type: ignore[no-any-return]
+
+    def tenants_at(self) -> tuple[dict[str, TenantRow], int]:
+        with self._pool.connection() as conn:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                return sql.tenants(_Qmark(conn)), sql.label_seq(_Qmark(conn))
+
+    def expectations(self) -> dict[str, Expectation]:
+        return self._read(sql.expectations)  # type: ignore[no-any-return]
+
+    def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        return self._read(sql.model_counts)  # type: ignore[no-any-return]
+
+    def request_exists(self, request_id: str) -> bool:
+        return self._read(sql.request_exists, request_id)  # type: ignore[no-any-return]
+
+    def request(self, request_id: str) -> RequestRow | None:
+        """The request's record; one routed by another replica a moment ago may still be in its group commit,
+        so a missing record is looked for again for up to record_wait_s."""
+        deadline = time.monotonic() + self.record_wait_s
+        while (row := self._read(sql.request, request_id)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return row  # type: ignore[no-any-return]
+
+    def head(self, model: str) -> HeadRow | None:
+        return self._read(sql.head, model)  # type: ignore[no-any-return]
+
+    def label_events(self, after: int) -> list[LabelEvent]:
+        return self._read(sql.label_events, after)  # type: ignore[no-any-return]
+
+
+def _lock_log(conn: Any) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(?)", (LOG_LOCK,))
+

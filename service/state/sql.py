@@ -1,0 +1,151 @@
+"""The statements both state backends run, in the SQL that SQLite (3.35+) and PostgreSQL both speak: qmark
+placeholders (the PostgreSQL store turns them into psycopg's), ON CONFLICT upserts, RETURNING. Each backend
+keeps its own schema and migrations; every SQL statement of the project lives in state/.
+
+`conn` is anything with `execute(sql, params) -> cursor` (a sqlite3 connection, or the PostgreSQL store's
+adapter), inside the transaction the caller opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import Conflict
+from .base import Expectation, FeedbackCommit, HeadRow, LabelEvent, QueueStep, RequestRow, TenantRow, now
+
+_REQUEST = ("SELECT request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, alpha, embedding, "
+            "p_served, target FROM requests WHERE request_id = ?")
+_EVENTS = ("SELECT l.seq, r.tenant, l.request_id, l.model, l.satisfaction, l.moves_queue, l.queue_after, "
+           "r.exploration, r.embedding FROM labels l JOIN requests r ON r.request_id = l.request_id "
+           "WHERE l.seq > ? ORDER BY l.seq")
+
+
+# -- reads ---------------------------------------------------------------------------------------------------------
+def tenants(conn: Any) -> dict[str, TenantRow]:
+    rows = conn.execute("SELECT name, queue, requests, labelled, sat_sum, cost_sum, cost_raw_sum, explore_steps, "
+                        "explore_cost_raw FROM tenants", ()).fetchall()
+    return {r[0]: TenantRow(name=r[0], queue=r[1], requests=r[2], labelled=r[3], sat_sum=r[4], cost_sum=r[5],
+                            cost_raw_sum=r[6], explore_steps=r[7], explore_cost_raw=r[8]) for r in rows}
+
+
+def label_seq(conn: Any) -> int:
+    """The last seq of the label log (0: empty)."""
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM labels", ()).fetchone()[0])
+
+
+def expectations(conn: Any) -> dict[str, Expectation]:
+    out: dict[str, dict[str, float]] = {}
+    for tenant, total, n in conn.execute(
+            "SELECT r.tenant, SUM(r.target - r.p_served), COUNT(*) FROM requests r WHERE r.p_served IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id AND "
+            "l.model = r.served_model) GROUP BY r.tenant", ()).fetchall():
+        out.setdefault(tenant, {}).update(pending_sum=float(total), pending_n=int(n))
+    for tenant, total, sq, n in conn.execute(
+            "SELECT r.tenant, SUM(l.satisfaction - r.p_served), "
+            "SUM((l.satisfaction - r.p_served) * (l.satisfaction - r.p_served)), COUNT(*) FROM requests r "
+            "JOIN labels l ON l.request_id = r.request_id AND l.model = r.served_model "
+            "WHERE r.p_served IS NOT NULL GROUP BY r.tenant", ()).fetchall():
+        out.setdefault(tenant, {}).update(resid_sum=float(total), resid_sq=float(sq), resid_n=int(n))
+    return {k: Expectation(**v) for k, v in out.items()}  # type: ignore[arg-type]
+
+
+def model_counts(conn: Any) -> dict[tuple[str, str], tuple[int, int]]:
+    rows = conn.execute("SELECT tenant, model, served, invoked FROM model_counts", ()).fetchall()
+    return {(r[0], r[1]): (int(r[2]), int(r[3])) for r in rows}
+
+
+def request(conn: Any, request_id: str) -> RequestRow | None:
+    r = conn.execute(_REQUEST, (request_id,)).fetchone()
+    if r is None:
+        return None
+    return RequestRow(request_id=r[0], tenant=r[1], t=r[2], served_model=r[3],
+                      invoked=tuple(m for m in r[4].split("\n") if m), exploration=bool(r[5]), cost=r[6],
+                      cost_raw=r[7], alpha=r[8], embedding=_bytes(r[9]), p_served=r[10], target=r[11])
+
+
+def request_exists(conn: Any, request_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone() is not None
+
+
+def head(conn: Any, model: str) -> HeadRow | None:
+    r = conn.execute("SELECT dim, last_label_seq, W, S FROM heads WHERE model = ?", (model,)).fetchone()
+    return HeadRow(features=r[0], last_seq=r[1], W=_bytes(r[2]), S=_bytes(r[3])) if r else None
+
+
+def label_events(conn: Any, after: int) -> list[LabelEvent]:
+    return [LabelEvent(seq=int(r[0]), tenant=r[1], request_id=r[2], model=r[3], satisfaction=r[4],
+                       moves_queue=bool(r[5]), queue_after=r[6], exploration=bool(r[7]), embedding=_bytes(r[8]))
+            for r in conn.execute(_EVENTS, (after,)).fetchall()]
+
+
+def _bytes(v: Any) -> bytes | None:
+    return None if v is None else bytes(v)
+
+
+# -- writes ----------------------------------------------------------------------------------------------------------
+def ensure_tenants(conn: Any, names: tuple[str, ...]) -> None:
+    for n in names:
+        conn.execute("INSERT INTO tenants (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (n,))
+
+
+def insert_request(conn: Any, row: RequestRow) -> None:
+    if row.served_model not in row.invoked:
+        raise ValueError("served model must be among the invoked ones")
+    conn.execute("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw,"
+                 " alpha, embedding, created, p_served, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked),
+                  int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now(), row.p_served,
+                  row.target))
+    conn.execute("UPDATE tenants SET requests = requests + 1, cost_sum = cost_sum + ?, "
+                 "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ?, "
+                 "explore_cost_raw = explore_cost_raw + ? WHERE name = ?",
+                 (row.cost, row.cost_raw, int(row.exploration), row.explore_cost_raw, row.tenant))
+    for m in row.invoked:
+        conn.execute("INSERT INTO model_counts (tenant, model, served, invoked) VALUES (?, ?, ?, 1) "
+                     "ON CONFLICT (tenant, model) DO UPDATE SET served = model_counts.served + excluded.served, "
+                     "invoked = model_counts.invoked + 1", (row.tenant, m, int(m == row.served_model)))
+
+
+def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
+                   step: QueueStep, lock_log: Callable[[Any], None] | None = None) -> FeedbackCommit:
+    """Store.apply_feedback's transaction. `lock_log(conn)`, first, serialises writers of a shared log, so that
+    label seqs are handed out in commit order (a reader that saw seq n has seen every seq below it)."""
+    if lock_log is not None:
+        lock_log(conn)
+    stored = dict(conn.execute("SELECT model, satisfaction FROM labels WHERE request_id = ?", (request_id,)).fetchall())
+    new: dict[str, float] = {}
+    for model, s in labels.items():
+        if model in stored:
+            if abs(stored[model] - s) > 1e-12:
+                raise Conflict(f"request {request_id!r} already has satisfaction {stored[model]} for "
+                               f"model {model!r}; feedback is write-once")
+        else:
+            new[model] = s
+    queue, labelled = conn.execute("SELECT queue, labelled FROM tenants WHERE name = ?", (tenant,)).fetchone()
+    moves = served_model in new
+    if moves:
+        queue = step(float(queue), int(labelled) + 1, new[served_model])
+        conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
+                     "WHERE name = ?", (queue, new[served_model], tenant))
+    events = []
+    if new:
+        exploration, embedding = conn.execute("SELECT exploration, embedding FROM requests WHERE request_id = ?",
+                                              (request_id,)).fetchone()
+    for model, s in new.items():
+        served = model == served_model
+        (seq,) = conn.execute("INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"
+                              " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+                              (request_id, model, s, int(served), queue if served else None, now())).fetchone()
+        events.append(LabelEvent(seq=int(seq), tenant=tenant, request_id=request_id, model=model, satisfaction=s,
+                                 moves_queue=served, queue_after=queue if served else None,
+                                 exploration=bool(exploration), embedding=_bytes(embedding)))
+    return FeedbackCommit(new=new, given=len(labels), queue=float(queue), moved=moves, events=tuple(events))
+
+
+def write_heads(conn: Any, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> None:
+    for name, W, S in snaps:
+        conn.execute("INSERT INTO heads (model, dim, last_label_seq, W, S, updated) VALUES (?, ?, ?, ?, ?, ?) "
+                     "ON CONFLICT (model) DO UPDATE SET dim = excluded.dim, last_label_seq = excluded.last_label_seq, "
+                     "W = excluded.W, S = excluded.S, updated = excluded.updated",
+                     (name, features, last_seq, W, S, now()))
