@@ -22,7 +22,7 @@ import numpy as np
 
 from ..config import ModelConfig, TenantConfig
 from ..errors import InvalidArgument, NoModelAvailable, NotFound
-from ..state.base import FeedbackCommit, LabelEvent, RequestRow, Store, then
+from ..state.base import FeedbackCommit, LabelEvent, RequestRow, Store, TenantRow, then
 from .feedback import validated_labels
 from .heads import Heads
 from .learner import Learner
@@ -56,7 +56,7 @@ class Router:
         self.lock = threading.Lock()  # guards tenant counters shared by the event loop and the writer thread
         self._load()
         if store.shared:
-            store.subscribe(self.apply_log)
+            store.subscribe(self.apply_log, self.heads.last_seq, self._shared_counts)
 
     # -- start-up ----------------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -217,6 +217,12 @@ class Router:
         emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
         p_served = float(d.p_hat[served])
         target = label_target(st.cfg, d.t)
+        row = RequestRow(request_id=d.request_id, tenant=d.tenant, t=d.t, served_model=self.names[served],
+                         invoked=tuple(self.names[k] for k in invoked), exploration=d.exploration, cost=cost,
+                         cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes(), explore_cost_raw=extra,
+                         p_served=p_served, target=target)
+        fut = self.store.insert_request(row)  # first: a store that cannot take it refuses the request here
+        fut.add_done_callback(_log_failure)
         self._remember(d.request_id, Pending(d.tenant, served, invoked, emb, p_served, target, d.exploration))
         with self.lock:
             st.pending_sum += target - p_served
@@ -229,12 +235,6 @@ class Router:
             st.served[served] += 1
             st.invoked[list(invoked)] += 1
             st.awaiting[extras] = True
-        row = RequestRow(request_id=d.request_id, tenant=d.tenant, t=d.t, served_model=self.names[served],
-                         invoked=tuple(self.names[k] for k in invoked), exploration=d.exploration, cost=cost,
-                         cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes(), explore_cost_raw=extra,
-                         p_served=p_served, target=target)
-        fut = self.store.insert_request(row)
-        fut.add_done_callback(_log_failure)
         return fut
 
     def _remember(self, request_id: str, pending: Pending) -> None:
@@ -308,6 +308,15 @@ class Router:
                 self._count((ev,), self._cache.get(ev.request_id))
         self.learner.learn(events)
 
+    def _shared_counts(self, rows: dict[str, TenantRow]) -> None:
+        """Other replicas' requests, as the shared store counts them: a tenant's request index t (the
+        exploration schedule's clock) follows the whole stream, not this replica's share of it."""
+        with self.lock:
+            for name, row in rows.items():
+                st = self.tenants.get(name)
+                if st is not None and row.requests + 1 > st.next_t:
+                    st.next_t = row.requests + 1
+
     def _count(self, events: Sequence[LabelEvent], pending: Pending | None) -> None:
         """A label's effect on its tenant: the queue (as the transaction left it), labelled, satisfaction, and
         the expected-queue terms of the request (when this process routed it and still knows it)."""
@@ -337,11 +346,29 @@ class Router:
         return self.learner.snapshot()
 
     def tenant_views(self) -> list[TenantState]:
-        """A consistent copy of every tenant's state (for metrics and status), taken under the lock."""
+        """A consistent copy of every tenant's state (for metrics and status), taken under the lock. With a
+        shared store, the counters are the database's (every replica's requests and labels); the queue is the
+        one this replica decides with."""
         with self.lock:
-            return [replace(st, served=st.served.copy(), invoked=st.invoked.copy(), awaiting=st.awaiting.copy())
-                    for st in self.tenants.values()]
+            views = [replace(st, served=st.served.copy(), invoked=st.invoked.copy(), awaiting=st.awaiting.copy())
+                     for st in self.tenants.values()]
+        if self.store.shared:
+            rows, counts = self.store.tenants(), self.store.model_counts()
+            for v in views:
+                if (row := rows.get(v.cfg.name)) is not None:
+                    v.requests, v.labelled, v.sat_sum = row.requests, row.labelled, row.sat_sum
+                    v.cost_sum, v.cost_raw_sum = row.cost_sum, row.cost_raw_sum
+                    v.explore_steps, v.explore_cost_raw = row.explore_steps, row.explore_cost_raw
+                for k, name in enumerate(self.names):
+                    v.served[k], v.invoked[k] = counts.get((v.cfg.name, name), (0, 0))
+        return views
 
+    def status(self, name: str) -> TenantState:
+        """One tenant's state for SlaStatus: the live one, or with a shared store its merged view (above)."""
+        st = self.tenant(name)
+        if not self.store.shared:
+            return st
+        return next(v for v in self.tenant_views() if v.cfg.name == name)
 
 def _log_failure(fut: Future[None]) -> None:
     if fut.exception() is not None:

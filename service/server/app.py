@@ -34,7 +34,7 @@ from ..routing.heads import Heads
 from ..routing.registry import get_policy
 from ..routing.router import Router
 from ..routing.types import RouteItem, Routed
-from ..state.sqlite import SqliteStore
+from ..state import open_store
 from ..zoo.embedded import start_embedded_triton
 from ..zoo.monitor import TritonMonitor
 from ..zoo.triton import TritonZoo
@@ -51,6 +51,9 @@ SERVICE_NAME = routing_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_na
 # from start until the drain, whatever Triton does, for a liveness probe that must not restart the router
 # because Triton is down.
 LIVENESS = "messplus.liveness"
+# STATE is SERVING while the state store commits: NOT_SERVING says Feedback is refused (UNAVAILABLE) and Route
+# buffers its records (a PostgreSQL that went away), while Route itself keeps serving.
+STATE = "messplus.state"
 Progress = Callable[[str], None]
 
 
@@ -81,6 +84,7 @@ class App:
         self.health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._state_error = ""
 
     def _prepare(self) -> None:
         cfg = self.cfg
@@ -100,7 +104,7 @@ class App:
         self.progress(f"kernels ready in {took:.2f}s; predictor on {', '.join(encoder.providers)}")
         heads = Heads([m.name for m in cfg.zoo.models], encoder.dim, prior_var=cfg.predictor.prior_var,
                       prior_accuracy=[m.prior_accuracy for m in cfg.zoo.models])
-        self.store = SqliteStore(cfg.state_dir / "messplus.sqlite3", synchronous=cfg.state.synchronous)
+        self.store = open_store(cfg.state, str(cfg.state_dir / "messplus.sqlite3"))
         self.router = Router(cfg.zoo.models, cfg.tenants, heads, self.store, cost_ema=cfg.zoo.cost_ema,
                              snapshot_every=cfg.state.snapshot_every_labels, policy=self.policy)
         self.encoder = encoder
@@ -144,6 +148,7 @@ class App:
             raise OSError(f"cannot listen on {cfg.server.listen}")
         await self.server.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(STATE, health_pb2.HealthCheckResponse.SERVING)
         if cfg.server.metrics_listen:
             self.metrics_port = self.metrics.serve(cfg.server.metrics_listen)
             self.progress(f"Prometheus metrics on http://{cfg.server.metrics_listen.rpartition(':')[0]}:"
@@ -174,8 +179,24 @@ class App:
             await asyncio.sleep(self.cfg.triton.ready_poll_s)
             try:
                 await self._poll_zoo()
+                await self._poll_state()
             except Exception:  # noqa: BLE001 - the poller must outlive a bad round
                 log.exception("zoo readiness poll failed")
+
+    async def _poll_state(self) -> None:
+        """Health `messplus.state` follows the store; one log line on each change, with the reason."""
+        error = self.store.error
+        if error == self._state_error:
+            return
+        self._state_error = error
+        if error:
+            log.error("state store (%s) cannot commit: %s; Feedback answers UNAVAILABLE, Route buffers its records",
+                      self.cfg.state.backend, error)
+        else:
+            log.warning("state store (%s) commits again", self.cfg.state.backend)
+        if self.health is not None and not self._stopping:
+            status = health_pb2.HealthCheckResponse
+            await self.health.set(STATE, status.NOT_SERVING if error else status.SERVING)
 
     async def __aenter__(self) -> App:
         try:

@@ -156,7 +156,9 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
                                 queue=result.queue, queue_updated=result.queue_updated)
 
     async def SlaStatus(self, request: pb.SlaStatusRequest, context: grpc.aio.ServicerContext) -> pb.SlaStatusReply:
-        st = self.router.tenant(request.tenant)
+        self.router.tenant(request.tenant)  # an unknown tenant is refused before any database read
+        st = await asyncio.to_thread(self.router.status, request.tenant) if self.router.store.shared \
+            else self.router.status(request.tenant)
         n = max(st.requests, 1)
         models = [pb.ModelShare(model=name, served=int(st.served[k]), share=float(st.served[k]) / n,
                                 invoked=int(st.invoked[k])) for k, name in enumerate(self.router.names)]

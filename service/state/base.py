@@ -108,8 +108,15 @@ class Store(abc.ABC):
 
     shared = False
 
-    def subscribe(self, callback: Callable[[list[LabelEvent]], None]) -> None:
-        """Deliver other writers' labels to `callback`; a store that only this process writes has none."""
+    @property
+    def error(self) -> str:
+        """Why the store cannot commit now ("" when it can)."""
+        return ""
+
+    def subscribe(self, callback: Callable[[list[LabelEvent]], None], after: int = 0,
+                  tenants: Callable[[dict[str, TenantRow]], None] | None = None) -> None:
+        """Deliver the labels after seq `after` that other writers commit to `callback` (and the tenants' rows,
+        now and then, to `tenants`); a store that only this process writes has none to deliver."""
 
     # -- writes (each: a Future resolved after commit) ------------------------------------------------------
     @abc.abstractmethod

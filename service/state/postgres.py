@@ -118,6 +118,7 @@ class PostgresStore(Store):
         self._pool = ConnectionPool(url, kwargs={"autocommit": True, **self._kw}, min_size=1, max_size=4,
                                     open=True, name="messplus-state-read")
         self._callbacks: list[Callable[[list[LabelEvent]], None]] = []
+        self._on_tenants: Callable[[dict[str, TenantRow]], None] | None = None
         self._cursor = 0     # the last label seq handed to subscribers
         self._reading = 0    # the same, counting what the open batch has read
         self._catching_up = threading.Event()
@@ -135,10 +136,13 @@ class PostgresStore(Store):
         return self._writer.error
 
     # -- the label log ----------------------------------------------------------------------------------------
-    def subscribe(self, callback: Callable[[list[LabelEvent]], None]) -> None:
-        """Hand every label after the current end of the log to `callback` in order (starting the tail)."""
+    def subscribe(self, callback: Callable[[list[LabelEvent]], None], after: int = 0,
+                  tenants: Callable[[dict[str, TenantRow]], None] | None = None) -> None:
+        """Hand every label after seq `after` to `callback` in order, and (every poll) the tenants' rows to
+        `tenants`; starts the tail. One subscriber per store (one router per process)."""
         self._callbacks.append(callback)
-        self._cursor = self._reading = self._read(sql.label_seq)
+        self._on_tenants = tenants
+        self._cursor = self._reading = after
         if not self._tail.is_alive():
             self._tail.start()
 
@@ -161,11 +165,16 @@ class PostgresStore(Store):
         """Read the log after the cursor (on the writer thread, in order with feedback) and deliver it."""
         self._catching_up.set()
 
-        def job(conn: Any) -> list[LabelEvent]:
+        def job(conn: Any) -> tuple[list[LabelEvent], dict[str, TenantRow] | None]:
             self._catching_up.clear()
-            return self._log_since_cursor(conn)
+            return self._log_since_cursor(conn), sql.tenants(conn) if self._on_tenants else None
 
-        return self._writer.submit(job, self._deliver)
+        def after(res: tuple[list[LabelEvent], dict[str, TenantRow] | None]) -> None:
+            self._deliver(res[0])
+            if res[1] is not None and self._on_tenants is not None:
+                self._on_tenants(res[1])
+
+        return then(self._writer.submit(job, after), lambda res: res[0])
 
     def _run_tail(self) -> None:
         """LISTEN for label commits; read the log on each one, and every poll_s whatever happens."""

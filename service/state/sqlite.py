@@ -125,6 +125,10 @@ class SqliteStore(Store):
         self._reader_lock = threading.Lock()
         self._closed = False
 
+    @property
+    def error(self) -> str:
+        return self._writer.error
+
     # -- writing -------------------------------------------------------------------------------------------
     def submit(self, job: Job, after_commit: Callable[[Any], None] | None = None) -> Future[Any]:
         """Run `job(conn)` inside the next transaction; the future holds its result once committed (and

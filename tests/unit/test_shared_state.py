@@ -1,0 +1,124 @@
+"""Several routers on one PostgreSQL state (real server, no Triton): one queue per tenant, feedback at any
+router, every router's heads learning every label in the same order."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from messplus.service.config import ModelConfig, TenantConfig
+from messplus.service.errors import Conflict
+from messplus.service.routing.heads import Heads
+from messplus.service.routing.router import Router
+from messplus.service.routing.tenant import fold_queue
+from messplus.service.routing.types import EXPLORE_ALWAYS, Decision, RouteItem
+from messplus.service.state.postgres import PostgresStore
+
+DIM = 8
+MODELS = (ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1.0),
+          ModelConfig(name="big", triton_model="big", cost_per_request=10.0))
+TENANT = TenantConfig(name="acme", alpha=0.8, c=0.0)
+
+
+@pytest.fixture
+def routers(postgres_url: str) -> Iterator[Callable[[], Router]]:
+    made: list[Router] = []
+
+    def make() -> Router:
+        store = PostgresStore(postgres_url, poll_s=0.05)
+        r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], DIM), store, snapshot_every=7)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.store.close()
+
+
+def route(r: Router, rng: np.random.Generator, **kw: object) -> Decision:
+    emb = rng.standard_normal((1, DIM)).astype(np.float32)
+    (routed,) = r.route([RouteItem(tenant="acme", **kw)], emb / np.linalg.norm(emb))  # type: ignore[arg-type]
+    assert not isinstance(routed, Exception)
+    r.record(routed.decision, routed.embedding)
+    return routed.decision
+
+
+def caught_up(*rs: Router) -> None:
+    """Every router has read the whole label log (what the tail does by itself every poll_s)."""
+    for r in rs:
+        r.store.catch_up().result(10)  # type: ignore[attr-defined]
+
+
+def test_feedback_at_any_router_moves_one_queue_and_every_head(routers) -> None:
+    a, b = routers(), routers()
+    rng = np.random.default_rng(0)
+    sats = []
+    for i in range(30):
+        d = route((a, b)[i % 2], rng, exploration=EXPLORE_ALWAYS if i % 5 == 0 else 0)
+        s = float(rng.random() < 0.7)
+        others = [(a.names[k], 1.0) for k in d.invoked if k != d.served]
+        res = (b, a)[i % 3 % 2].feedback("acme", d.request_id, s, others).result(10)  # often at the other router
+        assert res.applied == 1 + len(others)
+        sats.append(s)
+    caught_up(a, b)
+    expected = fold_queue(a.tenants["acme"].cfg, sats)
+    for r in (a, b):
+        assert r.tenants["acme"].queue == pytest.approx(expected, abs=1e-12)
+        assert r.tenants["acme"].labelled == 30 and r.tenants["acme"].sat_sum == pytest.approx(sum(sats))
+    assert a.heads.last_seq == b.heads.last_seq > 30
+    np.testing.assert_allclose(a.heads.W, b.heads.W, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.heads.S, b.heads.S, rtol=0, atol=1e-12)
+    status = a.status("acme")
+    assert status.requests == 30 and status.labelled == 30 and int(status.served.sum()) == 30
+
+
+def test_a_router_started_later_learns_from_the_snapshot_and_the_tail(routers) -> None:
+    a = routers()
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        d = route(a, rng)
+        a.feedback("acme", d.request_id, float(rng.random() < 0.5), []).result(10)
+    a.snapshot().result(10)
+    for _ in range(5):  # labels after the snapshot
+        d = route(a, rng)
+        a.feedback("acme", d.request_id, 1.0, []).result(10)
+    late = routers()
+    d = route(a, rng)
+    a.feedback("acme", d.request_id, 0.0, []).result(10)
+    caught_up(a, late)
+    assert late.heads.last_seq == a.heads.last_seq
+    np.testing.assert_allclose(late.heads.W, a.heads.W, rtol=0, atol=1e-12)
+    assert late.tenants["acme"].queue == pytest.approx(a.tenants["acme"].queue, abs=1e-12)
+    assert late.tenants["acme"].labelled == a.tenants["acme"].labelled == 26
+
+
+def test_conflicting_labels_from_two_routers_one_wins(routers) -> None:
+    a, b = routers(), routers()
+    d = route(a, np.random.default_rng(2))
+    a.store.flush()
+    fa, fb = a.feedback("acme", d.request_id, 1.0, []), b.feedback("acme", d.request_id, 0.0, [])
+    outcomes = []
+    for f in (fa, fb):
+        try:
+            outcomes.append(f.result(10).applied)
+        except Conflict as exc:
+            outcomes.append(str(exc))
+    assert sorted(map(type, outcomes), key=str) == [int, str] and 1 in outcomes
+    assert any("write-once" in str(o) for o in outcomes)
+    caught_up(a, b)
+    assert a.tenants["acme"].labelled == b.tenants["acme"].labelled == 1
+
+
+def test_the_tail_delivers_without_being_asked(routers) -> None:
+    a, b = routers(), routers()
+    d = route(a, np.random.default_rng(3))
+    a.feedback("acme", d.request_id, 0.0, []).result(10)
+    deadline = time.monotonic() + 10
+    while b.tenants["acme"].labelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert b.tenants["acme"].labelled == 1 and math.isclose(b.tenants["acme"].queue, a.tenants["acme"].queue)
+    assert b.tenants["acme"].next_t >= 2  # the request a routed advanced b's clock too (tenant rows)
