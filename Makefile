@@ -1,6 +1,7 @@
 # The two commands: `make serve` (set up, then run the router with a local Triton and the demo zoo)
-# and `make test` (set up, then run the whole test suite). Both work on a fresh clone.
-.PHONY: serve test setup-demo setup-dev protos bench
+# and `make test` (set up, then run the whole test suite). Both work on a fresh clone; the set-up runs pip only
+# when pyproject.toml, constraints.txt or scripts/setup.sh changed since it last ran.
+.PHONY: serve test setup-demo setup-dev protos bench constraints
 
 serve: setup-demo
 	.venv/bin/messplus serve
@@ -21,3 +22,10 @@ bench: setup-dev
 
 protos: setup-dev
 	.venv/bin/python scripts/gen_protos.py
+
+# After changing a dependency in pyproject.toml: install what its ranges now need into .venv, unpinned (pip keeps
+# the installed versions that still fit), and re-pin constraints.txt (what the image and scripts/setup.sh install)
+# to the versions installed; then run `make test` and commit both files.
+constraints:
+	.venv/bin/python -m pip install --quiet -e ".[dev]"
+	.venv/bin/python scripts/constraints.py

