@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..zoo.monitor import PROBLEMS
+from ..zoo.triton import ModelFailed, ModelTimeout, ModelUnavailable, TritonUnreachable
 
 if TYPE_CHECKING:
     from ..routing.router import Decision, Router
@@ -121,6 +122,9 @@ class Metrics:
     def watch(self, router: Router) -> None:
         self._router = router
         self.registry.register(_RouterCollector(router))
+        for model in router.names:  # every error series from 0, so that rate() and alerts see the first error
+            for kind in (ModelUnavailable, TritonUnreachable, ModelTimeout, ModelFailed):
+                self.triton_errors.labels(model, kind.__name__)
 
     def watch_zoo(self, zoo: TritonZoo) -> None:
         streams = Gauge("messplus_triton_streams_open", "Triton response streams still open (each ends by its "

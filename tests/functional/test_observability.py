@@ -1,5 +1,6 @@
-"""Prometheus metrics on their own port, scraped for real, agree with what the router answers; JSON logs carry
-the request id (the log of a `messplus serve` process: serve() sets the log format up for the process)."""
+"""Prometheus metrics on their own port, scraped for real, agree with what the router answers, and carry every
+metric and label the operator's dashboard (deploy/grafana/) and alert rules (deploy/prometheus/) query; JSON logs
+carry the request id (the log of a `messplus serve` process: serve() sets the log format up for the process)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
 from ..support.metrics import scrape
+from ..support.promql import (alert_queries, dashboard_queries, dashboard_targets, dashboard_variables, exported,
+                              legend_problems, problems, uses)
 from ..support.procs import ServerProcess
 
 pytestmark = pytest.mark.triton
@@ -67,6 +70,15 @@ def test_metrics_endpoint_shows_the_sla_per_tenant_and_model_and_logs_carry_the_
     assert sum(v for (n, _), v in m.items() if n == "messplus_labels_total") == 5
     assert sum(v for (n, _), v in m.items() if n == "messplus_label_observed_total") == 2  # i = 1, 3
     assert all(v == 1 for (n, _), v in m.items() if n == "messplus_model_available")
+
+    # The dashboard's and the alert rules' queries read only what this router exports.
+    have = exported(m)
+    assert problems(dashboard_queries(), have) == []
+    assert problems(alert_queries(), have) == []
+    assert legend_problems(dashboard_targets(), have) == []
+    assert problems([f"{sel}" for sel, _ in dashboard_variables()], have) == []
+    for sel, label in dashboard_variables():
+        assert label in have[next(iter(uses(sel).selectors))] | {"instance"}, (sel, label)
 
     records = [json.loads(line) for line in r.log_path.read_text().splitlines() if line.startswith("{")]
     access = {(x.get("request_id"), x.get("rpc")): x for x in records if x["logger"] == "messplus.access"}
