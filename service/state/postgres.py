@@ -29,8 +29,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import sql
-from .base import (AfterCommit, Expectation, FeedbackCommit, HeadRow, LabelEvent, QueueStep, RequestRow, Store,
-                   TenantRow, then)
+from .base import AfterCommit, FeedbackCommit, LabelEvent, QueueStep, RequestRow, Store, TenantRow, then
 from .writer import GroupCommit
 
 log = logging.getLogger("messplus.store")
@@ -103,7 +102,7 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
 
 
-class PostgresStore(Store):
+class PostgresStore(sql.SqlReads, Store):
     """The shared state: a writer thread, a pool of readers, and the tail of the label log."""
 
     shared = True
@@ -252,23 +251,11 @@ class PostgresStore(Store):
         with self._pool.connection() as conn:
             return fn(_Qmark(conn), *args)
 
-    def tenants(self) -> dict[str, TenantRow]:
-        return self._read(sql.tenants)  # type: ignore[no-any-return]
-
     def tenants_at(self) -> tuple[dict[str, TenantRow], int]:
         with self._pool.connection() as conn:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 return sql.tenants(_Qmark(conn)), sql.label_seq(_Qmark(conn))
-
-    def expectations(self) -> dict[str, Expectation]:
-        return self._read(sql.expectations)  # type: ignore[no-any-return]
-
-    def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
-        return self._read(sql.model_counts)  # type: ignore[no-any-return]
-
-    def request_exists(self, request_id: str) -> bool:
-        return self._read(sql.request_exists, request_id)  # type: ignore[no-any-return]
 
     def request(self, request_id: str) -> RequestRow | None:
         """The request's record; one routed by another replica a moment ago may still be in its group commit,
@@ -278,11 +265,7 @@ class PostgresStore(Store):
             time.sleep(0.02)
         return row  # type: ignore[no-any-return]
 
-    def head(self, model: str) -> HeadRow | None:
-        return self._read(sql.head, model)  # type: ignore[no-any-return]
 
-    def label_events(self, after: int) -> list[LabelEvent]:
-        return self._read(sql.label_events, after)  # type: ignore[no-any-return]
 
 
 def _lock_log(conn: Any) -> None:

@@ -83,6 +83,34 @@ def _bytes(v: Any) -> bytes | None:
     return None if v is None else bytes(v)
 
 
+class SqlReads:
+    """The Store's reads for a backend that runs `fn(conn, *args)` on a reading connection (its `_read`)."""
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        raise NotImplementedError
+
+    def tenants(self) -> dict[str, TenantRow]:
+        return self._read(tenants)  # type: ignore[no-any-return]
+
+    def expectations(self) -> dict[str, Expectation]:
+        return self._read(expectations)  # type: ignore[no-any-return]
+
+    def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        return self._read(model_counts)  # type: ignore[no-any-return]
+
+    def request_exists(self, request_id: str) -> bool:
+        return self._read(request_exists, request_id)  # type: ignore[no-any-return]
+
+    def request(self, request_id: str) -> RequestRow | None:
+        return self._read(request, request_id)  # type: ignore[no-any-return]
+
+    def head(self, model: str) -> HeadRow | None:
+        return self._read(head, model)  # type: ignore[no-any-return]
+
+    def label_events(self, after: int) -> list[LabelEvent]:
+        return self._read(label_events, after)  # type: ignore[no-any-return]
+
+
 # -- writes ----------------------------------------------------------------------------------------------------------
 def ensure_tenants(conn: Any, names: tuple[str, ...]) -> None:
     for n in names:

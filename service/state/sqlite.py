@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sql
-from .base import AfterCommit, Expectation, FeedbackCommit, HeadRow, LabelEvent, QueueStep, RequestRow, Store, TenantRow
+from .base import AfterCommit, FeedbackCommit, QueueStep, RequestRow, Store, TenantRow
 from .writer import GroupCommit, Job
 
 log = logging.getLogger("messplus.store")
@@ -106,7 +106,7 @@ def connect(path: Path, synchronous: str = "FULL", readonly: bool = False) -> sq
     return conn
 
 
-class SqliteStore(Store):
+class SqliteStore(sql.SqlReads, Store):
     """The SQLite file, one writer thread with group commit (state/writer.py), and a reader connection."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_batch: int = 512,
@@ -156,9 +156,6 @@ class SqliteStore(Store):
         with self._reader_lock:
             return fn(self._reader, *args)
 
-    def tenants(self) -> dict[str, TenantRow]:
-        return self._read(sql.tenants)  # type: ignore[no-any-return]
-
     def tenants_at(self) -> tuple[dict[str, TenantRow], int]:
         with self._reader_lock:  # one read transaction: one snapshot of the file
             self._reader.execute("BEGIN")
@@ -167,23 +164,11 @@ class SqliteStore(Store):
             finally:
                 self._reader.execute("COMMIT")
 
-    def expectations(self) -> dict[str, Expectation]:
-        return self._read(sql.expectations)  # type: ignore[no-any-return]
 
-    def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
-        return self._read(sql.model_counts)  # type: ignore[no-any-return]
 
-    def request_exists(self, request_id: str) -> bool:
-        return self._read(sql.request_exists, request_id)  # type: ignore[no-any-return]
 
-    def request(self, request_id: str) -> RequestRow | None:
-        return self._read(sql.request, request_id)  # type: ignore[no-any-return]
 
-    def head(self, model: str) -> HeadRow | None:
-        return self._read(sql.head, model)  # type: ignore[no-any-return]
 
-    def label_events(self, after: int) -> list[LabelEvent]:
-        return self._read(sql.label_events, after)  # type: ignore[no-any-return]
 
     # -- the router's writes (the Store interface): each a job on the writer thread ------------------------------
     def ensure_tenants(self, names: tuple[str, ...]) -> Future[None]:
