@@ -158,6 +158,37 @@ def oracle_summary(o: Oracle, names: Sequence[str]) -> dict[str, Any]:
             "model_share": {n: float(s) for n, s in zip(names, share) if s > 0}}
 
 
+def task_oracle(names: Sequence[str], costs: np.ndarray, labels: np.ndarray, sources: Sequence[str],
+                alpha: float) -> dict[str, Any]:
+    """The task-level oracle: the cheapest mix of models per task (`sources[i]`, the prompt's source_benchmark)
+    reaching alpha over the whole stream, given each task's true per-model accuracy and mean cost; what a router
+    that recognises the task, and knows nothing about the item, can reach. The linear program
+
+        min  sum_t n_t sum_m c_tm x_tm   s.t.  sum_m x_tm = 1 (each task t),  sum_t n_t sum_m a_tm x_tm >= alpha N,
+
+    is the item LP with every prompt given its task's means (rows of one task are identical, so the optimum
+    mixes within a task the same way). A model without a label in a task is unavailable there; a task where
+    no model has a label is left out (counted in `excluded_prompts`)."""
+    src = np.asarray(sources)
+    cost, acc = np.zeros_like(costs, dtype=np.float64), np.zeros_like(costs, dtype=np.float64)
+    avail = np.zeros(costs.shape, np.bool_)
+    for task in np.unique(src):
+        rows = src == task
+        seen = ~np.isnan(labels[rows])
+        n = seen.sum(axis=0)
+        cost[rows] = costs[rows].mean(axis=0)
+        acc[rows] = np.where(n > 0, np.where(seen, labels[rows], 0.0).sum(axis=0) / np.maximum(n, 1), 0.0)
+        avail[rows] = n > 0
+    keep = np.flatnonzero(avail.any(axis=1))
+    sol = min_cost_assignment(cost[keep], acc[keep], alpha, avail[keep])
+    mix: dict[str, dict[str, float]] = {}
+    for task in np.unique(src[keep]):
+        share = sol.x[src[keep] == task].mean(axis=0)
+        mix[str(task)] = {names[k]: float(s) for k, s in enumerate(share) if s > 1e-12}
+    return {"feasible": sol.feasible, "mean_cost": sol.mean_cost, "satisfaction": sol.satisfaction,
+            "excluded_prompts": int(len(src) - keep.size), "mix": mix}
+
+
 def stream_baselines(names: Sequence[str], costs: np.ndarray, labels: np.ndarray, alpha: float) -> dict[str, Any]:
     """The three label-based baselines on one stream (costs, labels [N, K] of the replayed prompts)."""
     from ..trace import nanmean_cols
