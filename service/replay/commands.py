@@ -45,7 +45,14 @@ def add_commands(sub: Any) -> None:
         p.add_argument(f"--{knob.name.replace('_', '-')}", type=int if knob.type == "int" else float,
                        dest=knob.name, help=f"tenant {knob.name}: {knob.metadata['help']} (default {knob.default})")
     p.add_argument("--no-reference", action="store_true", help="skip the MESS+ reference runs")
-    p.add_argument("--grpc", metavar="ADDR", help="route through a running service (Route/Feedback) at HOST:PORT")
+    p.add_argument("--replicas", type=int, default=0, metavar="N",
+                   help="simulate N router replicas on one shared state (Route round-robin, Feedback to a random "
+                        "one); default: one router on a state of its own")
+    p.add_argument("--sync-lag", type=int, default=0, metavar="L",
+                   help="with --replicas: every replica sees the label log L requests late (default 0)")
+    p.add_argument("--grpc", metavar="ADDR[,ADDR...]",
+                   help="route through running services (Route/Feedback) at HOST:PORT; several replicas of one "
+                        "shared state: Route round-robin, Feedback to a random one")
     p.add_argument("--tenant", default="default", help="the service tenant to drive with --grpc")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--limit", type=int, default=0, help="only the first N rows of each trace file")
@@ -92,12 +99,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from ..trace import load_traces
 
     if not all(0 < a < 1 for a in args.alpha) or args.seeds < 1 or not 0 <= args.feedback_rate <= 1 \
-            or args.feedback_delay < 0 or not 0 <= args.warm_start < 1 or args.limit < 0:
+            or args.feedback_delay < 0 or not 0 <= args.warm_start < 1 or args.limit < 0 or args.replicas < 0 \
+            or args.sync_lag < 0:
         raise SystemExit("messplus replay: need 0 < alpha < 1, seeds >= 1, 0 <= feedback-rate <= 1, "
-                         "feedback-delay >= 0, 0 <= warm-start < 1, limit >= 0")
+                         "feedback-delay >= 0, 0 <= warm-start < 1, limit >= 0, replicas >= 0, sync-lag >= 0")
+    if args.sync_lag and not args.replicas:
+        raise SystemExit("messplus replay: --sync-lag needs --replicas")
     cond = Condition(feedback_rate=args.feedback_rate, feedback_delay=args.feedback_delay,
                      outages=tuple(Outage.parse(o) for o in args.outage), warm_start=args.warm_start,
-                     order=args.order, flat_costs=args.flat_costs)
+                     order=args.order, flat_costs=args.flat_costs, replicas=args.replicas, sync_lag=args.sync_lag)
     setup = ReplaySetup(alphas=tuple(args.alpha), seeds=tuple(range(args.seeds)), cond=cond,
                         policy=TenantOverrides(**{k: getattr(args, k) for k in POLICY_KEYS}),
                         reference=not args.no_reference, progress=not args.quiet)
@@ -115,7 +125,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                              "set it in its config")
         if args.flat_costs:
             raise SystemExit("messplus replay --grpc: the prices are the service's; set them in its config")
-        driver = GrpcDriver(args.grpc, args.tenant, trace.models)
+        if args.replicas:
+            raise SystemExit("messplus replay --grpc: the replicas are the addresses given; --replicas simulates "
+                             "them in process")
+        addrs = [a.strip() for a in args.grpc.split(",") if a.strip()]
+        driver = GrpcDriver(addrs, args.tenant, trace.models)
         if abs(driver.alpha - args.alpha[0]) > 1e-9:
             raise SystemExit(f"messplus replay --grpc: tenant {args.tenant!r} has alpha {driver.alpha}, not "
                              f"{args.alpha[0]}")

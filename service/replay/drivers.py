@@ -1,5 +1,6 @@
 """The routers a replay drives, behind one `Driver` interface: the service's router core in process
-(`InProcess`), or a running service through its Route and Feedback RPCs (`GrpcDriver`)."""
+(`InProcess`; several of them on one shared state: replicas.py), or running services through their Route and
+Feedback RPCs (`GrpcDriver`: one address, or several replicas)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..routing.reference import PaperPolicy
 from ..routing.registry import DEFAULT_POLICY, get_policy
 from ..routing.router import Router
 from ..routing.types import Decision, RouteItem
+from ..state.base import Store
 from ..state.sqlite import SqliteStore
 from ..trace import Trace, TraceError
 
@@ -46,14 +48,17 @@ class InProcess:
     """The service's Router (messplus's policy, or the MESS+ paper's) over an in-memory store, run inline."""
 
     def __init__(self, trace: Trace, tenant: TenantConfig, dim: int, *, reference: bool = False,
-                 flat_costs: bool = False) -> None:
+                 flat_costs: bool = False, store: Store | None = None) -> None:
+        """`store`: the state to route on (default: a fresh in-memory one of its own; replay/replicas.py gives
+        several of these one shared store)."""
         per_request, per_token = (trace.mean_cost, np.zeros(len(trace.models))) if flat_costs else trace.price_list()
         models = [ModelConfig(name=n, triton_model=n, cost_per_request=float(c), cost_per_input_token=float(t))
                   for n, c, t in zip(trace.models, per_request, per_token)]
         heads = Heads(trace.models, dim, prior_var=PredictorConfig().prior_var)  # the service's default prior
         policy = get_policy(PaperPolicy.name if reference else DEFAULT_POLICY)
-        self.router = Router(models, [tenant], heads, SqliteStore(":memory:", inline=True), cache_size=len(trace) + 1,
-                             snapshot_every=1 << 62, policy=policy)
+        store = SqliteStore(":memory:", inline=True) if store is None else store
+        self.router = Router(models, [tenant], heads, store, cache_size=len(trace) + 1, snapshot_every=1 << 62,
+                             policy=policy)
         self._avail = np.ones(len(models), np.bool_)
 
     def route(self, rid: str, text: str, emb: np.ndarray, avail: np.ndarray) -> Step | None:
@@ -96,24 +101,36 @@ def match_models(service: Sequence[tuple[str, str]], trace_models: Sequence[str]
 
 
 class GrpcDriver:
-    """Drives a running messplus through Route and Feedback (the service records and learns on its side)."""
+    """Drives running messplus replicas through Route and Feedback (the service records and learns on its side).
 
-    def __init__(self, addr: str, tenant: str, trace_models: Sequence[str], *, timeout_s: float = 30.0) -> None:
+    With several addresses (replicas on one shared state) Route goes round-robin and each Feedback to a replica
+    drawn at random (seeded by `seed`), as a load balancer may send it: not necessarily the one that routed."""
+
+    def __init__(self, addrs: str | Sequence[str], tenant: str, trace_models: Sequence[str], *,
+                 timeout_s: float = 30.0, seed: int = 0) -> None:
         import grpc
 
         from messplus.v1 import routing_pb2 as pb
         from messplus.v1 import routing_pb2_grpc as pb_grpc
 
         self.grpc, self.pb, self.tenant, self.timeout_s = grpc, pb, tenant, timeout_s
-        self.channel = grpc.insecure_channel(addr)
-        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
-        self.stub = pb_grpc.RoutingServiceStub(self.channel)
-        zoo = self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout_s).models
-        cols = match_models([(m.name, m.triton_model) for m in zoo], trace_models)
-        lost = [m.name for m, j in zip(zoo, cols) if j < 0]
+        self.addrs = [addrs] if isinstance(addrs, str) else list(addrs)
+        if not self.addrs:
+            raise ValueError("GrpcDriver: no address")
+        self.channels = [grpc.insecure_channel(a) for a in self.addrs]
+        for channel in self.channels:
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        self.stubs = [pb_grpc.RoutingServiceStub(c) for c in self.channels]
+        self.stub = self.stubs[0]
+        zoos = [[(m.name, m.triton_model) for m in s.ListModels(pb.ListModelsRequest(), timeout=timeout_s).models]
+                for s in self.stubs]
+        if any(z != zoos[0] for z in zoos):
+            raise TraceError(f"the replicas at {', '.join(self.addrs)} serve different zoos")
+        cols = match_models(zoos[0], trace_models)
+        lost = [name for (name, _), j in zip(zoos[0], cols) if j < 0]
         if lost:
             raise TraceError(f"the service's models {lost} have no columns in the trace ({', '.join(trace_models)})")
-        self.names = [m.name for m in zoo]
+        self.names = [name for name, _ in zoos[0]]
         self.trace_models = [trace_models[j] for j in cols]  # the trace, restricted to the zoo, in zoo order
         self.index = {n: k for k, n in enumerate(self.names)}
         status = self.stub.SlaStatus(pb.SlaStatusRequest(tenant=tenant), timeout=timeout_s)
@@ -121,13 +138,17 @@ class GrpcDriver:
         if status.requests:
             log.warning("tenant %r has already routed %d requests: the service's state carries over", tenant,
                         status.requests)
+        self._routed = 0
+        self._rng = np.random.default_rng([seed, 3])
 
     def route(self, rid: str, text: str, emb: np.ndarray, avail: np.ndarray) -> Step | None:
         pb = self.pb
         ov = pb.RouteOverrides(excluded_models=[self.names[k] for k in np.flatnonzero(~avail)])
+        stub = self.stubs[self._routed % len(self.stubs)]
+        self._routed += 1
         try:
-            reply = self.stub.Route(pb.RouteRequest(tenant=self.tenant, text=text, request_id=rid, overrides=ov),
-                                    timeout=self.timeout_s)
+            reply = stub.Route(pb.RouteRequest(tenant=self.tenant, text=text, request_id=rid, overrides=ov),
+                               timeout=self.timeout_s)
         except self.grpc.RpcError as exc:
             code, codes = exc.code(), self.grpc.StatusCode
             no_model = code == codes.UNAVAILABLE and "no zoo model" in (exc.details() or "")
@@ -148,10 +169,13 @@ class GrpcDriver:
             pb.ModelSatisfaction(model=self.names[k], satisfaction=s) for k, s in labels.items() if k != served])
         if served in labels:
             req.satisfaction = labels[served]
-        self.stub.Feedback(req, timeout=self.timeout_s)
+        stub = self.stubs[int(self._rng.integers(len(self.stubs)))] if len(self.stubs) > 1 else self.stub
+        stub.Feedback(req, timeout=self.timeout_s)
 
     def queue(self) -> float:
+        """The first replica's queue (each replica's is the database's once its tail has caught up)."""
         return float(self.stub.SlaStatus(self.pb.SlaStatusRequest(tenant=self.tenant), timeout=self.timeout_s).queue)
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()

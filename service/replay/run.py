@@ -14,7 +14,9 @@ Conditions: `--feedback-rate R` (each request gets its feedback with probability
 `--feedback-delay D` (the feedback of request i arrives after D more requests were routed: just before request
 i + D + 1; delay 0 is just before the next one), `--outage MODEL:START:END` (MODEL unavailable for stream positions
 START <= i < END: two integers are request indices, otherwise fractions of the replayed stream in [0, 1];
-MODEL `@cheapest` is the cheapest single model meeting alpha).
+MODEL `@cheapest` is the cheapest single model meeting alpha), `--replicas N --sync-lag L` (N routers on one
+shared state, Route round-robin, Feedback to a random one, every replica seeing the label log L requests late:
+replicas.py; the MESS+ reference runs under the same condition).
 
 The judge sees everything: satisfaction is the mean recorded label of the served model over all requests
 (requests whose served model has no label are left out and counted as `unjudged`; a request no model could
@@ -44,6 +46,7 @@ from ..trace import Trace, TraceError
 from .baselines import stream_baselines
 from .drivers import TENANT, Driver, InProcess
 from .pretrain import train_heads
+from .replicas import Replicas
 
 log = logging.getLogger("messplus.replay")
 SLA_TOL = 1e-9
@@ -82,6 +85,8 @@ class Condition:
     warm_start: float = 0.0
     order: str = "shuffle"  # shuffle | source (by source_benchmark, first appearance) | file
     flat_costs: bool = False  # the router gets one price per model (its mean cost), not the trace's price list
+    replicas: int = 0  # > 0: that many routers on one shared state (replicas.py); 0: one router on its own
+    sync_lag: int = 0  # with replicas: every replica sees the label log this many requests late
 
 
 def _overrides_type() -> type:
@@ -258,14 +263,19 @@ def _one_run(trace: Trace, emb: np.ndarray | None, setup: ReplaySetup, alpha: fl
             raise ValueError("an in-process replay needs the prompt embeddings")
         tenant = setup.policy.tenant(alpha, seed)
         tenant = reference_tenant(tenant) if ref else tenant
-        driver = InProcess(trace, tenant, emb.shape[1], reference=ref, flat_costs=cond.flat_costs)
-        trained = train_heads(driver.router.heads, emb, trace.labels, train)
+        if cond.replicas:
+            driver = Replicas(trace, tenant, emb.shape[1], replicas=cond.replicas, sync_lag=cond.sync_lag,
+                              seed=seed, reference=ref, flat_costs=cond.flat_costs)
+            trained = driver.train(emb, trace.labels, train)
+        else:
+            driver = InProcess(trace, tenant, emb.shape[1], reference=ref, flat_costs=cond.flat_costs)
+            trained = train_heads(driver.router.heads, emb, trace.labels, train)
     started = time.perf_counter()
     try:
         arrays = run_stream(driver, trace, rows, emb, cond, seed, progress=setup.progress,
                             desc=f"{'reference' if ref else 'messplus'} alpha={alpha:g} seed={seed}")
     finally:
-        if isinstance(driver, InProcess):
+        if isinstance(driver, InProcess | Replicas):
             driver.close()
     summary = run_summary(arrays, trace, alpha, seed, time.perf_counter() - started)
     summary["warm_start_labels"] = trained
@@ -296,7 +306,8 @@ def _entry(trace: Trace, alpha: float, runs: list[dict[str, Any]], refs: list[di
     c, tenant = setup.cond, setup.policy.tenant(alpha, 0)
     return {"trace": trace.name, "alpha": alpha, "runs": runs, "baselines": baselines,
             "condition": {"feedback_rate": c.feedback_rate, "feedback_delay": c.feedback_delay,
-                          "outages": [asdict(o) for o in c.outages], "warm_start": c.warm_start, "order": c.order},
+                          "outages": [asdict(o) for o in c.outages], "warm_start": c.warm_start, "order": c.order,
+                          **({"replicas": c.replicas, "sync_lag": c.sync_lag} if c.replicas else {})},
             "policy": {k: getattr(tenant, k) for k in POLICY_KEYS},
             "models": [{"name": m, "mean_cost": float(mc), "accuracy": None if math.isnan(ac) else float(ac)}
                        for m, mc, ac in zip(trace.models, trace.mean_cost, trace.accuracy)],

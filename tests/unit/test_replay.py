@@ -340,11 +340,15 @@ def service(tiny) -> Iterator[tuple[str, Router]]:
     router.store.close()
 
 
-def test_grpc_replay_agrees_with_in_process(tiny, emb, service) -> None:
+@pytest.mark.parametrize("addresses", [1, 2], ids=["one-address", "two-addresses"])
+def test_grpc_replay_agrees_with_in_process(tiny, emb, service, addresses) -> None:
+    """Two addresses of the same service: Route alternates between the channels and Feedback goes to a seeded
+    random one; the numbers are the same router's, so the single router's in-process replay's."""
     from messplus.service.replay import GrpcDriver
 
     addr, router = service
-    driver = GrpcDriver(addr, "default", tiny.models)
+    driver = GrpcDriver(addr if addresses == 1 else [addr] * addresses, "default", tiny.models)
+    assert len(driver.stubs) == addresses
     assert driver.alpha == pytest.approx(0.7) and driver.trace_models == list(tiny.models)
     setup = ReplaySetup(alphas=(0.7,), seeds=(0,), cond=Condition(feedback_delay=1), reference=False)
     try:
