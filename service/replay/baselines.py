@@ -189,11 +189,16 @@ def task_oracle(names: Sequence[str], costs: np.ndarray, labels: np.ndarray, sou
             "excluded_prompts": int(len(src) - keep.size), "mix": mix}
 
 
-def stream_baselines(names: Sequence[str], costs: np.ndarray, labels: np.ndarray, alpha: float) -> dict[str, Any]:
-    """The three label-based baselines on one stream (costs, labels [N, K] of the replayed prompts)."""
+def stream_baselines(names: Sequence[str], costs: np.ndarray, labels: np.ndarray, alpha: float,
+                     sources: Sequence[str] | None = None) -> dict[str, Any]:
+    """The label-based baselines on one stream (costs, labels [N, K] of the replayed prompts; `sources`, each
+    prompt's source_benchmark, adds the task-level oracle)."""
     from ..trace import nanmean_cols
 
     mean_cost, acc = costs.mean(axis=0), nanmean_cols(labels)
-    return {"cheapest_single": cheapest_single(names, mean_cost, acc, alpha),
-            "static_mixture": static_mixture(names, mean_cost, acc, alpha),
-            "oracle": oracle_summary(oracle(costs, labels, alpha), names)}
+    out = {"cheapest_single": cheapest_single(names, mean_cost, acc, alpha),
+           "static_mixture": static_mixture(names, mean_cost, acc, alpha),
+           "oracle": oracle_summary(oracle(costs, labels, alpha), names)}
+    if sources is not None:
+        out["task_oracle"] = task_oracle(names, costs, labels, sources, alpha)
+    return out

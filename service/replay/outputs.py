@@ -44,10 +44,12 @@ def format_table(summary: list[dict[str, Any]]) -> str:
         for r in e["runs"]:
             lines.append(f"  seed {r['seed']}: satisfaction {f(r['satisfaction'], '.4f')} sla_met {r['sla_met']} "
                          f"mean_cost {f(r['mean_cost'])} explore {f(r['exploration_fraction'], '.3f')} "
-                         f"x static {f(r['cost_vs_static_mixture'], '.3f')} x oracle {f(r['cost_vs_oracle'], '.3f')} "
-                         f"x reference {f(r['cost_vs_reference'], '.3f')}")
-        ref = b["messplus_reference"] or {}
+                         f"x static {f(r['cost_vs_static_mixture'], '.3f')} "
+                         f"x task oracle {f(r.get('cost_vs_task_oracle'), '.3f')} "
+                         f"x oracle {f(r['cost_vs_oracle'], '.3f')} x reference {f(r['cost_vs_reference'], '.3f')}")
+        ref, task = b["messplus_reference"] or {}, b.get("task_oracle") or {}
         lines.append(f"  cheapest single {b['cheapest_single']['model']} {f(b['cheapest_single']['mean_cost'])}; "
-                     f"static mixture {f(b['static_mixture']['mean_cost'])}; oracle {f(b['oracle']['mean_cost'])}; "
+                     f"static mixture {f(b['static_mixture']['mean_cost'])}; task oracle {f(task.get('mean_cost'))}; "
+                     f"oracle {f(b['oracle']['mean_cost'])}; "
                      f"MESS+ reference {f(ref.get('mean_cost'))} (satisfaction {f(ref.get('satisfaction'), '.4f')})")
     return "\n".join(lines)

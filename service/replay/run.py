@@ -236,7 +236,8 @@ def replay(trace: Trace, emb: np.ndarray | None, setup: ReplaySetup, *, grpc_dri
         runs, refs, bases, conds = [], [], [], []
         for seed in setup.seeds:
             train, rows = split_stream(trace, seed, setup.cond)
-            base = stream_baselines(trace.models, trace.costs[rows], trace.labels[rows], alpha)
+            base = stream_baselines(trace.models, trace.costs[rows], trace.labels[rows], alpha,
+                                    [trace.sources[r] for r in rows])
             cond = _resolve(setup.cond, trace, base)
             bases.append(base)
             conds.append(cond)
@@ -290,7 +291,7 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 def _entry(trace: Trace, alpha: float, runs: list[dict[str, Any]], refs: list[dict[str, Any]],
            bases: list[dict[str, Any]], setup: ReplaySetup) -> dict[str, Any]:
     baselines = dict(bases[0])
-    for name in ("cheapest_single", "static_mixture", "oracle"):  # differ by seed only with a warm start
+    for name in ("cheapest_single", "static_mixture", "oracle", "task_oracle"):  # differ by seed with a warm start
         if len({json.dumps(b[name], sort_keys=True) for b in bases}) > 1:
             baselines[name] = {**bases[0][name], "mean_cost": _mean([b[name]["mean_cost"] for b in bases]),
                                "satisfaction": _mean([b[name]["satisfaction"] for b in bases]),
@@ -302,6 +303,7 @@ def _entry(trace: Trace, alpha: float, runs: list[dict[str, Any]], refs: list[di
     for i, run in enumerate(runs):
         run["cost_vs_static_mixture"] = _ratio(run["mean_cost"], bases[i]["static_mixture"]["mean_cost"])
         run["cost_vs_oracle"] = _ratio(run["mean_cost"], bases[i]["oracle"]["mean_cost"])
+        run["cost_vs_task_oracle"] = _ratio(run["mean_cost"], bases[i]["task_oracle"]["mean_cost"])
         run["cost_vs_reference"] = _ratio(run["mean_cost"], refs[i]["mean_cost"]) if refs else None
     c, tenant = setup.cond, setup.policy.tenant(alpha, 0)
     return {"trace": trace.name, "alpha": alpha, "runs": runs, "baselines": baselines,
