@@ -200,3 +200,25 @@ def test_readme_image_tag_is_the_one_the_manifest_runs() -> None:
     image = router_container()["image"]
     assert image == f"messplus:{version}"
     assert f"docker build -t {image} ." in (ROOT / "README.md").read_text()
+
+
+# -- the README's docker run beside an external Triton -------------------------------------------------------------
+def test_readme_docker_run_config_passes_check_config_and_reaches_triton_on_the_network(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    (toml,) = re.findall(r"```toml\n(# messplus\.toml: the router beside an external Triton.*?)```", readme, re.S)
+    (tmp_path / "messplus.toml").write_text(toml)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESSPLUS_")}
+    env.update(docker_env())
+    env["MESSPLUS_CONFIG"] = str(tmp_path / "messplus.toml")
+    done = subprocess.run([str(BIN / "messplus"), "check-config"], capture_output=True, text=True, timeout=120,
+                          env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok: 2 models, 1 tenants, listen 0.0.0.0:50051"
+    cfg = config_mod.from_mapping(tomllib.loads(toml), env={})
+    runs = re.findall(r"^docker run .*?(?<!\\)$", readme.replace("\\\n", "\\ "), re.M)
+    triton = next(r for r in runs if "--name triton " in r)
+    router = next(r for r in runs if "--name messplus " in r)
+    assert "docker network create messplus" in readme and cfg.triton.url == "triton:8001"
+    assert "--network messplus" in triton and "--network messplus" in router
+    assert f"{docker_env()['MESSPLUS_CONFIG']}:ro" in router and f":{docker_env()['MESSPLUS_STATE_DIR']}" in router
+    assert {m.triton_model for m in cfg.zoo.models} == {"llama-8b", "llama-70b"}
