@@ -1,8 +1,9 @@
 """The state on PostgreSQL, shared by every router replica (docs/SCALING.md has the design and its reasons).
 
 - Writes are group-committed by one writer thread (state/writer.py), as on SQLite. A label and the tenant's new
-  queue commit in one transaction; that transaction first takes a transaction-scoped advisory lock, so label
-  seqs are handed out in commit order and a reader that has seen seq n has seen every committed seq below it.
+  queue commit in one transaction. Every write transaction first takes one transaction-scoped advisory lock, so
+  label seqs are handed out in commit order (a reader that has seen seq n has seen every committed seq below it)
+  and replicas' batches, which lock tenant and model-count rows in no fixed order, never deadlock.
 - The label log is read forward by seq: each feedback transaction returns every label after this replica's
   cursor (other replicas' and its own, in order), and a tail thread LISTENs for the notification every label
   commit sends (and reads the log every `poll_s` anyway, so nothing is missed across a lost connection). The
@@ -121,7 +122,10 @@ class PostgresStore(sql.SqlReads, Store):
         self._cursor = 0     # the last label seq handed to subscribers
         self._reading = 0    # the same, counting what the open batch has read
         self._catching_up = threading.Event()
-        self._writer = GroupCommit(self._connect, max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
+        # every write transaction takes the log lock first: a batch mixes records (tenant and model-count rows)
+        # and feedback (the log lock, then a tenant row), so replicas locking in different orders deadlocked
+        self._writer = GroupCommit(self._connect, begin=f"BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})",
+                                   max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
                                    on_rollback=self._rolled_back)
         self._stop = threading.Event()
         self._tail = threading.Thread(target=self._run_tail, name="messplus-state-tail", daemon=True)
