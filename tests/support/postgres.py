@@ -60,9 +60,15 @@ class PostgresServer:
         return f"postgresql://messplus@127.0.0.1:{self.port}/messplus"
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        kw = {"user": self.user.pw_uid, "group": self.user.pw_gid} if self.user else {}
-        return subprocess.run([str(self.bin / tool), *args], check=check, capture_output=True, text=True,
-                              cwd=self.root, timeout=120, **kw)  # type: ignore[arg-type]
+        cmd, kw = [str(self.bin / tool), *args], {}
+        if self.user and shutil.which("setpriv"):
+            # setpriv switches user after exec: with user=/group= Python forks instead of vforking, and a child
+            # forked while gRPC threads of this process are busy (a test under load) crashed with SIGSEGV
+            cmd = ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups", *cmd]
+        elif self.user:
+            kw = {"user": self.user.pw_uid, "group": self.user.pw_gid}
+        return subprocess.run(cmd, check=check, capture_output=True, text=True, cwd=self.root, timeout=120,
+                              **kw)  # type: ignore[arg-type]
 
     def start(self) -> PostgresServer:
         opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
