@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ..errors import StorageUnavailable
 from . import sql
 from .base import AfterCommit, FeedbackCommit, LabelEvent, QueueStep, RequestRow, Store, TenantRow, then
 from .writer import GroupCommit
@@ -122,6 +123,7 @@ class PostgresStore(sql.SqlReads, Store):
         self._cursor = 0     # the last label seq handed to subscribers
         self._reading = 0    # the same, counting what the open batch has read
         self._catching_up = threading.Event()
+        self._tail_error = ""  # why the tail cannot reach the database ("" while it can)
         # every write transaction takes the log lock first: a batch mixes records (tenant and model-count rows)
         # and feedback (the log lock, then a tenant row), so replicas locking in different orders deadlocked
         self._writer = GroupCommit(self._connect, begin=f"BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})",
@@ -135,8 +137,8 @@ class PostgresStore(sql.SqlReads, Store):
 
     @property
     def error(self) -> str:
-        """Why the database cannot be written now ("" when it can)."""
-        return self._writer.error
+        """Why the database cannot be written now, or the label log not followed ("" when all is well)."""
+        return self._writer.error or self._tail_error
 
     # -- the label log ----------------------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[list[LabelEvent]], None], after: int = 0,
@@ -177,7 +179,11 @@ class PostgresStore(sql.SqlReads, Store):
             if res[1] is not None and self._on_tenants is not None:
                 self._on_tenants(res[1])
 
-        return then(self._writer.submit(job, after), lambda res: res[0])
+        fut = self._writer.submit(job, after)
+        # a batch that failed before reaching the job (the database down) never cleared the flag: the tail would
+        # then never ask again, and this replica would stop hearing other replicas' labels after an outage
+        fut.add_done_callback(lambda f: f.exception() is None or self._catching_up.clear())
+        return then(fut, lambda res: res[0])
 
     def _run_tail(self) -> None:
         """LISTEN for label commits; read the log on each one, and every poll_s whatever happens."""
@@ -186,6 +192,7 @@ class PostgresStore(sql.SqlReads, Store):
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=5, **self._kw) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._tail_error = ""
                     while not self._stop.is_set():
                         if not self._catching_up.is_set():
                             self.catch_up()
@@ -194,9 +201,14 @@ class PostgresStore(sql.SqlReads, Store):
                         if time.monotonic() - last_cleanup > min(self.retention_s / 10, 3600.0):
                             last_cleanup = time.monotonic()
                             self._writer.submit(self._expire)
-            except psycopg.Error as exc:
-                log.warning("state tail: %s; reconnecting", exc)
+            except psycopg.Error as exc:  # the database went away: say so (health) even while nothing writes
+                if self._tail_error != (why := f"the label log cannot be followed: {exc}"):
+                    log.warning("state tail: %s; reconnecting", exc)
+                self._tail_error = why
                 self._stop.wait(min(self.poll_s * 4, 5.0))
+            except RuntimeError:  # close() shut the writer between the loop's check and a submit
+                if not self._stop.is_set():
+                    raise
 
     def _expire(self, conn: Any) -> None:
         """Drop request records older than the retention whose labels every head snapshot has learned."""
@@ -252,8 +264,24 @@ class PostgresStore(sql.SqlReads, Store):
 
     # -- reads (a pooled connection each) -----------------------------------------------------------------------
     def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        with self._pool.connection() as conn:
-            return fn(_Qmark(conn), *args)
+        """fn on a pooled connection; when the pool has none that works (the database restarted under it, or it
+        is down and the pool waits out its reconnect backoff), on a fresh one; the database unreachable:
+        StorageUnavailable (UNAVAILABLE), after a second at most, instead of the pool's 30 s wait and INTERNAL."""
+        try:
+            with self._pool.connection(timeout=1.0) as conn:
+                return fn(_Qmark(conn), *args)
+        except psycopg.OperationalError:
+            pass
+        try:
+            conn = self._connect()
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(f"the state database cannot be reached ({exc}); retry") from exc
+        try:
+            return fn(conn, *args)
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(f"the state database failed a read ({exc}); retry") from exc
+        finally:
+            conn.close()
 
     def tenants_at(self) -> tuple[dict[str, TenantRow], int]:
         with self._pool.connection() as conn:

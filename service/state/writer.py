@@ -97,6 +97,8 @@ class GroupCommit:
                     self._fail(self._take_all(), "the router stopped before the state store came back")
                     return
                 self._reopen()
+            elif self._reconnect and self.error:  # nothing to retry, but the connection may be dead: a fresh one
+                self._reopen()
 
     def _commit(self, batch: list[_Item]) -> list[_Item]:
         """Commit one batch; returns the retry jobs to try again when the commit failed."""
