@@ -12,6 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -31,6 +32,20 @@ def manifest() -> dict[str, dict[str, Any]]:
 def router_container() -> dict[str, Any]:
     pod = manifest()["Deployment"]["spec"]["template"]["spec"]
     return next(c for c in pod["containers"] if c["name"] == "messplus")
+
+
+# what the operator's Secret `messplus-state` holds (the manifest's header says how to create it), for the checks
+SECRET_EXAMPLE = {"url": "postgresql://messplus@db.example.internal:5432/messplus?sslmode=verify-full",
+                  "password": "example"}
+
+
+def container_env() -> dict[str, str]:
+    """The router container's environment, with example values where the manifest takes them from a Secret."""
+    env = {}
+    for e in router_container().get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        env[e["name"]] = SECRET_EXAMPLE[ref["key"]] if ref else e["value"]
+    return env
 
 
 def configmap_toml() -> str:
@@ -96,7 +111,7 @@ def test_configmap_passes_messplus_check_config_with_the_image_environment(tmp_p
     (tmp_path / "messplus.toml").write_text(configmap_toml())
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESSPLUS_")}
     env.update(docker_env())
-    env.update({e["name"]: e["value"] for e in router_container().get("env", [])})
+    env.update(container_env())
     env["MESSPLUS_CONFIG"] = str(tmp_path / "messplus.toml")
     done = subprocess.run([str(BIN / "messplus"), "check-config"], capture_output=True, text=True, timeout=120,
                           env=env, check=False)
@@ -120,7 +135,7 @@ def test_the_image_environment_does_not_silently_override_the_configmap() -> Non
 
 def test_probes_use_the_health_names_the_server_registers() -> None:
     c = router_container()
-    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env={})
+    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env=container_env())
     grpc_port = int(cfg.server.listen.rpartition(":")[2])
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
         "grpc": grpc_port, "metrics": int(cfg.server.metrics_listen.rpartition(":")[2])}
@@ -134,7 +149,7 @@ def test_probes_use_the_health_names_the_server_registers() -> None:
 def test_metrics_port_is_annotated_and_the_config_is_mounted_where_the_image_reads_it() -> None:
     m = manifest()
     template = m["Deployment"]["spec"]["template"]
-    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env={})
+    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env=container_env())
     assert template["metadata"]["annotations"] == {
         "prometheus.io/scrape": "true", "prometheus.io/port": cfg.server.metrics_listen.rpartition(":")[2],
         "prometheus.io/path": "/metrics"}
@@ -149,6 +164,29 @@ def test_metrics_port_is_annotated_and_the_config_is_mounted_where_the_image_rea
         if p["name"] == "triton-grpc"))
     service_port = m["Service"]["spec"]["ports"][0]
     assert service_port["targetPort"] == "grpc" and service_port["appProtocol"] == "grpc"
+
+
+def test_three_replicas_share_the_state_on_postgresql_from_a_secret() -> None:
+    """Replicas roll one at a time under a disruption budget, share one state on PostgreSQL (the ConfigMap picks
+    the backend and holds no credentials; the URL and password come from one Secret) and keep nothing that
+    needs a volume of their own."""
+    m = manifest()
+    spec = m["Deployment"]["spec"]
+    assert spec["replicas"] == 3 and spec["strategy"]["type"] == "RollingUpdate"
+    pdb = m["PodDisruptionBudget"]["spec"]
+    assert pdb["selector"] == spec["selector"] and 0 < pdb["minAvailable"] < spec["replicas"]
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] <= spec["replicas"] - pdb["minAvailable"]
+    raw = tomllib.loads(configmap_toml())["state"]
+    assert raw["backend"] == "postgres" and not {"url", "password", "password_file"} & set(raw)
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in router_container()["env"] if "valueFrom" in e}
+    assert refs == {"MESSPLUS_STATE_URL": {"name": "messplus-state", "key": "url"},
+                    "MESSPLUS_STATE_PASSWORD": {"name": "messplus-state", "key": "password"}}
+    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env=container_env())
+    assert cfg.state.backend == "postgres" and cfg.state.url == SECRET_EXAMPLE["url"]
+    assert cfg.state.db_password() == SECRET_EXAMPLE["password"]
+    volumes = spec["template"]["spec"]["volumes"]
+    assert "PersistentVolumeClaim" not in m and not [v for v in volumes if v["name"] == "state" and len(v) > 2]
+    assert next(v for v in volumes if v["name"] == "state")["emptyDir"]
 
 
 def test_router_runs_as_the_image_user_with_a_read_only_root() -> None:
@@ -179,7 +217,7 @@ def test_dockerfile_installs_what_scripts_setup_installs() -> None:
 def test_dockerfile_exports_the_predictor_where_the_config_points() -> None:
     (export,) = [rest for word, rest in dockerfile() if word == "RUN" and "export-predictor" in rest]
     out = re.search(r"messplus export-predictor --out (\S+)", export).group(1)  # type: ignore[union-attr]
-    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env={})
+    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env=container_env())
     assert out == docker_env()["MESSPLUS_PREDICTOR_ONNX"] == cfg.predictor.onnx
 
 
@@ -222,3 +260,15 @@ def test_readme_docker_run_config_passes_check_config_and_reaches_triton_on_the_
     assert "--network messplus" in triton and "--network messplus" in router
     assert f"{docker_env()['MESSPLUS_CONFIG']}:ro" in router and f":{docker_env()['MESSPLUS_STATE_DIR']}" in router
     assert {m.triton_model for m in cfg.zoo.models} == {"llama-8b", "llama-70b"}
+
+
+def test_readme_postgresql_state_example_is_valid_and_keeps_the_password_out_of_the_url(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    (toml,) = re.findall(r"```toml\n(# messplus\.toml: \[state\] on a managed PostgreSQL.*?)```", readme, re.S)
+    raw = tomllib.loads(toml)
+    (tmp_path / "password").write_text("example\n")
+    raw["state"]["password_file"] = str(tmp_path / "password")  # the README's path is a mounted Secret
+    cfg = config_mod.from_mapping(raw, env={})
+    assert cfg.state.backend == "postgres" and cfg.state.db_password() == "example"
+    url = urlsplit(cfg.state.url)
+    assert url.username == "messplus" and url.password is None and "sslmode=verify-full" in url.query
