@@ -50,8 +50,9 @@ def validate(cfg: Config, knobs: tuple[Field[Any], ...]) -> None:
     _check(cfg.predictor.batch_delay_ms >= 0, "predictor.batch_delay_ms", "must be >= 0")
     _check(cfg.triton.timeout_s > 0, "triton.timeout_s", "must be > 0")
     _check(cfg.triton.ready_poll_s > 0, "triton.ready_poll_s", "must be > 0")
-    if cfg.triton.url:
-        _check(":" in cfg.triton.url, "triton.url", f"expected HOST:PORT, got {cfg.triton.url!r}")
+    if cfg.triton.url and not cfg.route_only:
+        _check(":" in cfg.triton.url, "triton.url",
+               f"expected HOST:PORT (or \"none\": a Route-only router), got {cfg.triton.url!r}")
     _check(0 < cfg.zoo.cost_ema <= 1, "zoo.cost_ema", "must be in (0, 1]")
     _validate_models(cfg)
     _validate_tenants(cfg, knobs)

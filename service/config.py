@@ -8,7 +8,8 @@ Sections and keys (all optional; the embedded default is the demo zoo on a local
     [state]      dir, synchronous, snapshot_every_labels, backend, url, password_file, buffer_records,
                  retention_days, poll_s, record_wait_s
     [predictor]  onnx, max_tokens, threads, prior_var, batch_max, batch_delay_ms, providers
-    [triton]     url ("" = start the embedded Triton with the demo zoo), timeout_s, ready_poll_s
+    [triton]     url ("" = start the embedded Triton with the demo zoo; "none" = no Triton: a Route-only router),
+                 timeout_s, ready_poll_s
     [routing]    policy (a name registered in routing/registry.py: "messplus", or "mess-paper", MESS+ as published)
     [zoo]        cost_unit, cost_ema; [[zoo.models]] name, triton_model, cost_per_request,
                  cost_per_input_token, cost_per_output_token, prior_accuracy
@@ -34,6 +35,7 @@ from . import checks
 from .errors import ConfigError
 
 ENV_PREFIX = "MESSPLUS_"
+ROUTE_ONLY = "none"  # triton.url of a router without Triton
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +104,7 @@ class PredictorConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TritonConfig:
-    url: str = ""
+    url: str = ""  # HOST:PORT; "" = the embedded Triton with the demo zoo; ROUTE_ONLY = no Triton at all
     timeout_s: float = 30.0
     ready_poll_s: float = 2.0
 
@@ -185,6 +187,12 @@ class Config:
     def embedded_triton(self) -> bool:
         """True when messplus starts its own Triton with the demo zoo (no `triton.url` configured)."""
         return not self.triton.url
+
+    @property
+    def route_only(self) -> bool:
+        """True for `triton.url = "none"`: no Triton at all. Route and Feedback serve (the caller calls the routed
+        model itself), every zoo model counts as available, Generate answers UNIMPLEMENTED."""
+        return self.triton.url == ROUTE_ONLY
 
     @property
     def state_dir(self) -> Path:

@@ -12,6 +12,7 @@ The tree (the gRPC status each gets is mapped in server/status.py, the one place
     ├── Overloaded                     RESOURCE_EXHAUSTED: admission control or a tenant's rate limit
     ├── NoModelAvailable               UNAVAILABLE: no zoo model can serve the request now
     ├── StorageUnavailable             UNAVAILABLE: the state store could not commit (disk full, I/O error)
+    ├── Unsupported                    UNIMPLEMENTED: this router does not offer the call (Generate, Route-only)
     └── DeadlineTooShort               DEADLINE_EXCEEDED: the caller's deadline ran out before the work finished
     ConfigError(key)                   fatal at start-up: the configuration is wrong; names the key
 
@@ -68,6 +69,10 @@ class NoModelAvailable(MessplusError):
 
 class StorageUnavailable(MessplusError):
     """The durable write failed, so nothing was applied or acknowledged; the caller may retry."""
+
+
+class Unsupported(MessplusError):
+    """The call exists but this router's configuration does not offer it (Generate on a Route-only router)."""
 
 
 class DeadlineTooShort(MessplusError):

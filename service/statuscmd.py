@@ -26,6 +26,7 @@ from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
 from . import config as config_mod
+from .config import ROUTE_ONLY
 
 HEADER = ("tenant", "alpha", "satisfaction", "SLA", "queue", "requests", "labelled", "explored", "mean cost",
           "mean cost (unit)")
@@ -58,6 +59,8 @@ def _channel(address: str, ca: bytes | None) -> grpc.Channel:
 def triton_line(reply: pb.ListModelsReply) -> str:
     t = reply.triton
     ready = sum(m.available for m in reply.models)
+    if t.state == ROUTE_ONLY:
+        return f"no Triton (a Route-only router); {ready}/{len(reply.models)} zoo models available"
     if not t.address:
         return f"Triton: not reported by this router; {ready}/{len(reply.models)} zoo models available"
     if t.state == "up":

@@ -7,6 +7,9 @@ in-flight calls finish (grace), snapshot the heads, close the store, stop Triton
 
 `async with App(cfg) as app:` runs both: start on entry, the drain on exit (`serve()` is that block between
 the signal handlers; tests run the same block in process).
+
+A Route-only router (`triton.url = "none"`) has no Triton at all: no zoo client, no readiness poll; every zoo
+model is available, health is SERVING once the gRPC server is, and Generate answers UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class App:
         self.cfg = cfg
         self.progress = progress
         self.triton = None
+        self.zoo: TritonZoo | None = None
+        self.monitor: TritonMonitor | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
@@ -96,7 +101,7 @@ class App:
             triton_url = self.triton.grpc_url
         else:
             cfg = config_mod.with_defaults(cfg, ())
-            triton_url = cfg.triton.url
+            triton_url = "" if cfg.route_only else cfg.triton.url
         self.cfg = cfg
         self.progress("loading the predictor (ONNX Runtime)")
         encoder = load_encoder(cfg, self.progress)
@@ -117,14 +122,15 @@ class App:
     async def start(self) -> int:
         await asyncio.to_thread(self._prepare)
         cfg = self.cfg
-        self.zoo = TritonZoo(self.triton_url)
-        self.monitor = TritonMonitor(self.zoo, [m.triton_model for m in cfg.zoo.models])
+        if not cfg.route_only:
+            self.zoo = TritonZoo(self.triton_url)
+            self.monitor = TritonMonitor(self.zoo, [m.triton_model for m in cfg.zoo.models])
+            self.metrics.watch_zoo(self.zoo)
+            self.metrics.watch_triton(self.monitor)
         self.batcher = MicroBatcher(self._route_batch, max_batch=cfg.predictor.batch_max,
                                     max_delay_s=cfg.predictor.batch_delay_ms / 1e3)
         size = cfg.server.max_message_bytes
         self.metrics.watch(self.router)
-        self.metrics.watch_zoo(self.zoo)
-        self.metrics.watch_triton(self.monitor)
         guard = GuardInterceptor(auth=TokenAuth(load_tokens(cfg.security)),
                                  admission=Admission(cfg.server.max_inflight),
                                  limiter=RateLimiter(cfg.security.rate_limit_rps, cfg.security.rate_limit_burst),
@@ -168,6 +174,10 @@ class App:
             await self.health.set(name, status)
 
     async def _poll_zoo(self) -> None:
+        if self.monitor is None:  # Route-only: nothing to poll, every model stays available
+            if not self._stopping:
+                await self._set_health(True)
+            return
         ready = (await self.monitor.poll()).ready  # logs a line when Triton's state changes
         for k, m in enumerate(self.cfg.zoo.models):
             self.router.set_available(k, ready.get(m.triton_model, False))
@@ -234,7 +244,7 @@ class App:
             await asyncio.wrap_future(self.router.snapshot())
             self.store.close()
         drained = time.monotonic() - began
-        if hasattr(self, "zoo"):
+        if self.zoo is not None:
             await self.zoo.close()
         if self.triton is not None:
             await asyncio.to_thread(self.triton.stop)

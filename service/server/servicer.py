@@ -16,7 +16,8 @@ import grpc
 from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
-from ..errors import AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelAvailable
+from ..config import ROUTE_ONLY
+from ..errors import AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelAvailable, Unsupported
 from ..routing.pricing import input_tokens
 from ..routing.router import Router
 from ..routing.types import Decision, RouteItem, Routed
@@ -110,7 +111,7 @@ def remaining(context: grpc.aio.ServicerContext, default: float) -> float:
 
 class RoutingServicer(pb_grpc.RoutingServiceServicer):
     def __init__(self, router: Router, batcher: MicroBatcher[tuple[str, RouteItem], Routed | Exception],
-                 zoo: TritonZoo, *, max_prompt_chars: int, triton_timeout_s: float, cost_unit: str,
+                 zoo: TritonZoo | None, *, max_prompt_chars: int, triton_timeout_s: float, cost_unit: str,
                  metrics: Metrics | None = None, triton: TritonMonitor | None = None) -> None:
         self.metrics = metrics or Metrics()
         self.triton = triton
@@ -172,7 +173,7 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         costs = self.router.costs()
         st = self.triton.state if self.triton is not None else None
         triton = (pb.TritonStatus(address=st.url, reachable=st.reachable, state=st.kind, problem=st.problem)
-                  if st is not None else None)
+                  if st is not None else pb.TritonStatus(state=ROUTE_ONLY) if self.zoo is None else None)
         return pb.ListModelsReply(cost_unit=self.cost_unit, triton=triton, models=[
             pb.ZooModel(name=m.name, triton_model=m.triton_model, cost=float(costs[k]),
                         cost_raw=float(self.router.cost_raw[k]), available=bool(self.router.available[k]))
@@ -180,6 +181,9 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateReply]:
+        if self.zoo is None:
+            raise Unsupported("this router runs Route-only (triton.url = \"none\"): call Route, serve the routed "
+                              "model yourself, then send Feedback")
         text, routed = await self._route(request)
         d = routed.decision
         yield pb.GenerateReply(route=route_reply(self.router, d))

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from ..errors import (AlreadyExists, Conflict, DeadlineTooShort, InvalidArgument, MessplusError, NoModelAvailable,
-                      NotFound, Overloaded, PermissionDenied, StorageUnavailable, Unauthenticated)
+                      NotFound, Overloaded, PermissionDenied, StorageUnavailable, Unauthenticated, Unsupported)
 
 log = logging.getLogger("messplus.errors")
 
@@ -31,6 +31,7 @@ STATUS: Mapping[type[MessplusError], grpc.StatusCode] = MappingProxyType({
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NoModelAvailable: grpc.StatusCode.UNAVAILABLE,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     DeadlineTooShort: grpc.StatusCode.DEADLINE_EXCEEDED,
 })
 INTERNAL_MESSAGE = "internal error; the server log has the details"

@@ -1,0 +1,66 @@
+"""A Route-only router (`triton.url = "none"`): no Triton anywhere, and Route, Feedback, health and ListModels
+serve as usual; Generate says plainly that this router does not call models. A real router in this process with
+the real ONNX predictor; nothing listens for Triton."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import grpc
+import pytest
+
+from messplus.service import config as config_mod
+from messplus.service.statuscmd import report
+from messplus.v1 import routing_pb2 as pb
+
+from ..support.config import serve_toml
+from ..support.inprocess import AppThread
+from ..support.target import SERVING
+
+MODELS = [("small", 1.0), ("large", 10.0)]
+
+
+def route_only_toml(state: Path, onnx: Path) -> str:
+    return serve_toml(state, config_mod.ROUTE_ONLY, onnx, MODELS)
+
+
+def test_config_route_only_needs_its_models_and_no_address() -> None:
+    cfg = config_mod.from_mapping({"triton": {"url": "none"}, "zoo": {"models": [
+        {"name": "small", "triton_model": "small", "cost_per_request": 1.0}]}}, env={})
+    assert cfg.route_only and not cfg.embedded_triton
+    with pytest.raises(config_mod.ConfigError, match="zoo.models"):
+        config_mod.from_mapping({"triton": {"url": "none"}}, env={})
+    with pytest.raises(config_mod.ConfigError, match="HOST:PORT"):
+        config_mod.from_mapping({"triton": {"url": "nohost"}, "zoo": {"models": [
+            {"name": "small", "triton_model": "small", "cost_per_request": 1.0}]}}, env={})
+
+
+def test_route_and_feedback_serve_without_any_triton(tmp_path: Path, encoder_onnx: Path) -> None:
+    app = AppThread(tmp_path / "app", route_only_toml(tmp_path / "state", encoder_onnx)).start()
+    try:
+        assert app.health() == SERVING
+        with app.channel() as ch:
+            stub = app.stub(ch)
+            routed = [stub.Route(pb.RouteRequest(tenant="acme", text=f"What is {i} + {i}?"), timeout=30)
+                      for i in range(4)]
+            assert {r.model for r in routed} <= {"small", "large"}
+            assert all(p.available for r in routed for p in r.predictions)
+            fb = stub.Feedback(pb.FeedbackRequest(tenant="acme", request_id=routed[0].request_id,
+                                                  satisfaction=1.0), timeout=30)
+            assert fb.labels_applied >= 1
+            listed = stub.ListModels(pb.ListModelsRequest(), timeout=5)
+            assert listed.triton.state == config_mod.ROUTE_ONLY and not listed.triton.address
+            assert all(m.available for m in listed.models)
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Generate(pb.GenerateRequest(tenant="acme", text="write me a poem"), timeout=10))
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "Route-only" in (err.value.details() or "")
+            status = stub.SlaStatus(pb.SlaStatusRequest(tenant="acme"), timeout=5)
+            assert status.requests == 4  # the refused Generate was not counted
+        out = io.StringIO()
+        report(app.address, ["acme"], out=out)
+        assert "no Triton (a Route-only router); 2/2 zoo models available" in out.getvalue()
+        assert not any("Triton" in line for line in app.progress), app.progress
+    finally:
+        app.stop()
