@@ -186,18 +186,24 @@ class PostgresStore(sql.SqlReads, Store):
         return then(fut, lambda res: res[0])
 
     def _run_tail(self) -> None:
-        """LISTEN for label commits; read the log on each one, and every poll_s whatever happens."""
+        """LISTEN for label commits; read the log on each one this replica did not read in its own commit, and
+        every poll_s whatever happens."""
         last_cleanup = 0.0
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=5, **self._kw) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._tail_error = ""
+                    woke, last = True, 0.0
                     while not self._stop.is_set():
-                        if not self._catching_up.is_set():
+                        if (woke or time.monotonic() - last >= self.poll_s) and not self._catching_up.is_set():
                             self.catch_up()
-                        for _ in conn.notifies(timeout=self.poll_s, stop_after=1):
-                            pass
+                            last = time.monotonic()
+                        woke = False
+                        for note in conn.notifies(timeout=self.poll_s, stop_after=1):
+                            # a label commit; not one this replica's own feedback transaction already read (each
+                            # of those would otherwise cost a second transaction per Feedback)
+                            woke = not note.payload.isdigit() or int(note.payload) > self._reading
                         if time.monotonic() - last_cleanup > min(self.retention_s / 10, 3600.0):
                             last_cleanup = time.monotonic()
                             self._writer.submit(self._expire)
@@ -229,7 +235,7 @@ class PostgresStore(sql.SqlReads, Store):
         def job(conn: Any) -> tuple[FeedbackCommit, list[LabelEvent]]:
             commit = sql.apply_feedback(conn, tenant, request_id, served_model, labels, step, _lock_log)
             if commit.events:
-                conn.execute("SELECT pg_notify(?, '')", (CHANNEL,))
+                conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(commit.events[-1].seq)))
             return commit, self._log_since_cursor(conn)
 
         def after(res: tuple[FeedbackCommit, list[LabelEvent]]) -> None:
