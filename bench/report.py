@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .state_bench import section as state_section
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "bench" / "results.json"
 README_START, README_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
@@ -265,6 +267,7 @@ def page(res: dict[str, Any]) -> str:
           f"{res['soak']['completed']} requests, so that cache was still filling.", "",
           "![rss](bench/rss.png)", ""]
     L += _profile(res)
+    L += state_section(res)
     L += _gpu()
     L += ["## Phases of this run", "", "| phase | seconds | load avg before | after |", "|---|---|---|---|"]
     L += [f"| {k} | {v['seconds']:.0f} | {v['load_before']:.2f} | {v['load_after']:.2f} |" for k, v in ph.items()]

@@ -14,6 +14,8 @@ Phases, in this order, each in processes of its own (the load generator runs her
                the router's resident set sampled every second (its slope), and a 10 s py-spy profile of the
                router one minute in
   predictor2   the predictor alone again, at its best batch and at the batch the router ran at in `soak`
+  state        Route and Feedback on SQLite against PostgreSQL, and PostgreSQL's own count of the work behind
+               each call (bench.state_bench; also runs alone: `python -m bench.state_bench`)
 Results go to docs/bench/results.json (+ PNG plots); docs/BENCHMARKS.md and the README's table are rendered
 from that file by bench.report.
 """
@@ -39,6 +41,7 @@ from .loadgen import run_load
 from .procs import ServerProcess, echo_server, router_config, router_server, rss_bytes
 from .host import machine
 from .prompts import trace_prompts
+from .state_bench import QUICK_STATE, StateBench, StatePlan, changed_files
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "bench"
@@ -60,10 +63,11 @@ class Plan:
     profile_at_s: float = 60.0
     profile_s: float = 10.0
     soak_s: float = 300.0
+    state: StatePlan = StatePlan()
 
 
 QUICK = Plan(echo_s=1.0, route_s=1.5, generate_s=1.5, warmup_s=0.5, predictor_s=0.5, predictor_batches=(1, 4),
-             batching_s=1.5, batching=((1, 0.0),), profile_at_s=1.0, profile_s=1.0, soak_s=4.0)
+             batching_s=1.5, batching=((1, 0.0),), profile_at_s=1.0, profile_s=1.0, soak_s=4.0, state=QUICK_STATE)
 
 
 class Suite:
@@ -202,6 +206,13 @@ class Suite:
         d = PredictorConfig()
         self.res["soak_settings"] = {"batch_max": d.batch_max, "batch_delay_ms": d.batch_delay_ms}
 
+    def state(self) -> None:
+        began = time.monotonic()
+        res = StateBench(self.plan.state, self.work / "backends", self.config, self.say).run()
+        res.update(seconds=round(time.monotonic() - began, 1), machine=machine(), changed=changed_files(),
+                   command="python -m bench.run_all" + (" --quick" if self.plan == QUICK else ""))
+        self.res["state"] = res
+
     # -- the whole suite -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         p = self.plan
@@ -219,6 +230,7 @@ class Suite:
             best = max(self.res["predictor"]["results"], key=lambda r: r["prompts_per_s"])["batch"]
             self.phase("predictor2", lambda: self.predictor("predictor2", tuple(sorted({running, best})),
                                                             p.predictor_s))
+            self.phase("state", self.state)
         finally:
             self.triton.stop()
         self.res["total_s"] = round(time.monotonic() - self.began, 1)

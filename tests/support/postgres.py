@@ -44,7 +44,8 @@ def _free_port() -> int:
 class PostgresServer:
     """One cluster in its own temporary folder; `url` connects as the superuser `messplus` to database `messplus`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync  # off for tests (speed); the bench turns it on to compare with SQLite's synchronous=FULL
         self.bin = binaries()
         self.root = Path(tempfile.mkdtemp(prefix="messplus-pg-"))
         self.data = self.root / "data"
@@ -74,7 +75,7 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
-                "-c fsync=off -c max_connections=100")
+                f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=100")
         self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "server.log"), "-w", "start")
         self.started = True
         if not self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "messplus", "-d", "postgres", "-tAc",
