@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -66,10 +67,13 @@ def test_three_replicas_one_queue_and_a_fourth_joins_with_the_same_heads(
     figures.update(requests=n, labels=books.labels(), seconds=round(took, 1), queues=queues,
                    feedback_by_replica=dict(books.feedback_at), feedback_elsewhere=elsewhere)
 
-    # a fourth replica after 2,000 labels: the latest heads snapshot plus the tail of the log
+    # a fourth replica after 2,000 labels: the latest heads snapshot plus the tail of the log after it
+    with psycopg.connect(postgres_url) as conn:
+        snap, last = conn.execute("SELECT MIN(last_label_seq), (SELECT MAX(seq) FROM labels) FROM heads").fetchone()
+    assert 0 < snap <= last
     late = start_replicas(router_process, tmp_path, postgres_url, ["r3"])[0]
-    (replayed,) = re.findall(r"replayed (\d+) labels since snapshot seq (\d+)", late.log_text())
-    assert int(replayed[0]) > 0 and int(replayed[1]) > 0  # started from a snapshot, learned the tail after it
+    replayed = re.findall(r"replayed (\d+) labels since snapshot seq (\d+)", late.log_text())
+    assert [int(s) for _, s in replayed] == ([snap] if snap < last else []) and all(int(n) for n, _ in replayed)
     prompts = [f"held-out prompt {j}: name a prime above {10 * j}" for j in range(8)]
     deadline = time.monotonic() + 30
     while True:
@@ -81,8 +85,8 @@ def test_three_replicas_one_queue_and_a_fourth_joins_with_the_same_heads(
     assert diff <= 1e-6, f"replicas' predictions differ by {diff}"
     assert len(np.unique(p[0].round(6), axis=0)) > 1  # the heads learned something prompt-specific
     wait_agreement([*replicas, late], postgres_url)
-    figures.update(late_start_s=round(late.start_s, 1), late_max_diff=diff, late_replayed=int(replayed[0]),
-                   late_snapshot_seq=int(replayed[1]))
+    figures.update(late_start_s=round(late.start_s, 1), late_max_diff=diff, late_snapshot_seq=snap,
+                   late_replayed=int(replayed[0][0]) if replayed else 0)
 
 
 async def route_only(replicas: Sequence[ServerProcess], books: Books, n: int, clients: int = 24) -> None:
@@ -211,7 +215,7 @@ def test_postgres_stopped_10_s_under_load(router_process: Callable[..., ServerPr
         t = asyncio.run(load_through_an_outage(replicas, server, books, down_s=10.0))
         assert {code for rpc, code in books.codes if rpc == "Route"} == {"OK"}, books.codes  # Route throughout
         routed_down = [c for c in books.calls if c.rpc == "Route" and c.sent > t["down"] and c.answered < t["start"]]
-        assert len(routed_down) > 50 and {c.replica for c in routed_down} == {0, 1, 2}
+        assert len(routed_down) > 20 and {c.replica for c in routed_down} == {0, 1, 2}
         fb = books.feedback_calls()
         meanwhile = [c for c in fb if c.sent > t["down"] and c.answered < t["start"]]
         assert meanwhile and {c.code for c in meanwhile} == {"UNAVAILABLE"}, Counter(c.code for c in meanwhile)
