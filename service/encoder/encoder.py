@@ -134,6 +134,10 @@ class Encoder:
         )
         return cls(session, Tokenizer.from_file(str(tokenizer_json)), max_tokens=max_tokens, sub_batch=sub_batch)
 
+    def with_sub_batch(self, sub_batch: int) -> Encoder:
+        """The same session and tokenizer, run in sorted sub-batches of ``sub_batch`` prompts."""
+        return Encoder(self._session, self._tok, max_tokens=self.max_tokens, sub_batch=sub_batch)
+
     # ------------------------------------------------------------------------------------------ tokenising
     def _wrap(self, pieces: list[int]) -> list[int]:
         keep = self.max_tokens - 2
@@ -163,7 +167,10 @@ class Encoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of ``texts``: float32 array [len(texts), dim], each row of unit L2 norm."""
-        seqs = self.token_ids(texts)
+        return self.encode_ids(self.token_ids(texts))
+
+    def encode_ids(self, seqs: Sequence[list[int]]) -> np.ndarray:
+        """Embeddings of sequences already tokenised by ``token_ids`` (the model's share of ``encode``)."""
         n = len(seqs)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
