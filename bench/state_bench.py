@@ -252,7 +252,9 @@ def section(res: dict[str, Any]) -> list[str]:
     up = next(r["route"] for r in st["runs"] if "route_db_down" in r)
     rps, fb, fb1 = st["route_rps"], st["feedback_rps"], st["feedback1_rps"]
     out = [*head,
-           f"Command: **`{st['command']}`** (also phase `state` of `make bench`), {st['seconds']:.0f} s, on "
+           f"Command: **`{st['command']}`** "
+           + ("(also phase `state` of `make bench`)" if "state_bench" in st["command"] else "(its phase `state`)")
+           + f", {st['seconds']:.0f} s, on "
            f"{m['date']}, at commit `{m['commit']}`"
            + (f" with uncommitted changes to {', '.join(f'`{f}`' for f in st['changed'])}" if st.get("changed")
               else "") + "; every ratio below is between runs of that one command. "
