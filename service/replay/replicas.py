@@ -47,8 +47,9 @@ class SharedMemoryStore(SqliteStore):
     """One in-memory SQLite state that several routers of this process share, with the label log delivered
     to them by `deliver` (what PostgresStore's tail does), a chosen number of requests late.
 
-    `position` is the number of requests routed so far (the driver sets it); each feedback transaction is
-    remembered with the position at which it committed."""
+    `position` is the number of requests routed so far (the driver sets it); each feedback transaction's log
+    entries (what sql.apply_feedback returns: the rows it appended to the log, as `label_events` reads them back)
+    are kept with the position at which it committed, until delivered."""
 
     shared = True
 
@@ -56,9 +57,8 @@ class SharedMemoryStore(SqliteStore):
         super().__init__(":memory:", inline=True)
         self.position = 0
         self.subscribers: list[Subscriber] = []
-        self._commits: deque[tuple[int, int]] = deque()  # (position, its last label seq), in commit order
+        self._commits: deque[tuple[int, tuple[LabelEvent, ...]]] = deque()  # (position, its log entries)
         self._rows: deque[tuple[int, dict[str, TenantRow]]] = deque()  # the tenants' rows seen at each position
-        self._through_seq = 0  # the last label seq committed at a position delivered so far
         self._through_rows: dict[str, TenantRow] | None = None
 
     def subscribe(self, callback: Callable[[list[LabelEvent]], None], after: int = 0,
@@ -70,7 +70,7 @@ class SharedMemoryStore(SqliteStore):
                        step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
         def after(commit: FeedbackCommit) -> None:
             if commit.events:
-                self._commits.append((self.position, commit.events[-1].seq))
+                self._commits.append((self.position, commit.events))
             if after_commit is not None:
                 after_commit(commit)
 
@@ -80,16 +80,15 @@ class SharedMemoryStore(SqliteStore):
         """Hand every subscriber, in seq order, the labels committed at positions <= `through` that it has not
         had, then the tenants' rows as they were at position `through` (nothing while `through` < 0)."""
         self._rows.append((self.position, self.tenants()))
+        due: list[LabelEvent] = []
         while self._commits and self._commits[0][0] <= through:
-            self._through_seq = self._commits.popleft()[1]
+            due.extend(self._commits.popleft()[1])
         while self._rows and self._rows[0][0] <= through:
             self._through_rows = self._rows.popleft()[1]
-        read: dict[int, list[LabelEvent]] = {}
         for sub in self.subscribers:
-            if self._through_seq > sub.cursor:
-                if sub.cursor not in read:  # the replicas' cursors agree: one read of the log serves them all
-                    read[sub.cursor] = [ev for ev in self.label_events(sub.cursor) if ev.seq <= self._through_seq]
-                events, sub.cursor = read[sub.cursor], self._through_seq
+            events = [ev for ev in due if ev.seq > sub.cursor]
+            if events:
+                sub.cursor = events[-1].seq
                 sub.callback(events)
             if self._through_rows is not None and sub.tenants is not None:
                 sub.tenants(self._through_rows)
