@@ -78,7 +78,8 @@ class Router:
         for name, e in self.store.expectations().items():
             if name in self.tenants:
                 st = self.tenants[name]
-                st.pending_sum, st.pending_n = e.pending_sum, e.pending_n
+                if not self.store.shared:  # shared: the unlabelled requests this replica routes, from now on
+                    st.pending_sum, st.pending_n = e.pending_sum, e.pending_n
                 st.resid_sum, st.resid_sq, st.resid_n = e.resid_sum, e.resid_sq, e.resid_n
         for (tenant, model), (served, invoked) in self.store.model_counts().items():
             if tenant in self.tenants and model in self.index:
@@ -290,7 +291,11 @@ class Router:
     def _applied(self, pending: Pending, commit: FeedbackCommit) -> None:
         """Memory follows a committed feedback transaction (on the store's writer thread, in commit order): the
         tenant's counters at once; the heads at once too when this process is the only writer, else when the
-        label log brings these labels in order (apply_log)."""
+        label log brings these labels in order (apply_log). With a shared store, a request another replica routed
+        leaves that replica's expected-queue terms, not this one's: only a request this replica routed (its cache)
+        does."""
+        if self.store.shared and commit.events and commit.events[0].request_id not in self._cache:
+            pending = replace(pending, p_served=None, target=None)
         self._count(commit.events, pending)
         if self.store.shared:
             self._counted.update(ev.seq for ev in commit.events)

@@ -122,3 +122,21 @@ def test_the_tail_delivers_without_being_asked(routers) -> None:
         time.sleep(0.02)
     assert b.tenants["acme"].labelled == 1 and math.isclose(b.tenants["acme"].queue, a.tenants["acme"].queue)
     assert b.tenants["acme"].next_t >= 2  # the request a routed advanced b's clock too (tenant rows)
+
+
+def test_a_request_labelled_at_another_router_leaves_the_expectation_of_the_router_that_routed_it(routers) -> None:
+    a, b = routers(), routers()
+    rng = np.random.default_rng(4)
+    ids = [route(a, rng).request_id for _ in range(10)]
+    assert a.tenants["acme"].pending_n == 10 and b.tenants["acme"].pending_n == 0
+    a.store.flush()
+    for rid in ids:
+        b.feedback("acme", rid, 1.0, []).result(10)
+    caught_up(a, b)
+    assert a.tenants["acme"].pending_n == 0 and b.tenants["acme"].pending_n == 0
+    assert a.tenants["acme"].pending_sum == pytest.approx(0.0, abs=1e-12) and b.tenants["acme"].resid_n == 0
+    assert a.tenants["acme"].resid_n == 10  # the predictor's error is measured where the prediction was made
+    route(a, rng)  # unlabelled
+    a.store.flush()
+    late = routers()  # a replica that starts now counts only the requests it routes itself, not a's
+    assert late.tenants["acme"].pending_n == 0 and a.tenants["acme"].pending_n == 1
