@@ -59,6 +59,7 @@ class LoadResult:
     error_rate: float = 0.0
     ttft_p50_ms: float | None = None
     ttft_p99_ms: float | None = None
+    slow_share: float = 0.0  # calls over 1.5x the median latency (with micro-batching: they waited for two batches)
 
     def line(self) -> str:
         err = f" errors {self.errors}" if self.errors else ""
@@ -135,7 +136,8 @@ class _Recorder:
             p50_ms=pct(lat, 50), p95_ms=pct(lat, 95), p99_ms=pct(lat, 99),
             mean_ms=float(lat.mean()) if lat.size else float("nan"), max_ms=float(lat.max()) if lat.size else 0.0,
             errors=errors, error_rate=(self.issued - lat.size) / max(self.issued, 1),
-            ttft_p50_ms=pct(ttft, 50) if ttft.size else None, ttft_p99_ms=pct(ttft, 99) if ttft.size else None)
+            ttft_p50_ms=pct(ttft, 50) if ttft.size else None, ttft_p99_ms=pct(ttft, 99) if ttft.size else None,
+            slow_share=float(np.mean(lat > 1.5 * np.median(lat))) if lat.size else 0.0)
 
 
 async def _call(stub: pb_grpc.RoutingServiceStub, rpc: str, tenant: str, text: str,

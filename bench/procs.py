@@ -8,6 +8,7 @@ the demo zoo on a Triton of the bench's own, one tenant, a high admission limit.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,13 +16,14 @@ from pathlib import Path
 from tests.support.config import serve_toml
 from tests.support.procs import ServerProcess, messplus_serve
 
-__all__ = ["TENANT", "ServerProcess", "echo_server", "router_config", "router_server", "rss_bytes"]
+__all__ = ["TENANT", "ServerProcess", "echo_server", "route_only_config", "router_config", "router_server",
+           "rss_bytes"]
 TENANT = "acme"
 
 
 def echo_server(workdir: Path) -> ServerProcess:
-    return ServerProcess([sys.executable, "-m", "bench.echo_server"], workdir,
-                         env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    path = [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return ServerProcess([sys.executable, "-m", "bench.echo_server"], workdir, env={"PYTHONPATH": os.pathsep.join(path)})
 
 
 def router_config(state_dir: Path, triton_url: str, onnx: Path, models: Sequence[tuple[str, float]]) -> str:
@@ -33,6 +35,13 @@ def router_config(state_dir: Path, triton_url: str, onnx: Path, models: Sequence
     return serve_toml(state_dir, triton_url, onnx, models, server={"grace_s": 5, "max_inflight": 1024},
                       predictor={}, triton={"timeout_s": 60, "ready_poll_s": 1}, zoo={},
                       tenants=[{"name": TENANT, "alpha": 0.7, "seed": 1}])
+
+
+def route_only_config(state_dir: Path, onnx: Path, models: Sequence[tuple[str, float]]) -> str:
+    """`router_config` without any Triton (`triton.url = "none"`): the Route path alone, as on a GPU box."""
+    from messplus.service.config import ROUTE_ONLY
+
+    return router_config(state_dir, ROUTE_ONLY, onnx, models)
 
 
 def router_server(workdir: Path, config_text: str, env: dict[str, str] | None = None) -> ServerProcess:

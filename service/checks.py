@@ -48,6 +48,8 @@ def validate(cfg: Config, knobs: tuple[Field[Any], ...]) -> None:
     _check(cfg.predictor.prior_var > 0, "predictor.prior_var", "must be > 0")
     _check(cfg.predictor.batch_max >= 1, "predictor.batch_max", "must be >= 1")
     _check(cfg.predictor.batch_delay_ms >= 0, "predictor.batch_delay_ms", "must be >= 0")
+    _check(0 <= cfg.predictor.batch_gather <= 1, "predictor.batch_gather", "must be in [0, 1]")
+    _check(cfg.predictor.sub_batch >= 0, "predictor.sub_batch", "must be >= 0 (0: the provider's default)")
     _check(cfg.triton.timeout_s > 0, "triton.timeout_s", "must be > 0")
     _check(cfg.triton.ready_poll_s > 0, "triton.ready_poll_s", "must be > 0")
     if cfg.triton.url and not cfg.route_only:

@@ -7,7 +7,8 @@ Sections and keys (all optional; the embedded default is the demo zoo on a local
     [security]   tls_cert, tls_key, tls_client_ca, tokens, tokens_file, rate_limit_rps, rate_limit_burst
     [state]      dir, synchronous, snapshot_every_labels, backend, url, password_file, buffer_records,
                  retention_days, poll_s, record_wait_s
-    [predictor]  onnx, max_tokens, threads, prior_var, batch_max, batch_delay_ms, providers
+    [predictor]  onnx, max_tokens, threads, prior_var, batch_max, batch_delay_ms, batch_gather, providers,
+                 sub_batch
     [triton]     url ("" = start the embedded Triton with the demo zoo; "none" = no Triton: a Route-only router),
                  timeout_s, ready_poll_s
     [routing]    policy (a name registered in routing/registry.py: "messplus", or "mess-paper", MESS+ as published)
@@ -92,14 +93,19 @@ class PredictorConfig:
     max_tokens: int = 256
     threads: int = 0
     prior_var: float = 1.0
-    # Micro-batching of concurrent Route/Generate calls (service.predictor.MicroBatcher). 64: 64 concurrent
+    # Micro-batching of concurrent Route/Generate calls (server/batcher.py: MicroBatcher). 64: 64 concurrent
     # callers share one predictor batch (the p99 target compares Route with the predictor at the batch it runs
-    # at). 20 ms: the most the predictor idles waiting for a batch's callers to come back; with 5 ms, on the
+    # at). 20 ms: how long the predictor waits for the next of a batch's callers to come back; with 5 ms, on the
     # loaded 2-core box, 64 closed-loop callers stayed split in two alternating batches of ~32. A lone caller
-    # never waits. Measured in docs/BENCHMARKS.md (`make bench`).
+    # never waits. 0.1: while they keep coming back, the predictor may idle up to a tenth of its last batch's
+    # time to take them all, so that none waits for two batches (on the CPU, 64 callers' round trips spread over
+    # 10-25 ms; on a GPU, whose batches take milliseconds, the wait stays 20 ms from the first; 0: that rule
+    # everywhere). Measured in docs/BENCHMARKS.md (`make bench`, `python -m bench.batching_ab`).
     batch_max: int = 64
     batch_delay_ms: float = 20.0
+    batch_gather: float = 0.1
     providers: str = ""
+    sub_batch: int = 0  # a batch runs sorted by length in ONNX calls of this many prompts; 0: 8 on CPU, 64 on CUDA
 
 
 @dataclass(frozen=True, kw_only=True)

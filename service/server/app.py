@@ -70,7 +70,8 @@ def load_encoder(cfg: Config, progress: Progress):  # type: ignore[no-untyped-de
     onnx_path = Path(cfg.predictor.onnx) if cfg.predictor.onnx else ensure_exported(cfg.state_dir, progress)
     providers = [p for p in cfg.predictor.providers.split(",") if p] or None
     return Encoder.load(onnx_path, default_model_dir() / "tokenizer.json", max_tokens=cfg.predictor.max_tokens,
-                        threads=cfg.predictor.threads or None, providers=providers)
+                        threads=cfg.predictor.threads or None, providers=providers,
+                        sub_batch=cfg.predictor.sub_batch or None)
 
 
 class App:
@@ -128,7 +129,8 @@ class App:
             self.metrics.watch_zoo(self.zoo)
             self.metrics.watch_triton(self.monitor)
         self.batcher = MicroBatcher(self._route_batch, max_batch=cfg.predictor.batch_max,
-                                    max_delay_s=cfg.predictor.batch_delay_ms / 1e3)
+                                    max_delay_s=cfg.predictor.batch_delay_ms / 1e3,
+                                    gather=cfg.predictor.batch_gather)
         size = cfg.server.max_message_bytes
         self.metrics.watch(self.router)
         guard = GuardInterceptor(auth=TokenAuth(load_tokens(cfg.security)),

@@ -24,6 +24,12 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
+async def later(b: MicroBatcher[int, int], x: int, after: float) -> int:
+    """A caller that comes `after` seconds from now."""
+    await asyncio.sleep(after)
+    return await b.submit(x)
+
+
 def test_concurrent_callers_share_batches_up_to_max_batch_and_get_their_own_rows() -> None:
     fn = Recorder()
 
@@ -58,10 +64,7 @@ def test_a_batch_waits_for_the_cohort_of_the_previous_batch() -> None:
         try:
             await asyncio.gather(b.submit(1), b.submit(2), b.submit(3))  # one batch of 3
 
-            async def later(x: int, after: float) -> int:
-                await asyncio.sleep(after)
-                return await b.submit(x)
-            await asyncio.gather(later(4, 0.0), later(5, 0.05), later(6, 0.1))
+            await asyncio.gather(later(b, 4, 0.0), later(b, 5, 0.05), later(b, 6, 0.1))
         finally:
             await b.close()
     run(main())
@@ -131,3 +134,59 @@ def _stats(fn: Recorder) -> MicroBatcher[int, int]:
     b.batches, b.items = len(fn.calls), sum(len(c) for c in fn.calls)
     b.sizes.update(len(c) for c in fn.calls)
     return b
+
+
+class Slow(Recorder):
+    """A batch function whose first call takes `first_s` (the last batch's time the gather fraction scales)."""
+
+    def __init__(self, first_s: float) -> None:
+        super().__init__()
+        self.first_s = first_s
+
+    def __call__(self, items: list[int]) -> list[int | Exception]:
+        if not self.calls:
+            import time
+            time.sleep(self.first_s)
+        return super().__call__(items)
+
+
+def _trickle(gather: float) -> list[list[int]]:
+    """After a batch of 1 s, its cohort of 3 comes back spread over 0.3 s, 0.15 s apart; the delay is 0.25 s:
+    longer than each gap, shorter than the spread."""
+    fn = Slow(1.0)
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch=64, max_delay_s=0.25, gather=gather)
+        try:
+            await asyncio.gather(b.submit(1), b.submit(2), b.submit(3))
+
+            await asyncio.gather(later(b, 4, 0.0), later(b, 5, 0.15), later(b, 6, 0.3))
+        finally:
+            await b.close()
+    run(main())
+    return fn.calls
+
+
+def test_a_cohort_that_keeps_coming_back_is_gathered_into_one_batch() -> None:
+    # gather 0.5 of the last batch's 1 s: the predictor may idle 0.5 s while callers keep coming
+    assert _trickle(0.5) == [[1, 2, 3], [4, 5, 6]]
+    # without it (the rule before): the batch closes 0.25 s after the first, and the last caller waits for the
+    # whole batch of the other two before its own
+    assert _trickle(0.0) == [[1, 2, 3], [4, 5], [6]]
+
+
+def test_gathering_stops_at_its_fraction_of_the_last_batch() -> None:
+    fn = Slow(0.75)
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch=64, max_delay_s=0.25, gather=0.5)  # may idle max(0.25, 0.375) s
+        try:
+            await asyncio.gather(*(b.submit(i) for i in range(10)))  # a cohort of 10
+
+            # they keep coming every 0.15 s (within the delay) but too slowly: the batch closes at 0.375 s
+            await asyncio.gather(*(later(b, 10 + i, 0.15 * i) for i in range(5)))
+        finally:
+            await b.close()
+    run(main())
+    assert fn.calls[0] == list(range(10))
+    assert fn.calls[1] == [10, 11, 12], fn.calls
