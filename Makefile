@@ -1,7 +1,7 @@
 # The two commands: `make serve` (set up, then run the router with a local Triton and the demo zoo)
 # and `make test` (set up, then run the whole test suite). Both work on a fresh clone; the set-up runs pip only
 # when pyproject.toml, constraints.txt or scripts/setup.sh changed since it last ran.
-.PHONY: serve test setup-demo setup-dev protos bench constraints
+.PHONY: serve test setup-demo setup-dev protos bench bench-gpu bench-gpu-device constraints
 
 serve: setup-demo
 	.venv/bin/messplus serve
@@ -19,6 +19,16 @@ setup-dev:
 # docs/BENCHMARKS.md and the README's speed table.
 bench: setup-dev
 	.venv/bin/python -m bench.run_all
+
+# The whole Route path on a GPU (under 10 minutes; needs ONNX Runtime's CUDA provider): a Route-only router on
+# CUDA under load at 1 to 1,024 clients beside the echo and encoder ceilings; writes docs/bench/gpu_route.json
+# and docs/BENCHMARKS.md's GPU section. On a lent GPU box: `.venv/bin/python scripts/gpu_payload.py` here, then
+# `make bench-gpu-device` there, once per payload part (the script prints the calls).
+bench-gpu: setup-dev
+	.venv/bin/python -m bench.gpu_route
+
+bench-gpu-device:
+	bash scripts/gpu_device.sh
 
 protos: setup-dev
 	.venv/bin/python scripts/gen_protos.py

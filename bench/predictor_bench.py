@@ -39,11 +39,11 @@ class BatchResult:
 
 
 def load_predictor(onnx: Path, *, threads: int = 0, providers: Sequence[str] | None = None,
-                   heads: int = DEMO_MODELS, tokenizer: Path | None = None) -> Predictor:
+                   heads: int = DEMO_MODELS, tokenizer: Path | None = None, sub_batch: int | None = None) -> Predictor:
     """`tokenizer`: the model's tokenizer.json (default: the weights package's), for a host that has only the
     exported model."""
     enc = Encoder.load(onnx, tokenizer or default_model_dir() / "tokenizer.json", threads=threads or None,
-                       providers=list(providers) if providers else None)
+                       providers=list(providers) if providers else None, sub_batch=sub_batch)
     return Predictor(enc, Heads([f"m{k}" for k in range(heads)], enc.dim))
 
 

@@ -68,6 +68,17 @@ def _default_providers() -> list[str]:
     return providers
 
 
+def _preload_cuda(providers: Sequence[str]) -> None:
+    """onnxruntime-gpu (>= 1.21) finds CUDA and cuDNN in the nvidia-* wheels (PyTorch's, say) only when asked to;
+    without them the CUDA provider fails to start and ONNX Runtime falls back to the CPU (``providers`` says so)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if "CUDAExecutionProvider" in providers and preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - libraries on the system path may serve instead
+            pass
+
+
 class Encoder:
     """Sentence embeddings (float32, unit L2 norm) of prompts. Thread-safe; ``encode`` blocks."""
 
@@ -129,9 +140,9 @@ class Encoder:
         so.intra_op_num_threads = threads if threads is not None else _all_cores()
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session = ort.InferenceSession(
-            str(onnx_path), sess_options=so, providers=providers if providers is not None else _default_providers()
-        )
+        providers = providers if providers is not None else _default_providers()
+        _preload_cuda(providers)
+        session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
         return cls(session, Tokenizer.from_file(str(tokenizer_json)), max_tokens=max_tokens, sub_batch=sub_batch)
 
     def with_sub_batch(self, sub_batch: int) -> Encoder:

@@ -63,9 +63,10 @@ def test_nearest_neighbour_predictor_on_a_hand_made_case() -> None:
 
 
 def test_gpu_section_renders_the_gpu_results_or_says_it_was_not_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from bench.report import _gpu
+    from bench.gpu_report import earlier_gpu as _gpu
+    from bench.gpu_report import gpu as section
 
-    assert "Not run" in "\n".join(_gpu(tmp_path / "absent.json"))
+    assert "Not run yet" in "\n".join(section(tmp_path))
     row = {"batch": 1, "batches": 9, "prompts_per_s": 400.0, "p50_ms": 2.5, "p99_ms": 3.0, "mean_tokens": 200.0}
     cpu = dict(row, prompts_per_s=80.0, p50_ms=12.0)
     gpu = {"machine": {"date": "d", "commit": "c", "cores": 16, "cpu": "x", "memory_gib": 1.0, "python": "3",
@@ -76,9 +77,26 @@ def test_gpu_section_renders_the_gpu_results_or_says_it_was_not_run(tmp_path) ->
                                                                                    speedup_vs_cpu=5.0)]},
            "predictor_cpu": {"providers": ["CPUExecutionProvider"], "results": [cpu]}}
     (tmp_path / "gpu.json").write_text(json.dumps(gpu))
-    text = "\n".join(_gpu(tmp_path / "gpu.json"))
+    text = "\n".join(_gpu(tmp_path))
     assert "| 1 | 400 | 2.5 ms | 3.0 ms | 80 | 5.0x |" in text
-    assert "2.5 ms p50 against 12.0 ms" in text and "NVIDIA H200" in text and "Not run" not in text
+    assert "2.5 ms p50 against 12.0 ms" in text and "NVIDIA H200" in text
+    load = {"throughput_rps": 3000.0, "p50_ms": 20.0, "p95_ms": 30.0, "p99_ms": 40.0}
+    route = {"machine": gpu["machine"], "gpu": gpu["gpu"], "command": "python -m bench.gpu_route", "total_s": 200.0,
+             "providers": ["CUDAExecutionProvider"], "model": "/x/minilm-l6-v2.fp16-fused.onnx",
+             "plan": {"batch_max": 256}, "router": {"start_s": 9.0, "mean_batch": 100.0},
+             "encoder": [{"batch": 256, "encoder_prompts_per_s": 25000.0, "encoder_p50_ms": 10.0,
+                          "predictor_prompts_per_s": 9000.0, "predictor_p50_ms": 28.0, "predictor_p99_ms": 30.0,
+                          "mean_tokens": 227.0}],
+             "route": [dict(load, clients=64), dict(load, clients=256, throughput_rps=2000.0)],
+             "echo": [dict(load, clients=64, throughput_rps=5000.0), dict(load, clients=256, throughput_rps=5000.0)]}
+    from bench.gpu_route import judge
+
+    route["judged"] = judge(route)
+    (tmp_path / "gpu_route.json").write_text(json.dumps(route))
+    text = "\n".join(section(tmp_path))
+    assert "Not run yet" not in text and "25000 prompts/s at batch 256 (met" in text
+    assert "| 64 | 3000 | 20.0 ms | 30.0 ms | 40.0 ms | 5000 | 60% |  |" in text  # 3000 / min(5000, 9000)
+    assert "| 256 | 2000 | 20.0 ms | 30.0 ms | 40.0 ms | 5000 | 40% | **missed** |" in text
 
 
 def test_gpu_bench_refuses_to_measure_without_the_cuda_provider() -> None:
