@@ -59,8 +59,8 @@ def fp16(folder: Path = BENCH) -> list[str]:
            f"{b['fp32'] / 1e6:.1f} MB; service/encoder/half.py: ONNX Runtime's BERT fusions for a GPU, float16 weights "
            "and activations, float32 inputs, output and pooling tail), run by ONNX Runtime's CPU provider, against the "
            f"fp32 export on all {res['prompts']:,} prompts of `{res['trace']}`:", "",
-           f"- cosine of the two embeddings of each prompt: min {c['min']:.5f}, 1st percentile {c['p01']:.5f}, median "
-           f"{c['median']:.6f} (largest difference of one coordinate {c['max_abs_diff']:.1e});",
+           f"- cosine of the two embeddings of each prompt: min {c['min']:.7f}, 1st percentile {c['p01']:.7f}, median "
+           f"{c['median']:.7f} (largest difference of one coordinate {c['max_abs_diff']:.1e});",
            f"- heads trained on the warm-start half with each embedding, on the other {h['test_prompts']:,} prompts: "
            f"predicted satisfaction differs by {h['mean_abs_p_diff']:.1e} on average, {h['max_abs_p_diff']:.1e} at "
            f"most; the exploit choice (cheapest of cost - price x satisfaction, 25 prices) is the same for "

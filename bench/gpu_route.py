@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class Plan:
     threads: int = 0
     prompts: int = 0  # 0: all of the trace's
     provider: str = CUDA
-    notes: list[str] = field(default_factory=list)
 
 
 SMOKE = Plan(clients=(1, 2), batches=(1, 4), echo_s=0.4, route_s=0.6, warmup_s=0.2, sweep_s=0.1, batch_max=4,
