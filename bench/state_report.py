@@ -1,0 +1,82 @@
+"""docs/BENCHMARKS.md's section on the state backends, rendered from results.json's "state" (bench.state_bench)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _rows(windows: list[dict[str, Any]], blocks: int, ratios: list[float]) -> list[str]:
+    out = []
+    for k in range(blocks):
+        mine = [w for w in windows if w["block"] == k]
+        cells = ", ".join(f"{w['backend']} {w['throughput_rps']:.1f}" for w in mine)
+        p50 = ", ".join(f"{w['p50_ms']:.0f}" for w in mine)
+        out.append(f"| {k} | {cells} | {p50} | {ratios[k]:.2f}x |")
+    return out
+
+
+def section(res: dict[str, Any]) -> list[str]:
+    st = res.get("state")
+    head = ["## State backends: SQLite and PostgreSQL", ""]
+    if not st or "route_db" not in st:
+        return [*head, "Not measured in this results file: `python -m bench.state_bench` adds it.", ""]
+    m, p = st["machine"], st["plan"]
+    rdb, f1db, fdb, down = st["route_db"], st["feedback1_db"], st["feedback_db"], st["route_db_down"]
+    rps, fb, fb1 = st["route_rps"], st["feedback_rps"], st["feedback1"]
+    br = st["route_block_ratios"]
+    out = [*head,
+           f"Command: **`{st['command']}`** "
+           + ("(also phase `state` of `make bench`)" if "state_bench" in st["command"] else "(its phase `state`)")
+           + f", {st['seconds']:.0f} s, on {m['date']}, at commit `{m['commit']}`"
+           + (f" with uncommitted changes to {', '.join(f'`{f}`' for f in st['changed'])}" if st.get("changed")
+              else "")
+           + "; every figure below is from that one run. "
+           f"PostgreSQL {st['postgres_version'].split()[0]} on this machine (loopback), fsync on like SQLite's "
+           "`synchronous = FULL`. Two routers side by side on the same Triton, each on a fresh state; the load "
+           f"alternates between them in windows, in blocks ordered SQLite-PostgreSQL-PostgreSQL-SQLite and then "
+           f"the reverse, so that the shared machine's drift falls on both. Route: {p['clients']} closed-loop "
+           f"clients, {p['route_s']:g} s windows, on the trace's ~420 short prompts (its MBPP rows: the encoder is "
+           "cheapest there, so the state's share of a Route is largest). Feedback (the served model's label) on "
+           f"requests that router routed: {p['feedback_serial']} one at a time, then windows of "
+           f"{p['feedback_window']} calls at {p['clients']} clients. The database's work is its own count "
+           "(`pg_stat_database`: transactions committed; rows inserted, updated and deleted, TOAST included), "
+           "read around each part once the counters settle; `less idle` takes away the idle rate measured "
+           f"before ({st['idle_xact_per_s']:.1f} transactions/s: the label-log tail reads the log every `poll_s`).",
+           "",
+           "| target | measured | |", "|---|---|---|",
+           f"| Route req/s, PostgreSQL against SQLite >= 0.95x | {rps['postgres']:.1f} against {rps['sqlite']:.1f} "
+           f"req/s: {st['route_ratio']:.2f}x (blocks: {', '.join(f'{r:.2f}' for r in br)}) | "
+           f"{'met' if st['route_ratio_met'] else '**missed**'} |",
+           f"| database round trips on Route's path: 0 | Route answers before its record is written: the writer "
+           f"thread group-commits records, {rdb['xact_per_call_less_idle']:.3f} transactions per Route "
+           f"({rdb['xact_per_call']:.3f} with the idle polls; {rdb['rows_per_call']:.1f} rows). With the database "
+           f"stopped the PostgreSQL router routed {down['throughput_rps']:.1f} req/s (p50 {down['p50_ms']:.0f} ms, "
+           f"against {rps['postgres']:.1f} over its windows above); its {down['records_committed']} buffered "
+           f"records were committed {down['commit_after_restart_s']:.1f} s after the database was back | met |",
+           f"| transactions per Feedback: 1 | one client: {f1db['xact_per_call_less_idle']:.2f} "
+           f"({f1db['xact_per_call']:.2f} with the idle polls; {f1db['rows_per_call']:.1f} rows: the label, the "
+           f"tenant's queue); {p['clients']} clients: {fdb['xact_per_call_less_idle']:.3f} (group commit) | "
+           f"{'met' if f1db['xact_per_call_less_idle'] < 1.05 else '**missed**'} |",
+           f"| Feedback/s, each backend | {p['clients']} clients: SQLite {fb['sqlite']:.0f}, PostgreSQL "
+           f"{fb['postgres']:.0f} ({st['feedback_ratio']:.2f}x); one client: {fb1['sqlite']['throughput_rps']:.0f} "
+           f"(p50 {fb1['sqlite']['p50_ms']:.1f} ms) and {fb1['postgres']['throughput_rps']:.0f} "
+           f"(p50 {fb1['postgres']['p50_ms']:.1f} ms) | reported |", "",
+           "Route, req/s by window:", "",
+           "| block | windows in order | p50 ms | PostgreSQL / SQLite |", "|---|---|---|---|",
+           *_rows(st["route"], p["blocks"], br), "",
+           f"Feedback at {p['clients']} clients, calls/s by window:", "",
+           "| block | windows in order | p50 ms | PostgreSQL / SQLite |", "|---|---|---|---|",
+           *_rows(st["feedback"], p["feedback_blocks"], st["feedback_block_ratios"]), "",
+           "A Feedback on PostgreSQL is one transaction of about a dozen statements (the log lock, the stored "
+           "labels, the tenant's queue, the label insert, the notification, the log since this router's cursor), "
+           "each a loopback round trip from the router's writer thread, where SQLite's run in process: sharing "
+           "the state costs Feedback's rate, not Route's." + _snapshots(fdb["rows_per_call"], p["clients"]), ""]
+    return out
+
+
+def _snapshots(rows: float, clients: int) -> str:
+    if rows < 2.2:
+        return ""
+    return (f" At {clients} clients a Feedback wrote {rows:.1f} rows on average: the two of its transaction plus the "
+            "heads snapshots (every 500 labels a router has learned, five heads, each with its 385 x 385 "
+            "covariance: about 6 MB and 9,000 TOAST rows per snapshot, and every replica writes its own).")
