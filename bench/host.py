@@ -23,9 +23,9 @@ def machine() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip()
-    except OSError:  # no git on the host (a copied tree on a GPU box): the caller may set MESSPLUS_COMMIT
+    except OSError:  # no git on the host (a copied tree on a GPU box): the caller may set BENCH_COMMIT
         commit = ""
-    commit = commit or os.environ.get("MESSPLUS_COMMIT", "")
+    commit = commit or os.environ.get("BENCH_COMMIT", "")  # not MESSPLUS_*: the router would take it for config
     return {"cores": len(os.sched_getaffinity(0)), "cpu": model, "memory_gib": round(mem / 2**30, 1),
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "numba": numba.__version__,
             "grpcio": __import__("grpc").__version__, "commit": commit,

@@ -33,7 +33,7 @@ ln -s "$PWD/service" "$PKG/service"
 ln -s "$PWD/kernels" "$PKG/kernels"
 export PYTHONPATH="$STORE/site:$STORE/pkg${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || python3 -c 'import json; print(json.load(open(".gpu/manifest.json"))["commit"])')
-export MESSPLUS_COMMIT="${MESSPLUS_COMMIT:-$COMMIT}"
+export BENCH_COMMIT="${BENCH_COMMIT:-$COMMIT}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 M="$STORE/model"
 python3 -m bench.gpu_route --onnx "$M/minilm-l6-v2.fp16-fused.onnx" --tokenizer "$M/tokenizer.json" \
