@@ -109,32 +109,39 @@ def _f(x: float | None, spec: str) -> str:
     return "–" if x is None else format(x, spec)
 
 
+TABLE_HEAD = ["| trace | condition | alpha | satisfaction (min of seeds) | SLA met | cost / static mix | "
+              "cost / oracle | cost / MESS+ reference | reference satisfaction | exploration |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def table_row(key: str, label: str, e: dict[str, Any]) -> str:
+    """One summary.json entry (an alpha, every seed) as a row of the table: means over seeds, the worst case
+    where it matters."""
+    runs = e["runs"]
+    ref = e["baselines"]["messplus_reference"] or {}
+
+    def mean(k: str) -> float | None:
+        xs = [r[k] for r in runs if r.get(k) is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    met = sum(r["sla_met"] for r in runs)
+    worst = max(r["cost_vs_static_mixture"] for r in runs)
+    return (f"| {key} | {label} | {e['alpha']:.2f} | {_f(mean('satisfaction'), '.4f')} "
+            f"({_f(min(r['satisfaction'] for r in runs), '.4f')}) | {met}/{len(runs)} | "
+            f"{_f(mean('cost_vs_static_mixture'), '.2f')}x (max {_f(worst, '.2f')}) | "
+            f"{_f(mean('cost_vs_oracle'), '.1f')}x | {_f(mean('cost_vs_reference'), '.2f')}x | "
+            f"{_f(ref.get('satisfaction'), '.4f')} | {_f(mean('exploration_fraction'), '.3f')} |")
+
+
 def table(out: Path, seeds: int) -> str:
     """Markdown: one row per (trace, condition, alpha), means over seeds, worst case where it matters."""
-    lines = ["| trace | condition | alpha | satisfaction (min of seeds) | SLA met | cost / static mix | "
-             "cost / oracle | cost / MESS+ reference | reference satisfaction | exploration |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = list(TABLE_HEAD)
     for case in (*CASES, *DRIFT):
         for cond_name, (_, label) in CONDITIONS.items():
             path = out / f"{case.key}-{cond_name}" / "summary.json"
             if not path.exists():
                 continue
-            for e in json.loads(path.read_text()):
-                runs = e["runs"]
-                ref = e["baselines"]["messplus_reference"] or {}
-
-                def mean(k: str) -> float | None:
-                    xs = [r[k] for r in runs if r.get(k) is not None]
-                    return sum(xs) / len(xs) if xs else None
-
-                met = sum(r["sla_met"] for r in runs)
-                worst = max(r["cost_vs_static_mixture"] for r in runs)
-                lines.append(
-                    f"| {case.key} | {label} | {e['alpha']:.2f} | {_f(mean('satisfaction'), '.4f')} "
-                    f"({_f(min(r['satisfaction'] for r in runs), '.4f')}) | {met}/{len(runs)} | "
-                    f"{_f(mean('cost_vs_static_mixture'), '.2f')}x (max {_f(worst, '.2f')}) | "
-                    f"{_f(mean('cost_vs_oracle'), '.1f')}x | {_f(mean('cost_vs_reference'), '.2f')}x | "
-                    f"{_f(ref.get('satisfaction'), '.4f')} | {_f(mean('exploration_fraction'), '.3f')} |")
+            lines += [table_row(case.key, label, e) for e in json.loads(path.read_text())]
     return "\n".join(lines)
 
 
