@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import tempfile
 import time
@@ -54,6 +55,7 @@ def run(reps: int, seconds: float, clients: int, work: Path, say: Any = print) -
     from .prompts import trace_prompts
 
     settings = {"before": 0.0, "after": PredictorConfig().batch_gather}
+    load0 = os.getloadavg()[0]
     onnx = ensure_exported(ROOT / "var")
     models = build_demo_repository(work / "models")
     prompts = trace_prompts()
@@ -80,7 +82,7 @@ def run(reps: int, seconds: float, clients: int, work: Path, say: Any = print) -
                 f"  missed their batch {r['missed_share']:.1%}  mean batch {r['mean_batch']:.1f}", flush=True)
             runs.append(r)
     return {"machine": machine(), "clients": clients, "seconds": seconds, "reps": reps, "settings": settings,
-            "runs": runs, "total_s": round(time.monotonic() - began, 1)}
+            "runs": runs, "total_s": round(time.monotonic() - began, 1), "load": [load0, os.getloadavg()[0]]}
 
 
 def summary(res: dict[str, Any]) -> dict[str, dict[str, float]]:

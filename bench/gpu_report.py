@@ -21,21 +21,31 @@ def _load(name: str, folder: Path) -> dict[str, Any] | None:
 
 
 def batching_ab(folder: Path = BENCH) -> list[str]:
-    res = _load("batching_ab.json", folder)
-    if res is None:
-        return []
+    """Every docs/bench/batching_ab*.json, one table each (the runs differ by the machine's load)."""
+    out = []
+    for path in sorted(folder.glob("batching_ab*.json")):
+        out += _batching_ab(json.loads(path.read_text()), path.name)
+    return out
+
+
+def _batching_ab(res: dict[str, Any], fname: str) -> list[str]:
     from .batching_ab import summary
 
     m = res["machine"]
-    out = ["### Before and after `batch_gather`, side by side", "",
-           f"**`{res['command']}`** ({res['total_s']:.0f} s, {m['date']}, commit `{m['commit']}`): {res['reps']} reps, "
+    load = f", load average {res['load'][0]:.1f} to {res['load'][1]:.1f}" if "load" in res else ""
+    out = [f"### Before and after `batch_gather`, side by side (`{fname}`)", "",
+           f"**`{res['command']}`** ({res['total_s']:.0f} s, {m['date']}, commit `{m['commit']}`{load}): "
+           f"{res['reps']} reps, "
            f"each a fresh Route-only router per setting (no Triton beside it) in alternating order, {res['clients']} "
            f"clients, {res['seconds']:.0f} s windows. `before` = `batch_gather = 0` (a batch waits "
            "`batch_delay_ms` from its first caller); `after` = the default (while callers keep coming back, up to a "
            "tenth of the last batch's time). `over 1.5x p50`: the calls that took more than 1.5 times the median, "
            "i.e. waited for a second batch; `missed their batch`: the calls that came while a batch ran (the "
            "router's own count: with 64 clients and batches of up to 64, a caller that came back too late for its "
-           "cohort's batch), the robust signal on a shared machine whose load stretches single batches.", "",
+           "cohort's batch; it includes the first wave, the 63 calls that come while the first caller's batch of one "
+           "runs, about 4% of a quiet run's calls). Where req/s moves from rep to rep, the machine's load moved "
+           "(other engineers' runs on the same 2 cores): the latency columns then follow the load more than the "
+           "setting, and the router's count and the mean batch are the signal.", "",
            "| setting | rep | req/s | p50 ms | p99 ms | p99 / p50 | over 1.5x p50 | missed their batch | mean batch |",
            "|---|---|---|---|---|---|---|---|---|"]
     rows = [(r["setting"], str(r["rep"]), r["throughput_rps"], r["p50_ms"], r["p99_ms"], r["p99_ms"] / r["p50_ms"],
