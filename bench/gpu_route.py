@@ -163,7 +163,8 @@ class Run:
         providers = ",".join([self.plan.provider] + ([CPU] if self.plan.provider != CPU else []))
         env = {"MESSPLUS_PREDICTOR_PROVIDERS": providers, "MESSPLUS_PREDICTOR_BATCH_MAX": str(self.plan.batch_max),
                "MESSPLUS_PREDICTOR_THREADS": str(self.plan.threads), "MESSPLUS_SERVER_MAX_INFLIGHT": "2048",
-               "MESSPLUS_PREDICTOR_SUB_BATCH": str(self.plan.sub_batch)}
+               "MESSPLUS_PREDICTOR_SUB_BATCH": str(self.plan.sub_batch),
+               **({"MESSPLUS_PREDICTOR_TOKENIZER": str(self.tokenizer)} if self.tokenizer else {})}
         srv = router_server(self.work / "router", cfg, env=env).start()
         self.say(f"   router serving after {srv.start_s:.1f} s")
         if f"predictor on {self.plan.provider}" not in srv.log_text():  # ONNX Runtime fell back to another one

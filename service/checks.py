@@ -50,6 +50,8 @@ def validate(cfg: Config, knobs: tuple[Field[Any], ...]) -> None:
     _check(cfg.predictor.batch_delay_ms >= 0, "predictor.batch_delay_ms", "must be >= 0")
     _check(0 <= cfg.predictor.batch_gather <= 1, "predictor.batch_gather", "must be in [0, 1]")
     _check(cfg.predictor.sub_batch >= 0, "predictor.sub_batch", "must be >= 0 (0: the provider's default)")
+    _check(not cfg.predictor.tokenizer or Path(cfg.predictor.tokenizer).expanduser().is_file(), "predictor.tokenizer",
+           f"file not found: {cfg.predictor.tokenizer}")
     _check(cfg.triton.timeout_s > 0, "triton.timeout_s", "must be > 0")
     _check(cfg.triton.ready_poll_s > 0, "triton.ready_poll_s", "must be > 0")
     if cfg.triton.url and not cfg.route_only:

@@ -8,7 +8,7 @@ Sections and keys (all optional; the embedded default is the demo zoo on a local
     [state]      dir, synchronous, snapshot_every_labels, backend, url, password_file, buffer_records,
                  retention_days, poll_s, record_wait_s
     [predictor]  onnx, max_tokens, threads, prior_var, batch_max, batch_delay_ms, batch_gather, providers,
-                 sub_batch
+                 sub_batch, tokenizer
     [triton]     url ("" = start the embedded Triton with the demo zoo; "none" = no Triton: a Route-only router),
                  timeout_s, ready_poll_s
     [routing]    policy (a name registered in routing/registry.py: "messplus", or "mess-paper", MESS+ as published)
@@ -106,6 +106,7 @@ class PredictorConfig:
     batch_gather: float = 0.1
     providers: str = ""
     sub_batch: int = 0  # a batch runs sorted by length in ONNX calls of this many prompts; 0: 8 on CPU, 64 on CUDA
+    tokenizer: str = ""  # the model's tokenizer.json; "" = the weights package's (a host with only the exported model)
 
 
 @dataclass(frozen=True, kw_only=True)

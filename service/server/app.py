@@ -69,7 +69,8 @@ def load_encoder(cfg: Config, progress: Progress):  # type: ignore[no-untyped-de
 
     onnx_path = Path(cfg.predictor.onnx) if cfg.predictor.onnx else ensure_exported(cfg.state_dir, progress)
     providers = [p for p in cfg.predictor.providers.split(",") if p] or None
-    return Encoder.load(onnx_path, default_model_dir() / "tokenizer.json", max_tokens=cfg.predictor.max_tokens,
+    tokenizer = Path(cfg.predictor.tokenizer) if cfg.predictor.tokenizer else default_model_dir() / "tokenizer.json"
+    return Encoder.load(onnx_path, tokenizer, max_tokens=cfg.predictor.max_tokens,
                         threads=cfg.predictor.threads or None, providers=providers,
                         sub_batch=cfg.predictor.sub_batch or None)
 

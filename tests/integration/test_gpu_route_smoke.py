@@ -21,7 +21,9 @@ def test_gpu_route_smoke_runs_every_phase_on_the_cpu(tmp_path: Path, encoder_onn
     ref = tmp_path / "reference.npz"
     np.savez(ref, prompts=np.array(prompts), embeddings=enc.encode(prompts), model=np.array("fp32 here"))
     out = tmp_path / "bench" / "gpu_route.json"
-    assert gpu_route.main(["--smoke", "--onnx", str(encoder_onnx), "--reference", str(ref), "--json", str(out)]) == 0
+    tokenizer = default_model_dir() / "tokenizer.json"  # given, as on a GPU box without the weights package
+    assert gpu_route.main(["--smoke", "--onnx", str(encoder_onnx), "--tokenizer", str(tokenizer), "--reference",
+                           str(ref), "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["providers"][0] == "CPUExecutionProvider"
     assert res["agreement"]["min_cosine"] > 0.9999  # the same model and provider as the reference
