@@ -300,7 +300,8 @@ class Router:
         if self.store.shared:
             self._counted.update(ev.seq for ev in commit.events)
         else:
-            self.learner.learn(commit.events, {commit.events[0].request_id: pending.embedding} if commit.events else None)
+            own = {commit.events[0].request_id: pending.embedding} if commit.events else None
+            self.learner.learn(commit.events, own)
 
     def apply_log(self, events: list[LabelEvent]) -> None:
         """Labels of the shared log, in order, each once: count those another process committed, learn them all."""
