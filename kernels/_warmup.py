@@ -13,6 +13,7 @@ import numpy as np
 from ._decide import decide_batch
 from ._explore import counter_uniform, draw_explore_batch, explore_probability
 from ._heads import head_init, head_predict, head_update, head_update_many
+from ._price import price_for_target
 from ._queue import queue_update, queue_update_many
 
 
@@ -29,6 +30,7 @@ def _warm_routing() -> None:
     ones, zero = np.ones(1), np.zeros(1, np.int64)
     decide_batch(np.full((1, 1), 0.5), np.ones((1, 1)), np.ones((1, 1), np.bool_), ones, ones, ones)
     queue_update(0.0, 0.5, 1.0, 0.0)
+    price_for_target(np.full((1, 1), 0.5), np.full((1, 1), 0.5), np.ones((1, 1)), np.ones((1, 1), np.bool_), 0.5, 1.0)
     queue_update_many(np.zeros(1), zero, ones, ones, np.zeros(1))
     explore_probability(np.int64(1), 1.0)
     counter_uniform(np.uint64(0), np.uint64(0), np.uint64(1))

@@ -127,6 +127,16 @@ def cheapest_single(names: Sequence[str], mean_cost: np.ndarray, accuracy: np.nd
             "satisfaction": float(accuracy[k])}
 
 
+def best_single(names: Sequence[str], mean_cost: np.ndarray, accuracy: np.ndarray) -> dict[str, Any]:
+    """The most accurate single model on the stream (ties: the cheaper): what the stream can promise at most
+    without knowing which model is right for which prompt."""
+    ok = [k for k in range(len(names)) if not np.isnan(accuracy[k])]
+    if not ok:
+        return {"model": None, "mean_cost": None, "satisfaction": None}
+    k = max(ok, key=lambda j: (accuracy[j], -mean_cost[j]))
+    return {"model": names[k], "mean_cost": float(mean_cost[k]), "satisfaction": float(accuracy[k])}
+
+
 def static_mixture(names: Sequence[str], mean_cost: np.ndarray, accuracy: np.ndarray, alpha: float) -> dict[str, Any]:
     known = ~np.isnan(accuracy)
     if not known.any():
@@ -197,6 +207,7 @@ def stream_baselines(names: Sequence[str], costs: np.ndarray, labels: np.ndarray
 
     mean_cost, acc = costs.mean(axis=0), nanmean_cols(labels)
     out = {"cheapest_single": cheapest_single(names, mean_cost, acc, alpha),
+           "best_single": best_single(names, mean_cost, acc),
            "static_mixture": static_mixture(names, mean_cost, acc, alpha),
            "oracle": oracle_summary(oracle(costs, labels, alpha), names)}
     if sources is not None:

@@ -36,6 +36,8 @@ def add_commands(sub: Any) -> None:
                         "the replayed stream; MODEL @cheapest = the cheapest single model meeting alpha")
     p.add_argument("--warm-start", type=float, default=0.0, metavar="F",
                    help="train the heads offline on a random fraction F of the prompts, replay the rest")
+    p.add_argument("--first", type=int, default=0, metavar="N",
+                   help="replay only the first N requests of each seed's stream (a tenant's first day; 0: all)")
     p.add_argument("--order", choices=("shuffle", "source", "file"), default="shuffle",
                    help="stream order within each trace: seeded shuffle (default), by source_benchmark, as in the file")
     p.add_argument("--flat-costs", action="store_true",
@@ -100,14 +102,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     if not all(0 < a < 1 for a in args.alpha) or args.seeds < 1 or not 0 <= args.feedback_rate <= 1 \
             or args.feedback_delay < 0 or not 0 <= args.warm_start < 1 or args.limit < 0 or args.replicas < 0 \
-            or args.sync_lag < 0:
+            or args.sync_lag < 0 or args.first < 0:
         raise SystemExit("messplus replay: need 0 < alpha < 1, seeds >= 1, 0 <= feedback-rate <= 1, "
-                         "feedback-delay >= 0, 0 <= warm-start < 1, limit >= 0, replicas >= 0, sync-lag >= 0")
+                         "feedback-delay >= 0, 0 <= warm-start < 1, limit >= 0, replicas >= 0, sync-lag >= 0, first >= 0")
     if args.sync_lag and not args.replicas:
         raise SystemExit("messplus replay: --sync-lag needs --replicas")
     cond = Condition(feedback_rate=args.feedback_rate, feedback_delay=args.feedback_delay,
                      outages=tuple(Outage.parse(o) for o in args.outage), warm_start=args.warm_start,
-                     order=args.order, flat_costs=args.flat_costs, replicas=args.replicas, sync_lag=args.sync_lag)
+                     order=args.order, flat_costs=args.flat_costs, replicas=args.replicas, sync_lag=args.sync_lag,
+                     first=args.first)
     setup = ReplaySetup(alphas=tuple(args.alpha), seeds=tuple(range(args.seeds)), cond=cond,
                         policy=TenantOverrides(**{k: getattr(args, k) for k in POLICY_KEYS}),
                         reference=not args.no_reference, progress=not args.quiet)

@@ -87,6 +87,7 @@ class Condition:
     flat_costs: bool = False  # the router gets one price per model (its mean cost), not the trace's price list
     replicas: int = 0  # > 0: that many routers on one shared state (replicas.py); 0: one router on its own
     sync_lag: int = 0  # with replicas: every replica sees the label log this many requests late
+    first: int = 0  # > 0: only the first this many requests of the replayed stream
 
 
 def _overrides_type() -> type:
@@ -121,7 +122,8 @@ def split_stream(trace: Trace, seed: int, cond: Condition) -> tuple[np.ndarray, 
     stream = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     train = np.zeros(stream.size, np.bool_)
     train[rng.choice(stream.size, int(round(cond.warm_start * stream.size)), replace=False)] = True
-    return stream[train], stream[~train]
+    rows = stream[~train]
+    return stream[train], rows[:cond.first] if cond.first else rows
 
 
 @dataclass
@@ -291,7 +293,7 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 def _entry(trace: Trace, alpha: float, runs: list[dict[str, Any]], refs: list[dict[str, Any]],
            bases: list[dict[str, Any]], setup: ReplaySetup) -> dict[str, Any]:
     baselines = dict(bases[0])
-    for name in ("cheapest_single", "static_mixture", "oracle", "task_oracle"):  # differ by seed with a warm start
+    for name in ("cheapest_single", "best_single", "static_mixture", "oracle", "task_oracle"):  # differ by seed with a warm start
         if len({json.dumps(b[name], sort_keys=True) for b in bases}) > 1:
             baselines[name] = {**bases[0][name], "mean_cost": _mean([b[name]["mean_cost"] for b in bases]),
                                "satisfaction": _mean([b[name]["satisfaction"] for b in bases]),
@@ -304,11 +306,13 @@ def _entry(trace: Trace, alpha: float, runs: list[dict[str, Any]], refs: list[di
         run["cost_vs_static_mixture"] = _ratio(run["mean_cost"], bases[i]["static_mixture"]["mean_cost"])
         run["cost_vs_oracle"] = _ratio(run["mean_cost"], bases[i]["oracle"]["mean_cost"])
         run["cost_vs_task_oracle"] = _ratio(run["mean_cost"], bases[i]["task_oracle"]["mean_cost"])
+        run["best_single_satisfaction"] = bases[i]["best_single"]["satisfaction"]
         run["cost_vs_reference"] = _ratio(run["mean_cost"], refs[i]["mean_cost"]) if refs else None
     c, tenant = setup.cond, setup.policy.tenant(alpha, 0)
     return {"trace": trace.name, "alpha": alpha, "runs": runs, "baselines": baselines,
             "condition": {"feedback_rate": c.feedback_rate, "feedback_delay": c.feedback_delay,
                           "outages": [asdict(o) for o in c.outages], "warm_start": c.warm_start, "order": c.order,
+                          **({"first": c.first} if c.first else {}),
                           **({"replicas": c.replicas, "sync_lag": c.sync_lag} if c.replicas else {})},
             "policy": {k: getattr(tenant, k) for k in POLICY_KEYS},
             "models": [{"name": m, "mean_cost": float(mc), "accuracy": None if math.isnan(ac) else float(ac)}

@@ -37,7 +37,7 @@ from messplus import kernels
 
 from ..config import TenantConfig
 from .pricing import Pricing
-from .tenant import TenantState
+from .tenant import TenantState, Window, label_target, predictor_bias
 from .types import EXPLORE_ALWAYS, EXPLORE_DEFAULT
 
 SCALE_WARMUP = 20  # requests before a tenant's own mean cost sets the unit of V
@@ -45,6 +45,9 @@ EXPLORE_COST_RATIO = 2.0  # exploration steps learn models at most this much dea
 EXPLORE_SIGMAS = 3.0  # exploration ranks each model at sigmoid(mu + 3 sigma): what it might plausibly be
 DEBT_BANK = 0.5  # the queue runs at its plain slope up to this share of the margin's surplus (margin sqrt(n))
 STUCK_EXPLORE = 4.0  # exploration is this much likelier while the tenant is stuck in debt (see Policy.plan)
+PAYBACK = 0.0  # variant (bench/variants.py), off: > 0 prices satisfaction from the latest predictions (settle_price)
+RAMP = 0.0  # variant (bench/variants.py), off: > 0 grows V as sqrt(n / RAMP) over the first RAMP requests
+PRICE_HI = 1e4  # the dearest price of satisfaction tried, in cost units per unit of satisfaction
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,7 +104,9 @@ class Policy:
         going = st.cost_raw_sum / st.requests if st.requests >= SCALE_WARMUP else 0.0
         if not (going > 0 and math.isfinite(going)):
             going = float(np.median(pricing.cost_raw))
-        return self.cost_unit(pricing) / going
+        ramp = RAMP
+        early = math.sqrt(min(1.0, (st.requests + 1) / ramp)) if ramp > 0 else 1.0
+        return early * self.cost_unit(pricing) / going
 
     def plan(self, batch: Batch, pricing: Pricing) -> list[Plan | None]:
         """Decide every row of the batch; None where no model is available."""
@@ -117,9 +122,17 @@ class Policy:
         margin = np.array([c.margin for c in cfgs], np.float64)
         gain = np.array([c.debt_gain for c in cfgs], np.float64)
         pressure = np.maximum(debt_pressure(batch.expected, margin, batch.labelled, gain), 0.0)
+        payback = np.full(B, PAYBACK, np.float64)
+        priced = payback > 0
+        if priced.any():
+            price = settle_price(batch, p_dec, payback)
+            pressure = np.where(priced, V * np.minimum(price, PRICE_HI), pressure)
         choice = kernels.decide_batch(p_dec, batch.costs, batch.masks, pressure, alpha, V)
         # stuck: the queue is past the margin's bank and even the optimistic choice is predicted below alpha
+        # (priced: no price lets the latest requests' predictions meet the target)
         stuck = (pressure > np.maximum(batch.expected, 0.0)) & (p_dec[np.arange(B), np.maximum(choice, 0)] < alpha)
+        if priced.any():
+            stuck = np.where(priced, ~np.isfinite(price), stuck)
         c = np.where(stuck, c * STUCK_EXPLORE, c)
         explore = kernels.draw_explore_batch(seed, streams, batch.t, c) if B else np.zeros(0, np.bool_)
         out: list[Plan | None] = []
@@ -164,6 +177,34 @@ class Policy:
         near = idx[(cost <= limit) | (cost <= left)]
         others = [int(i) for i in near[np.argsort(rank[near], kind="stable")] if i != choice]
         return tuple(sorted([choice, *others[: n - 1]]))
+
+
+def settle_price(batch: Batch, p_dec: np.ndarray, payback: np.ndarray) -> np.ndarray:
+    """Per row, the price of satisfaction (cost units per unit of satisfaction; inf: out of reach) at which
+    the tenant's latest requests, this batch's included, decided by `p_dec` would be predicted to reach the
+    target: the next label's (alpha plus the safety margin) plus the expected queue Q + E paid back over
+    `payback` requests (a banked surplus lowers it). Predicted satisfaction is p_hat corrected by the
+    predictor's mean error on the tenant's labels; a model unavailable to the whole batch is out of every row.
+
+    The price settles where the predictions put it instead of waiting for a deficit to build (the queue's way),
+    so a short stream meets alpha from its first requests, and it moves only as the predictions and the
+    deficit do."""
+    price = np.full(len(batch.tenants), np.nan)
+    up = batch.masks.any(axis=0)
+    seen: dict[int, float] = {}
+    for b, st in enumerate(batch.tenants):
+        if payback[b] > 0 and id(st) not in seen:
+            if st.window is None or st.window.q.shape[1] != p_dec.shape[1]:
+                st.window = Window.empty(p_dec.shape[1])
+            p_sat = np.clip(batch.p_hat + predictor_bias(st), 0.0, 1.0)
+            for r in np.flatnonzero([s is st for s in batch.tenants]):
+                st.window.push(p_dec[r], p_sat[r], batch.costs[r], batch.masks[r])
+            w, n = st.window, st.window.n
+            horizon = max(payback[b], float(batch.t[b]))
+            target = min(label_target(st.cfg, int(batch.labelled[b]) + 1) + batch.expected[b] / horizon, 1.0)
+            seen[id(st)] = kernels.price_for_target(w.q[:n], w.p[:n], w.cost[:n], w.mask[:n] & up, target, PRICE_HI)
+        price[b] = seen.get(id(st), np.nan)
+    return price
 
 
 def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray) -> np.ndarray:

@@ -20,6 +20,29 @@ from messplus import kernels
 from ..config import TenantConfig
 
 BIAS_PRIOR_N = 20.0  # pseudo-labels of zero error behind the predictor's bias estimate
+WINDOW = 256  # recent requests whose predictions price satisfaction (policy.settle_price)
+
+
+@dataclass
+class Window:
+    """The predictions of a tenant's latest WINDOW requests as they were routed (memory only): the rating each
+    decision used, the predicted satisfaction, the cost in the policy's unit and the models it could use."""
+
+    q: np.ndarray
+    p: np.ndarray
+    cost: np.ndarray
+    mask: np.ndarray
+    n: int = 0
+    next: int = 0
+
+    @classmethod
+    def empty(cls, K: int) -> Window:
+        return cls(np.zeros((WINDOW, K)), np.zeros((WINDOW, K)), np.zeros((WINDOW, K)), np.zeros((WINDOW, K), np.bool_))
+
+    def push(self, q: np.ndarray, p: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> None:
+        i = self.next
+        self.q[i], self.p[i], self.cost[i], self.mask[i] = q, p, cost, mask
+        self.next, self.n = (i + 1) % WINDOW, min(self.n + 1, WINDOW)
 
 
 @dataclass
@@ -45,6 +68,7 @@ class TenantState:
     invoked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # models an exploration step invoked whose label has not come back yet (memory only: clear after a restart)
     awaiting: np.ndarray = field(default_factory=lambda: np.zeros(0, np.bool_))
+    window: Window | None = None  # recent requests' predictions (memory only: refills after a restart)
 
     @property
     def satisfaction(self) -> float:
@@ -72,9 +96,15 @@ def expected_pending(st: TenantState) -> float:
     if n <= 0:
         return 0.0
     m = st.resid_n + BIAS_PRIOR_N
-    bias = st.resid_sum / m
+    bias = predictor_bias(st)
     s2 = max(st.resid_sq - st.resid_sum * bias + 0.25 * BIAS_PRIOR_N, 0.0) / m
     return st.pending_sum - bias * n + st.cfg.confidence * math.sqrt(s2 * (n + n * n / m))
+
+
+def predictor_bias(st: TenantState) -> float:
+    """The predictor's mean error on the tenant's labelled requests (satisfaction - predicted), shrunk towards 0
+    by BIAS_PRIOR_N pseudo-labels."""
+    return st.resid_sum / (st.resid_n + BIAS_PRIOR_N)
 
 
 def queue_floor(cfg: TenantConfig) -> float:

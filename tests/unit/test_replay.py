@@ -248,8 +248,8 @@ def test_same_seed_same_result_and_summary_shape(tiny, emb, tmp_path: Path) -> N
     assert _strip(one) == _strip(two)
     assert [e["alpha"] for e in one] == [0.7, 0.8]
     for e in one:
-        assert e["trace"] == "tiny_trace" and set(e["baselines"]) == {"cheapest_single", "static_mixture", "oracle",
-                                                                      "task_oracle", "messplus_reference"}
+        assert e["trace"] == "tiny_trace" and set(e["baselines"]) == {
+            "cheapest_single", "best_single", "static_mixture", "oracle", "task_oracle", "messplus_reference"}
         for r in e["runs"]:
             assert {"seed", "satisfaction", "mean_cost", "exploration_fraction", "sla_met", "model_share"} <= set(r)
             assert r["sla_met"] == (r["satisfaction"] >= e["alpha"] - 1e-9)
