@@ -1,14 +1,15 @@
-"""The routing-quality table of docs/ROUTING.md: every shared trace x alpha x condition, 3 seeds, with baselines.
+"""The routing-quality tables of docs/ROUTING.md: every shared trace x alpha x condition, 3 seeds, with baselines;
+the short-stream table (each trace's first SHORT requests, SHORT_SEEDS seeds); the limits and ablation tables.
 
     .venv/bin/python bench/routing_table.py --ablations [--seeds 3] [--out var/routing] [--only CASE ...]
 
 Each (trace, condition) is one `messplus replay` run through the service's own router core (the in-process
 path of service/replay/, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
-same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the table between the
-`routing-table` markers of the doc (and the limits and ablation tables between theirs) is regenerated from
-those summaries, so every number there has this command behind it. Embeddings are cached in var/embeddings
-(the first run encodes ~18k prompts with MiniLM: about 15 minutes on 2 cores; later runs read the cache).
-`--only ablations --ablations` runs just the ablations.
+same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the tables between the doc's
+`routing-table`, `routing-short`, `routing-limits` and `routing-ablations` markers are regenerated from those
+summaries, so every number there has this command behind it. Embeddings are cached in var/embeddings (the
+first run encodes ~21k prompts with MiniLM: about 20 minutes on 2 cores; later runs read the cache).
+`--only NONE --ablations` runs just the ablations; `--table-only` rewrites the doc from OUT.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ DRIFT = (
 )
 # name -> (Condition keyword arguments, label in the table)
 CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
-    "cold": ({}, "cold start, full feedback"),
+    "cold": ({}, "cold start"),
     "warm": ({"warm_start": 0.5}, "--warm-start 0.5"),
     "rate": ({"feedback_rate": 0.2}, "--feedback-rate 0.2"),
     "delay": ({"feedback_delay": 200}, "--feedback-delay 200"),
-    "outage": ({"outages": "@cheapest:0.45:0.55"}, "cheapest good model out for 10%"),
+    "outage": ({"outages": "@cheapest:0.45:0.55"}, "--outage @cheapest:0.45:0.55"),
 }
 # conditions only the ablations run
 ABLATION_CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
@@ -73,6 +74,7 @@ ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "no safety margin (--margin 0)": ({"margin": 0.0}, "cold"),
     "MESS+ queue floor (--reserve 0)": ({"reserve": 0.0}, "cold"),
     "MESS+ linear queue (--debt-gain 0)": ({"debt_gain": 0.0}, "cold"),
+    "no price floor (--floor-window 0)": ({"floor_window": 0}, "cold"),
     "no optimism (--optimism 0)": ({"optimism": 0.0}, "cold"),
     "no exploration budget (--explore-budget 0)": ({"explore_budget": 0.0}, "cold"),
     "explore every model (--explore-models 0)": ({"explore_models": 0}, "cold"),
@@ -120,15 +122,14 @@ def _f(x: float | None, spec: str) -> str:
 
 
 TABLE_HEAD = ["| trace | condition | alpha | satisfaction (min of seeds) | SLA met | cost / static mix | "
-              "cost / task oracle | cost / oracle | cost / MESS+ reference | reference satisfaction | exploration |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "cost / task oracle | cost / oracle | cost / MESS+ reference |",
+              "|---|---|---|---|---|---|---|---|---|"]
 
 
 def table_row(key: str, label: str, e: dict[str, Any]) -> str:
     """One summary.json entry (an alpha, every seed) as a row of the table: means over seeds, the worst case
     where it matters."""
     runs = e["runs"]
-    ref = e["baselines"]["messplus_reference"] or {}
 
     def mean(k: str) -> float | None:
         xs = [r[k] for r in runs if r.get(k) is not None]
@@ -139,8 +140,8 @@ def table_row(key: str, label: str, e: dict[str, Any]) -> str:
     return (f"| {key} | {label} | {e['alpha']:.2f} | {_f(mean('satisfaction'), '.4f')} "
             f"({_f(min(r['satisfaction'] for r in runs), '.4f')}) | {met}/{len(runs)} | "
             f"{_f(mean('cost_vs_static_mixture'), '.2f')}x (max {_f(worst, '.2f')}) | "
-            f"{_f(mean('cost_vs_task_oracle'), '.2f')}x | {_f(mean('cost_vs_oracle'), '.1f')}x | {_f(mean('cost_vs_reference'), '.2f')}x | "
-            f"{_f(ref.get('satisfaction'), '.4f')} | {_f(mean('exploration_fraction'), '.3f')} |")
+            f"{_f(mean('cost_vs_task_oracle'), '.2f')}x | {_f(mean('cost_vs_oracle'), '.1f')}x | "
+            f"{_f(mean('cost_vs_reference'), '.2f')}x |")
 
 
 def table(out: Path, seeds: int) -> str:

@@ -11,7 +11,7 @@ Per budget:
 - quality: `messplus replay`'s in-process router, cold start with full feedback, on each shared trace at its alphas
   (docs/ROUTING.md's, and issue 17's for openllm_bbh_dev), seeds 0..N-1, with the MESS+ reference and every
   baseline, in docs/ROUTING.md's table format. Embeddings are cached per (ONNX file, max_tokens) in var/embeddings.
-The tables go between the `token-budget` markers of docs/ROUTING.md, with this command.
+The tables go between the `token-budget` markers of docs/PREDICTOR.md, with this command.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="per speed measurement")
     ap.add_argument("--out", type=Path, default=ROOT / "var" / "token-budget")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "var" / "embeddings")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "ROUTING.md")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "PREDICTOR.md")
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)

@@ -15,7 +15,6 @@ anything is written. `messplus.kernels.reference` holds the vectorised NumPy twi
     head_predict(X[B,D], W[K,D], S[K,D,D], p_out[B,K], var_out[B,K]) -> None     (outputs in place)
     head_update(x[D], y, k: int64, W[K,D], S[K,D,D]) -> None                      (W, S in place)
     head_update_many(X[N,D], y[N], k[N] int64, W, S) -> None                      (W, S in place)
-    head_update_offset(x[D], y, k: int64, offset, W, S) -> None                    (logit offset + x.W[k])
     head_init(K, D, prior_var, bias_logit[K]) -> (W, S)                           (plain NumPy)
     window_satisfaction(q[W,K], p[W,K], cost[W,K], avail[W,K] bool, lam) -> float
     price_for_target(q[W,K], p[W,K], cost[W,K], avail[W,K] bool, target, hi) -> float  (inf: unreachable)
@@ -24,7 +23,7 @@ anything is written. `messplus.kernels.reference` holds the vectorised NumPy twi
 
 from ._decide import decide_batch
 from ._explore import counter_uniform, draw_explore_batch, explore_probability
-from ._heads import head_init, head_predict, head_update, head_update_many, head_update_offset
+from ._heads import head_init, head_predict, head_update, head_update_many
 from ._price import price_for_target, window_satisfaction
 from ._queue import queue_update, queue_update_many
 from ._warmup import warmup
@@ -38,7 +37,6 @@ __all__ = [
     "head_predict",
     "head_update",
     "head_update_many",
-    "head_update_offset",
     "price_for_target",
     "queue_update",
     "queue_update_many",

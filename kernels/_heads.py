@@ -116,17 +116,16 @@ def _sym_matvec(Sk, x, out):
             out[i] += xj * row[i]
 
 
-@njit(void(_X1, float64, int64, float64, _X2, _X3), cache=True, nogil=True)
-def head_update_offset(x, y, k, offset, W, S):
-    """One ADF / online-Newton step of head k towards soft label y, in place (see the module docstring), for
-    the logit offset + x.W[k]: `offset` is a known part of the logit (another head's, for a label both explain)."""
+@njit(void(_X1, float64, int64, _X2, _X3), cache=True, nogil=True)
+def head_update(x, y, k, W, S):
+    """One ADF / online-Newton step of head k towards soft label y, in place (see the module docstring)."""
     dim = x.shape[0]
     if W.shape[1] != dim or S.shape[0] != W.shape[0] or S.shape[1] != dim or S.shape[2] != dim:
         raise ValueError("head_update: x, W and S disagree on K or D")
     if k < 0 or k >= W.shape[0]:
         raise IndexError("head_update: head index out of range")
     Wk, Sk = W[k], S[k]
-    p = _sigmoid(offset + _dot(x, Wk))
+    p = _sigmoid(_dot(x, Wk))
     h = max(p * (1.0 - p), MIN_CURVATURE)
     sx = np.empty(dim)
     _sym_matvec(Sk, x, sx)
@@ -138,12 +137,6 @@ def head_update_offset(x, y, k, offset, W, S):
     step = (p - y) / denom
     for i in range(dim):
         Wk[i] -= sx[i] * step
-
-
-@njit(void(_X1, float64, int64, _X2, _X3), cache=True, nogil=True)
-def head_update(x, y, k, W, S):
-    """One ADF / online-Newton step of head k towards soft label y, in place (see the module docstring)."""
-    head_update_offset(x, y, k, 0.0, W, S)
 
 
 @njit(void(_X2, _X1, int64[::1], _X2, _X3), cache=True, nogil=True)

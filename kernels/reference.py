@@ -117,3 +117,39 @@ def head_update_many_np(X, y, k, W, S):
     """head_update_np for each row in order (each step depends on the previous one)."""
     for i in range(X.shape[0]):
         head_update_np(X[i], y[i], k[i], W, S)
+
+
+# ------------------------------------------------------------------------------------------ price floor
+def window_satisfaction_np(q, p, cost, avail, lam):
+    """Mean p of each row's choice argmin cost - lam * q (ties: lower cost, then lower index) over the rows with
+    an available model; NaN if none has one."""
+    score = np.where(avail, cost - lam * q, np.inf)
+    best = score.min(axis=1, initial=np.inf)
+    cand = avail & (score == best[:, None])
+    cheapest = np.where(cand, cost, np.inf).min(axis=1, initial=np.inf)
+    first = cand & (cost == cheapest[:, None])
+    rows = first.any(axis=1)
+    if not rows.any():
+        return np.nan
+    choice = first.argmax(axis=1)
+    return float(p[rows, choice[rows]].mean())
+
+
+def price_for_target_np(q, p, cost, avail, target, hi):
+    """The exact infimum of the prices in [0, hi] whose window satisfaction reaches `target` (inf if none does):
+    the satisfaction only changes where two models' scores cross, at lam = (cost_j - cost_k) / (q_j - q_k), so
+    the answer is 0 or one of those crossings, the first past which the target is reached."""
+    if not window_satisfaction_np(q, p, cost, avail, hi) >= target:
+        return np.inf
+    if window_satisfaction_np(q, p, cost, avail, 0.0) >= target:
+        return 0.0
+    dq = q[:, :, None] - q[:, None, :]
+    dc = cost[:, :, None] - cost[:, None, :]
+    both = avail[:, :, None] & avail[:, None, :] & (dq != 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = np.where(both, dc / np.where(dq != 0, dq, 1.0), np.nan)
+    points = np.unique(cross[np.isfinite(cross) & (cross >= 0) & (cross < hi)])
+    for lam in points:  # S is constant between crossings: test just past each (past 0: the smallest price)
+        if window_satisfaction_np(q, p, cost, avail, max(float(lam) * (1 + 1e-9), 1e-300)) >= target:
+            return float(lam)
+    return float(hi)

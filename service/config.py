@@ -150,7 +150,8 @@ class TenantConfig:
 
     The knobs' defaults are the ones docs/ROUTING.md measured across every shared trace; MESS+ as published
     (the `mess-paper` policy) is V ~ 0 on raw costs, c = 0.5, explore_models = 0, optimism = 0, margin = 0,
-    reserve = 0, confidence = 0, debt_gain = 0 (explore_budget does not apply when every model is explored).
+    reserve = 0, confidence = 0, debt_gain = 0, floor_window = 0 (explore_budget does not apply when every model
+    is explored).
     """
 
     name: str
@@ -173,6 +174,8 @@ class TenantConfig:
                               lambda v: 0 <= v <= 10, "must be in [0, 10]")
     debt_gain: float = _knob(3.0, "the queue weighs this much more past half the margin's surplus (0: linear)",
                              lambda v: 0 <= v <= 100, "must be in [0, 100]")
+    floor_window: int = _knob(256, "satisfaction's price is at least what the latest N requests' predictions say "
+                                   "reaches alpha (0: off)", lambda v: 0 <= v <= 4096, "must be in [0, 4096]")
     seed: int = 0
 
 

@@ -21,7 +21,7 @@ def train_heads(heads: Heads, emb: np.ndarray, labels: np.ndarray, rows: np.ndar
     """Learn every recorded label of `rows`, in order (the offline warm start; also `messplus pretrain`).
 
     `columns[k]` is the label column of head k (default: the same index; -1: no column)."""
-    columns = list(range(len(heads.models))) if columns is None else list(columns)
+    columns = list(range(heads.W.shape[0])) if columns is None else list(columns)
     n = 0
     for r in rows:
         for k, j in enumerate(columns):

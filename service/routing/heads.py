@@ -25,28 +25,17 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-SHARED = False
-SHARED_SPLIT = 1.0
-
-
 class Heads:
     """K heads over D = dim + 1 features (the embedding and a constant 1)."""
 
     def __init__(self, models: Sequence[str], dim: int, *, prior_var: float = 1.0,
-                 prior_accuracy: Sequence[float] | None = None, shared: bool | None = None) -> None:
+                 prior_accuracy: Sequence[float] | None = None) -> None:
         self.models = tuple(models)
         self.dim = dim
         self.prior_var = prior_var
-        self.shared = shared = SHARED if shared is None else shared
         prior = prior_accuracy if prior_accuracy is not None else [0.5] * len(self.models)
         self.bias_logit = np.array([_logit(p) for p in prior], dtype=np.float64)
-        if shared:  # the shared head carries the prior's mean; each model's head its difference from it
-            common = float(self.bias_logit.mean())
-            bias = np.append(self.bias_logit - common, common)
-            self.W, self.S = kernels.head_init(len(self.models) + 1, dim + 1, prior_var, bias)
-            self.S[:-1] *= SHARED_SPLIT
-        else:
-            self.W, self.S = kernels.head_init(len(self.models), dim + 1, prior_var, self.bias_logit)
+        self.W, self.S = kernels.head_init(len(self.models), dim + 1, prior_var, self.bias_logit)
         self.lock = threading.Lock()
         self.labels = np.zeros(len(self.models), dtype=np.int64)
         self.last_seq = 0
@@ -66,29 +55,16 @@ class Heads:
     def predict(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predicted satisfaction probability and logit variance, each [B, K]."""
         x = self.featurize(emb)
-        p = np.empty((x.shape[0], self.W.shape[0]), dtype=np.float64)
+        p = np.empty((x.shape[0], len(self.models)), dtype=np.float64)
         var = np.empty_like(p)
         with self.lock:
             kernels.head_predict(x, self.W, self.S, p, var)
-        if not self.shared:
-            return p, var
-        # logit = shared + model's own: their means and variances add (the moderated p is undone to get the mean)
-        q = np.clip(p, 1e-12, 1 - 1e-12)
-        mu = (np.log(q) - np.log1p(-q)) * np.sqrt(1 + np.pi * np.maximum(var, 0.0) / 8)
-        mu, var = mu[:, :-1] + mu[:, -1:], var[:, :-1] + var[:, -1:]
-        return 1 / (1 + np.exp(-mu / np.sqrt(1 + np.pi * np.maximum(var, 0.0) / 8))), var
+        return p, var
 
     def update(self, emb: np.ndarray, model: int, satisfaction: float) -> None:
         x = self.featurize(emb)[0]
         with self.lock:
-            if self.shared:  # the model's head given the shared one's logit, then the shared head given the model's
-                common = len(self.models)
-                kernels.head_update_offset(x, float(satisfaction), np.int64(model), float(x @ self.W[common]),
-                                           self.W, self.S)
-                kernels.head_update_offset(x, float(satisfaction), np.int64(common), float(x @ self.W[model]),
-                                           self.W, self.S)
-            else:
-                kernels.head_update(x, float(satisfaction), np.int64(model), self.W, self.S)
+            kernels.head_update(x, float(satisfaction), np.int64(model), self.W, self.S)
             self.labels[model] += 1
 
     def snapshot(self, model: int) -> tuple[bytes, bytes]:

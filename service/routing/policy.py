@@ -6,10 +6,11 @@
 explains each choice below and what it measured.
 
 Per request of tenant k (alpha, V, c, explore_models, explore_budget, optimism, margin, reserve, confidence,
-debt_gain from its config):
+debt_gain, floor_window from its config):
   1. explore with probability min(1, c / t^(1/4)) at the tenant's request t (a counter-based draw: reproducible
-     by seed), STUCK_EXPLORE times that while the tenant is stuck: its queue past the margin's bank (step 3)
-     and even the optimistic choice predicted below alpha.
+     by seed), STUCK_EXPLORE times that while the request is stuck: its price pushed past the plain queue's
+     (the queue past the margin's bank, or the price floor; step 3) and even the optimistic choice predicted
+     below alpha.
   2. decisions use the optimistic p_opt = sigmoid(mu + optimism * sqrt(v)) of each model's predicted logit mean
      mu and variance v (heads.py), so a model the router knows little about is tried when the queue asks for
      satisfaction, and a dominated one stops being tried once it is known.
@@ -18,6 +19,9 @@ debt_gain from its config):
      max(0, Q + E), and debt_gain times more past half the surplus the margin has banked (debt_pressure). E is
      what the routed requests still without a label are expected to add to Q (tenant.expected_pending): so
      late feedback does not make the queue overshoot, and requests that never get feedback still count.
+     P is at least V' times the price floor (price_floor): the price at which the tenant's latest
+     floor_window requests' predictions reach the next label's target, so satisfaction is bought before a
+     deficit has to build, and the price moves with the predictions rather than with each label.
   4. explore: invoke the exploit choice plus the explore_models - 1 runners-up of step 3's objective with every
      model at its plausible best (sigmoid(mu + EXPLORE_SIGMAS sigma), counting exploration labels still in
      flight as if they had arrived), among its neighbours in cost, the models the exploration budget affords
@@ -45,9 +49,9 @@ EXPLORE_COST_RATIO = 2.0  # exploration steps learn models at most this much dea
 EXPLORE_SIGMAS = 3.0  # exploration ranks each model at sigmoid(mu + 3 sigma): what it might plausibly be
 DEBT_BANK = 0.5  # the queue runs at its plain slope up to this share of the margin's surplus (margin sqrt(n))
 STUCK_EXPLORE = 4.0  # exploration is this much likelier while the tenant is stuck in debt (see Policy.plan)
-PAYBACK = 0.0  # variant (bench/variants.py), off: > 0 prices satisfaction from the latest predictions (settle_price)
-RAMP = 0.0  # variant (bench/variants.py), off: > 0 grows V as sqrt(n / RAMP) over the first RAMP requests
-PRICE_HI = 1e4  # the dearest price of satisfaction tried, in cost units per unit of satisfaction
+PRICE_HI = 1e4  # the dearest price of satisfaction the floor tries, in cost units per unit of satisfaction
+PRICE_PAST = 1e-6  # the floor sits this far past the crossing it found, so decide_batch's rounding lands past it
+SURPLUS_HORIZON = 50  # a banked surplus lowers the floor's target spread over max(this, n) requests
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,9 +108,7 @@ class Policy:
         going = st.cost_raw_sum / st.requests if st.requests >= SCALE_WARMUP else 0.0
         if not (going > 0 and math.isfinite(going)):
             going = float(np.median(pricing.cost_raw))
-        ramp = RAMP
-        early = math.sqrt(min(1.0, (st.requests + 1) / ramp)) if ramp > 0 else 1.0
-        return early * self.cost_unit(pricing) / going
+        return self.cost_unit(pricing) / going
 
     def plan(self, batch: Batch, pricing: Pricing) -> list[Plan | None]:
         """Decide every row of the batch; None where no model is available."""
@@ -122,17 +124,12 @@ class Policy:
         margin = np.array([c.margin for c in cfgs], np.float64)
         gain = np.array([c.debt_gain for c in cfgs], np.float64)
         pressure = np.maximum(debt_pressure(batch.expected, margin, batch.labelled, gain), 0.0)
-        payback = np.full(B, PAYBACK, np.float64)
-        priced = payback > 0
-        if priced.any():
-            price = settle_price(batch, p_dec, payback)
-            pressure = np.where(priced, V * np.minimum(price, PRICE_HI), pressure)
+        # the queue's price, floored by what the latest requests' predictions say reaches the next label's target
+        pressure = np.maximum(pressure, V * price_floor(batch, p_dec))
         choice = kernels.decide_batch(p_dec, batch.costs, batch.masks, pressure, alpha, V)
-        # stuck: the queue is past the margin's bank and even the optimistic choice is predicted below alpha
-        # (priced: no price lets the latest requests' predictions meet the target)
+        # stuck: the price is past the plain queue's (the queue past the margin's bank, or the floor) and even the
+        # optimistic choice is predicted below alpha: the router pays for satisfaction it does not expect to get
         stuck = (pressure > np.maximum(batch.expected, 0.0)) & (p_dec[np.arange(B), np.maximum(choice, 0)] < alpha)
-        if priced.any():
-            stuck = np.where(priced, ~np.isfinite(price), stuck)
         c = np.where(stuck, c * STUCK_EXPLORE, c)
         explore = kernels.draw_explore_batch(seed, streams, batch.t, c) if B else np.zeros(0, np.bool_)
         out: list[Plan | None] = []
@@ -179,32 +176,39 @@ class Policy:
         return tuple(sorted([choice, *others[: n - 1]]))
 
 
-def settle_price(batch: Batch, p_dec: np.ndarray, payback: np.ndarray) -> np.ndarray:
-    """Per row, the price of satisfaction (cost units per unit of satisfaction; inf: out of reach) at which
-    the tenant's latest requests, this batch's included, decided by `p_dec` would be predicted to reach the
-    target: the next label's (alpha plus the safety margin) plus the expected queue Q + E paid back over
-    `payback` requests (a banked surplus lowers it). Predicted satisfaction is p_hat corrected by the
+def price_floor(batch: Batch, p_dec: np.ndarray) -> np.ndarray:
+    """Per row, the lowest price of satisfaction (cost units per unit of satisfaction) at which the tenant's
+    latest `floor_window` requests, this batch's included, decided on `p_dec`, are predicted to reach the next
+    label's target (alpha plus the safety margin; a surplus the queue has banked lowers it, spread over
+    max(SURPLUS_HORIZON, n) requests). 0 where the tenant's floor_window is 0 or no price reaches the target
+    (then the queue's price alone decides, as in MESS+). Predicted satisfaction is p_hat corrected by the
     predictor's mean error on the tenant's labels; a model unavailable to the whole batch is out of every row.
 
-    The price settles where the predictions put it instead of waiting for a deficit to build (the queue's way),
-    so a short stream meets alpha from its first requests, and it moves only as the predictions and the
-    deficit do."""
-    price = np.full(len(batch.tenants), np.nan)
+    The queue's price is set by a deficit: it rises only after satisfaction has fallen short, and swings with
+    each label. The floor is set by the predictions: where they say a mix of models reaches the target at
+    some price, the router pays that price from the start (a new tenant meets alpha sooner), and it moves
+    only as the predictions do (on a many-model zoo the decisions stop swinging between the cheapest and the
+    dearest models). A deficit is the queue's to answer: the floor never rises above the target."""
+    floor = np.zeros(len(batch.tenants))
     up = batch.masks.any(axis=0)
     seen: dict[int, float] = {}
     for b, st in enumerate(batch.tenants):
-        if payback[b] > 0 and id(st) not in seen:
-            if st.window is None or st.window.q.shape[1] != p_dec.shape[1]:
-                st.window = Window.empty(p_dec.shape[1])
+        size = st.cfg.floor_window
+        if size <= 0:
+            continue
+        if id(st) not in seen:
+            if st.window is None or st.window.q.shape != (size, p_dec.shape[1]):
+                st.window = Window.empty(size, p_dec.shape[1])
             p_sat = np.clip(batch.p_hat + predictor_bias(st), 0.0, 1.0)
             for r in np.flatnonzero([s is st for s in batch.tenants]):
                 st.window.push(p_dec[r], p_sat[r], batch.costs[r], batch.masks[r])
             w, n = st.window, st.window.n
-            horizon = max(payback[b], float(batch.t[b]))
-            target = min(label_target(st.cfg, int(batch.labelled[b]) + 1) + batch.expected[b] / horizon, 1.0)
-            seen[id(st)] = kernels.price_for_target(w.q[:n], w.p[:n], w.cost[:n], w.mask[:n] & up, target, PRICE_HI)
-        price[b] = seen.get(id(st), np.nan)
-    return price
+            surplus = min(float(batch.expected[b]), 0.0) / max(SURPLUS_HORIZON, float(batch.t[b]))
+            target = min(label_target(st.cfg, int(batch.labelled[b]) + 1) + surplus, 1.0)
+            lam = kernels.price_for_target(w.q[:n], w.p[:n], w.cost[:n], w.mask[:n] & up, target, PRICE_HI)
+            seen[id(st)] = lam * (1 + PRICE_PAST) if np.isfinite(lam) else 0.0
+        floor[b] = seen[id(st)]
+    return floor
 
 
 def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray) -> np.ndarray:

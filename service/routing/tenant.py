@@ -20,13 +20,13 @@ from messplus import kernels
 from ..config import TenantConfig
 
 BIAS_PRIOR_N = 20.0  # pseudo-labels of zero error behind the predictor's bias estimate
-WINDOW = 256  # recent requests whose predictions price satisfaction (policy.settle_price)
 
 
 @dataclass
 class Window:
-    """The predictions of a tenant's latest WINDOW requests as they were routed (memory only): the rating each
-    decision used, the predicted satisfaction, the cost in the policy's unit and the models it could use."""
+    """The predictions of a tenant's latest requests as they were routed (memory only; policy.price_floor): the
+    rating each decision used, the predicted satisfaction, the cost in the policy's unit and the models it
+    could use; a ring of `floor_window` rows."""
 
     q: np.ndarray
     p: np.ndarray
@@ -36,13 +36,13 @@ class Window:
     next: int = 0
 
     @classmethod
-    def empty(cls, K: int) -> Window:
-        return cls(np.zeros((WINDOW, K)), np.zeros((WINDOW, K)), np.zeros((WINDOW, K)), np.zeros((WINDOW, K), np.bool_))
+    def empty(cls, size: int, K: int) -> Window:
+        return cls(np.zeros((size, K)), np.zeros((size, K)), np.zeros((size, K)), np.zeros((size, K), np.bool_))
 
     def push(self, q: np.ndarray, p: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> None:
-        i = self.next
+        i, size = self.next, self.q.shape[0]
         self.q[i], self.p[i], self.cost[i], self.mask[i] = q, p, cost, mask
-        self.next, self.n = (i + 1) % WINDOW, min(self.n + 1, WINDOW)
+        self.next, self.n = (i + 1) % size, min(self.n + 1, size)
 
 
 @dataclass

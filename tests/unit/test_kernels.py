@@ -28,8 +28,8 @@ NONNEG = st.one_of(st.floats(0.0, 100.0), st.sampled_from([0.0, 1.0, 2.0]))
 def test_public_surface_is_pinned() -> None:
     assert sorted(kernels.__all__) == [
         "counter_uniform", "decide_batch", "draw_explore_batch", "explore_probability", "head_init",
-        "head_predict", "head_update", "head_update_many", "head_update_offset", "price_for_target", "queue_update",
-        "queue_update_many", "warmup", "window_satisfaction",
+        "head_predict", "head_update", "head_update_many", "price_for_target", "queue_update", "queue_update_many",
+        "warmup", "window_satisfaction",
     ]
     assert all(callable(getattr(kernels, name)) for name in kernels.__all__)
 

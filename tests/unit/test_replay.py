@@ -163,6 +163,22 @@ def test_stream_order_seed_warm_start_and_drift(tiny) -> None:
     _, rows = split_stream(tiny, 0, Condition(order="source"))
     src = [tiny.sources[r] for r in rows]
     assert src == sorted(src, key=["arith", "geo", "words", "proof", "code"].index)
+    # --first N: the first N requests of the same stream (a new tenant's first day)
+    assert np.array_equal(split_stream(tiny, 3, Condition(first=5))[1], a[:5])
+    train, rest = split_stream(tiny, 0, Condition(warm_start=0.5, first=3))
+    assert len(train) == 4 and np.array_equal(rest, split_stream(tiny, 0, Condition(warm_start=0.5))[1][:3])
+
+
+def test_first_n_baselines_are_those_of_the_replayed_requests(tiny, emb) -> None:
+    """With --first the baselines (best single model included) are computed on the requests replayed only."""
+    (e,) = replay(tiny, emb, ReplaySetup(alphas=(0.5,), seeds=(1,), cond=Condition(first=4), reference=False))
+    _, rows = split_stream(tiny, 1, Condition(first=4))
+    acc = np.nanmean(tiny.labels[rows], axis=0)
+    best = max(range(len(tiny.models)), key=lambda k: (acc[k], -tiny.costs[rows].mean(0)[k]))
+    (run,) = e["runs"]
+    assert run["requests"] == 4 and e["condition"]["first"] == 4
+    assert e["baselines"]["best_single"]["model"] == tiny.models[best]
+    assert run["best_single_satisfaction"] == pytest.approx(acc[best])
 
 
 class Scripted:

@@ -1,0 +1,115 @@
+"""The price floor: the kernel that finds the price of satisfaction a window of predictions says reaches a target
+(against its NumPy twin, which finds the exact crossing), and what the floor does to a tenant's decisions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from messplus import kernels
+from messplus.kernels import reference as ref
+from messplus.kernels._price import PRICE_LO
+from messplus.service.config import ModelConfig, TenantConfig
+from messplus.service.routing.heads import Heads
+from messplus.service.routing.router import Router
+from messplus.service.routing.types import RouteItem
+from messplus.service.state.sqlite import SqliteStore
+
+UNIT = st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.0, 0.5, 1.0]))
+HI = 1e4
+
+
+@st.composite
+def windows(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
+    W, K = draw(st.integers(1, 8)), draw(st.integers(1, 5))
+    q = draw(arrays(np.float64, (W, K), elements=UNIT))
+    p = draw(arrays(np.float64, (W, K), elements=UNIT))
+    cost = draw(arrays(np.float64, (W, K), elements=st.one_of(st.floats(0.0, 10.0), st.sampled_from([0.0, 1.0]))))
+    avail = draw(arrays(np.bool_, (W, K), elements=st.booleans()))
+    return q, p, cost, avail
+
+
+@settings(max_examples=150, deadline=None)
+@given(windows(), st.floats(0.0, 1e3))
+def test_window_satisfaction_matches_numpy_twin(w: tuple[np.ndarray, ...], lam: float) -> None:
+    got, want = kernels.window_satisfaction(*w, lam), ref.window_satisfaction_np(*w, lam)
+    assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(windows(), st.floats(0.0, 1.0))
+def test_price_for_target_finds_the_first_crossing(w: tuple[np.ndarray, ...], target: float) -> None:
+    got, want = kernels.price_for_target(*w, target, HI), ref.price_for_target_np(*w, target, HI)
+    if math.isinf(want) or ref.window_satisfaction_np(*w, 0.0) >= target:
+        assert got == want
+        return
+    # the bisection lands just past the crossing (or on PRICE_LO when the crossing is below it), where the
+    # target is reached
+    assert got == pytest.approx(max(want, PRICE_LO), rel=1e-9)
+    assert kernels.window_satisfaction(*w, got) >= target
+
+
+def test_price_for_target_on_a_hand_worked_window() -> None:
+    q = np.array([[0.8, 0.9], [0.7, 0.95]])
+    cost = np.array([[0.1, 1.0], [0.1, 1.0]])
+    avail = np.ones((2, 2), np.bool_)
+    # at lam 0 both rows take the cheap model (0.75); row 2 switches at 0.9 / 0.25 = 3.6 (0.875), row 1 at 9
+    assert kernels.price_for_target(q, q, cost, avail, 0.75, HI) == 0.0
+    assert kernels.price_for_target(q, q, cost, avail, 0.8, HI) == pytest.approx(3.6, rel=1e-9)
+    assert kernels.price_for_target(q, q, cost, avail, 0.9, HI) == pytest.approx(9.0, rel=1e-9)
+    assert math.isinf(kernels.price_for_target(q, q, cost, avail, 0.93, HI))  # both dear: 0.925
+    with pytest.raises(ValueError):
+        kernels.price_for_target(q, q, cost, avail, 0.8, 0.0)
+    with pytest.raises(ValueError):
+        kernels.window_satisfaction(q, q[:1], cost, avail, 1.0)
+
+
+def _router(floor_window: int, alpha: float = 0.8) -> Router:
+    models = [ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1.0),
+              ModelConfig(name="dear", triton_model="dear", cost_per_request=20.0)]
+    tenant = TenantConfig(name="t", alpha=alpha, floor_window=floor_window, c=0.0)
+    return Router(models, [tenant], Heads(["cheap", "dear"], 4), SqliteStore(":memory:", inline=True))
+
+
+def _choices(router: Router, p: list[float], n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        (d,) = router.decide([RouteItem(tenant="t", request_id=f"r{i}")], np.array([p]), np.zeros((1, 2)))
+        out.append(router.names[d.served])
+    return out
+
+
+def test_the_floor_buys_predicted_satisfaction_before_a_deficit_builds() -> None:
+    """Cheap predicted 0.6, dear 0.97, alpha 0.8, nothing labelled: the queue is 0, so MESS+'s price is 0 and
+    the cheap model is served until labels build a deficit; the floor pays from the first request the price at
+    which the predictions reach alpha plus the margin."""
+    assert _choices(_router(0), [0.6, 0.97], 5) == ["cheap"] * 5
+    assert _choices(_router(256), [0.6, 0.97], 5) == ["dear"] * 5
+
+
+def test_the_floor_mixes_where_the_predictions_differ_per_request() -> None:
+    """Half the requests have the cheap model at 0.9 (enough), half at 0.5: the floor's price buys the dear
+    model only for the second half."""
+    router = _router(256, alpha=0.7)
+    served = []
+    for i in range(40):
+        p = [0.9, 0.95] if i % 2 == 0 else [0.5, 0.95]
+        served += _choices(router, p, 1)
+    assert served[10:] == ["cheap", "dear"] * 15
+
+
+def test_out_of_reach_the_floor_is_zero_and_the_queue_decides() -> None:
+    """No model predicted to reach alpha: the floor gives way (0) and the decisions are MESS+'s."""
+    assert _choices(_router(256, alpha=0.99), [0.6, 0.7], 5) == _choices(_router(0, alpha=0.99), [0.6, 0.7], 5)
+
+
+def test_the_window_is_a_ring_of_floor_window_requests() -> None:
+    router = _router(8)
+    _choices(router, [0.6, 0.97], 20)
+    w = router.tenants["t"].window
+    assert w is not None and w.q.shape == (8, 2) and w.n == 8
