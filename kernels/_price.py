@@ -2,9 +2,11 @@
 
 Request r of the window goes to the available model with the smallest `cost[r, k] - lam * q[r, k]` (ties: the
 lower cost, then the lower index), the same decision as `decide_batch` with queue / V = lam. The window's
-predicted satisfaction at lam is the mean of `p[r, choice]` over its rows; it grows with lam (as lam grows,
-decisions move to models rated more satisfying). `price_for_target` finds the smallest lam that reaches the
-target by bisection on log lam: what satisfaction costs, per unit, on the requests the tenant actually sends.
+predicted satisfaction at lam is the mean of `p[r, choice]` over its rows. `price_for_target` bisects on log lam
+for a price that reaches the target: what satisfaction costs, per unit, on the requests the tenant actually
+sends. Where q ranks each row's models as p does (q = p), the satisfaction grows with lam and the bisection
+finds the smallest such price; where they differ (the router's q is an optimistic bound, p the mean) it can dip
+as lam grows, and the price found reaches the target but may not be the smallest that does.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ def window_satisfaction(q, p, cost, avail, lam):
 
 @njit(float64(_ARR, _ARR, _ARR, boolean[:, ::1], float64, float64), cache=True, nogil=True)
 def price_for_target(q, p, cost, avail, target, hi):
-    """The smallest lam in [0, hi] (to the bisection's precision) whose window satisfaction reaches `target`;
-    +inf when even `hi` does not (or no row has an available model)."""
+    """A lam in [0, hi] whose window satisfaction reaches `target`, by bisection between the largest tried that
+    does not and the smallest that does (the smallest of all when satisfaction grows with lam: see the module
+    docstring); 0 when lam = 0 reaches it; +inf when even `hi` does not (or no row has an available model)."""
     if not hi > PRICE_LO:
         raise ValueError("price_for_target: hi must be > PRICE_LO")
     top = window_satisfaction(q, p, cost, avail, hi)

@@ -138,7 +138,8 @@ def window_satisfaction_np(q, p, cost, avail, lam):
 def price_for_target_np(q, p, cost, avail, target, hi):
     """The exact infimum of the prices in [0, hi] whose window satisfaction reaches `target` (inf if none does):
     the satisfaction only changes where two models' scores cross, at lam = (cost_j - cost_k) / (q_j - q_k), so
-    the answer is 0 or one of those crossings, the first past which the target is reached."""
+    the answer is 0 or one of those crossings, the first past which the target is reached. The kernel's
+    bisection equals it where the satisfaction grows with lam (q = p) and is never below it."""
     if not window_satisfaction_np(q, p, cost, avail, hi) >= target:
         return np.inf
     if window_satisfaction_np(q, p, cost, avail, 0.0) >= target:
@@ -146,10 +147,10 @@ def price_for_target_np(q, p, cost, avail, target, hi):
     dq = q[:, :, None] - q[:, None, :]
     dc = cost[:, :, None] - cost[:, None, :]
     both = avail[:, :, None] & avail[:, None, :] & (dq != 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cross = np.where(both, dc / np.where(dq != 0, dq, 1.0), np.nan)
     points = np.unique(cross[np.isfinite(cross) & (cross >= 0) & (cross < hi)])
-    for lam in points:  # S is constant between crossings: test just past each (past 0: the smallest price)
-        if window_satisfaction_np(q, p, cost, avail, max(float(lam) * (1 + 1e-9), 1e-300)) >= target:
+    for lam in points:  # S is constant between crossings: test just past each (past 0: a price below the kernel's)
+        if window_satisfaction_np(q, p, cost, avail, max(float(lam) * (1 + 1e-9), 1e-7)) >= target:
             return float(lam)
     return float(hi)

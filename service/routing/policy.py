@@ -177,7 +177,8 @@ class Policy:
 
 
 def price_floor(batch: Batch, p_dec: np.ndarray) -> np.ndarray:
-    """Per row, the lowest price of satisfaction (cost units per unit of satisfaction) at which the tenant's
+    """Per row, the price of satisfaction (cost units per unit of satisfaction; kernels.price_for_target's
+    bisection, the lowest such price where the ratings rank models as the predictions do) at which the tenant's
     latest `floor_window` requests, this batch's included, decided on `p_dec`, are predicted to reach the next
     label's target (alpha plus the safety margin; a surplus the queue has banked lowers it, spread over
     max(SURPLUS_HORIZON, n) requests). 0 where the tenant's floor_window is 0 or no price reaches the target
