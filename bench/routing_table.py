@@ -175,12 +175,14 @@ def short_table(out: Path) -> str:
             el = [r for r, o in zip(runs, ok) if o]
             other = [r for r, o in zip(runs, ok) if not o]
             ratios = [r["cost_vs_static_mixture"] for r in runs if r["cost_vs_static_mixture"] is not None]
-            ref_ratios = [rf["mean_cost"] / (r["mean_cost"] / r["cost_vs_static_mixture"]) for r, rf in zip(runs, refs)
-                          if r["cost_vs_static_mixture"]]
+            statics = [r["mean_cost"] / r["cost_vs_static_mixture"] if r["cost_vs_static_mixture"] else None
+                       for r in runs]  # each seed's static mix
+            ref_ratios = [rf["mean_cost"] / s for rf, s in zip(refs, statics) if s]
             worst = min((r["satisfaction"] - a for r in el), default=None)
             mean = sum(ratios) / len(ratios) if ratios else None
             ref_mean = sum(ref_ratios) / len(ref_ratios) if ref_ratios else None
-            lines.append(f"| {case.key} | {a:.2f} | {len(el)}/{len(runs)} | {sum(r['sla_met'] for r in el)}/{len(el)} | "
+            met = sum(r["sla_met"] for r in el)
+            lines.append(f"| {case.key} | {a:.2f} | {len(el)}/{len(runs)} | {met}/{len(el)} | "
                          f"{_f(worst, '+.4f')} | {sum(r['sla_met'] for r in other)}/{len(other)} | "
                          f"{_f(mean, '.2f')}x ({_f(max(ratios, default=None), '.2f')}) | "
                          f"{sum(rf['sla_met'] for rf, o in zip(refs, ok) if o)}/{len(el) if refs else 0} | "

@@ -104,7 +104,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             or args.feedback_delay < 0 or not 0 <= args.warm_start < 1 or args.limit < 0 or args.replicas < 0 \
             or args.sync_lag < 0 or args.first < 0:
         raise SystemExit("messplus replay: need 0 < alpha < 1, seeds >= 1, 0 <= feedback-rate <= 1, "
-                         "feedback-delay >= 0, 0 <= warm-start < 1, limit >= 0, replicas >= 0, sync-lag >= 0, first >= 0")
+                         "feedback-delay >= 0, 0 <= warm-start < 1, limit >= 0, replicas >= 0, sync-lag >= 0, "
+                         "first >= 0")
     if args.sync_lag and not args.replicas:
         raise SystemExit("messplus replay: --sync-lag needs --replicas")
     cond = Condition(feedback_rate=args.feedback_rate, feedback_delay=args.feedback_delay,

@@ -293,7 +293,8 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 def _entry(trace: Trace, alpha: float, runs: list[dict[str, Any]], refs: list[dict[str, Any]],
            bases: list[dict[str, Any]], setup: ReplaySetup) -> dict[str, Any]:
     baselines = dict(bases[0])
-    for name in ("cheapest_single", "best_single", "static_mixture", "oracle", "task_oracle"):  # differ by seed with a warm start
+    # these differ by seed with a warm start
+    for name in ("cheapest_single", "best_single", "static_mixture", "oracle", "task_oracle"):
         if len({json.dumps(b[name], sort_keys=True) for b in bases}) > 1:
             baselines[name] = {**bases[0][name], "mean_cost": _mean([b[name]["mean_cost"] for b in bases]),
                                "satisfaction": _mean([b[name]["satisfaction"] for b in bases]),

@@ -25,7 +25,8 @@ MODELS = (ModelConfig(name="cheap", triton_model="cheap", cost_per_request=1.0),
           ModelConfig(name="mid", triton_model="mid", cost_per_request=3.0),
           ModelConfig(name="big", triton_model="big", cost_per_request=10.0))
 # acme: the queue's own semantics, without the price floor (tests/unit/test_price_floor.py has the floor's)
-TENANTS = (TenantConfig(name="acme", alpha=0.8, V=1.0, c=0.0, floor_window=0), TenantConfig(name="beta", alpha=0.6, c=0.0),
+TENANTS = (TenantConfig(name="acme", alpha=0.8, V=1.0, c=0.0, floor_window=0),
+           TenantConfig(name="beta", alpha=0.6, c=0.0),
            TenantConfig(name="mess", alpha=0.8, c=0.0, explore_models=0, optimism=0.0, margin=0.0, reserve=0.0,
                         confidence=0.0, debt_gain=0.0))
 
