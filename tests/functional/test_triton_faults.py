@@ -148,7 +148,12 @@ def test_triton_killed_gives_unavailable_quickly_and_health_not_serving(
             list(stub.Generate(pb.GenerateRequest(tenant="acme", text="hi?"), timeout=30))
         generate_s = time.monotonic() - began
         down = f"Triton at {zoo.server.grpc_url} unreachable (connection refused)"
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and err.value.details() == down, err.value.details()
+        # this call races the kill: the dying server may still reset the connection instead of refusing it
+        reset = f"Triton at {zoo.server.grpc_url} unreachable (failed to connect to all addresses"
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert err.value.details() == down or (err.value.details().startswith(reset)
+                                               and "connection reset by peer" in err.value.details().lower()), \
+            err.value.details()
         while r.health() != NOT_SERVING:
             assert time.monotonic() - killed < 10, "health never went NOT_SERVING"
             time.sleep(0.02)
