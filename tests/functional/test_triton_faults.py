@@ -147,13 +147,11 @@ def test_triton_killed_gives_unavailable_quickly_and_health_not_serving(
         with pytest.raises(grpc.RpcError) as err:  # before the poller notices: the call itself fails fast
             list(stub.Generate(pb.GenerateRequest(tenant="acme", text="hi?"), timeout=30))
         generate_s = time.monotonic() - began
-        down = f"Triton at {zoo.server.grpc_url} unreachable (connection refused)"
-        # this call races the kill: the dying server may still reset the connection instead of refusing it
-        reset = f"Triton at {zoo.server.grpc_url} unreachable (failed to connect to all addresses"
+        # a dying server refuses the connection, or resets it while its sockets close: either is said plainly
+        down = {f"Triton at {zoo.server.grpc_url} unreachable ({why})"
+                for why in ("connection refused", "connection reset by peer")}
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
-        assert err.value.details() == down or (err.value.details().startswith(reset)
-                                               and "connection reset by peer" in err.value.details().lower()), \
-            err.value.details()
+        assert err.value.details() in down, err.value.details()
         while r.health() != NOT_SERVING:
             assert time.monotonic() - killed < 10, "health never went NOT_SERVING"
             time.sleep(0.02)
@@ -162,7 +160,7 @@ def test_triton_killed_gives_unavailable_quickly_and_health_not_serving(
         with pytest.raises(grpc.RpcError) as err:
             stub.Route(pb.RouteRequest(tenant="acme", text="anyone?"), timeout=30)
         route_s = time.monotonic() - began
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and err.value.details() == down
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and err.value.details() in down, err.value.details()
     assert r.health() != SERVING
     figures.update(generate_unavailable_s=round(generate_s, 3), route_unavailable_s=round(route_s, 3),
                    health_not_serving_after_s=round(health_s, 3))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
+import threading
 
 import pytest
 
@@ -38,6 +40,34 @@ def test_a_refused_port_an_unknown_name_and_a_silent_socket_each_say_why() -> No
         url = f"127.0.0.1:{silent.getsockname()[1]}"
         timeout = poll(url, ["a"], timeout_s=0.5)
     assert timeout.problem == f"Triton at {url} unreachable (no answer within 0.5 s)" and timeout.kind == "timeout"
+
+
+def test_a_server_that_resets_each_connection_is_said_plainly() -> None:
+    """A dying Triton resets connections before its port refuses them: the reason is one plain phrase."""
+    with socket.socket() as resetting:
+        resetting.bind(("127.0.0.1", 0))
+        resetting.listen(8)
+        stop = threading.Event()
+
+        def reset_each() -> None:
+            resetting.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    conn, _ = resetting.accept()
+                except TimeoutError:
+                    continue
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+                conn.close()
+
+        worker = threading.Thread(target=reset_each, daemon=True)
+        worker.start()
+        url = f"127.0.0.1:{resetting.getsockname()[1]}"
+        try:
+            state = poll(url, ["a"], timeout_s=2.0)
+        finally:
+            stop.set()
+            worker.join()
+    assert (state.kind, state.problem) == ("unreachable", f"Triton at {url} unreachable (connection reset by peer)")
 
 
 @pytest.mark.triton
