@@ -6,8 +6,9 @@ the short-stream table (each trace's first SHORT requests, SHORT_SEEDS seeds); t
 Each (trace, condition) is one `messplus replay` run through the service's own router core (the in-process
 path of service/replay/, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
 same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the tables between the doc's
-`routing-table`, `routing-short`, `routing-limits` and `routing-ablations` markers are regenerated from those
-summaries, so every number there has this command behind it. Embeddings are cached in var/embeddings (the
+`routing-table`, `routing-short` and `routing-ablations` markers (docs/ROUTING.md) are regenerated from those
+summaries, so every number there has this command behind it; the `routing-limits` and `routing-task` tables
+(docs/ROUTING-LIMITS.md) are computed afresh, each time. Embeddings are cached in var/embeddings (the
 first run encodes ~21k prompts with MiniLM: about 20 minutes on 2 cores; later runs read the cache).
 `--only NONE --ablations` runs just the ablations; `--table-only` rewrites the doc from OUT.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "service" / "demo" / "traces"
+TARGET_STEP = 0.0025  # the task-headroom table raises a training-half mix's target in these steps
 KNN = 50  # neighbours of the nearest-neighbour predictor in the limits table (10 had a worse log loss on every trace)
 
 
@@ -320,6 +322,84 @@ def per_source_limits(emb_cache: Path) -> str:
     return "\n".join(lines)
 
 
+def _mix_on_half(t: Any, fit: Any, test: Any, alpha: float) -> float | None:
+    """The mean cost on the rows `test` of the task oracle's per-task mix solved on the rows `fit`, its target
+    raised in steps of TARGET_STEP until the mix reaches alpha on `test`: the task-level routing a learner that
+    knew only `fit`'s per-task accuracies could reach (with the target tuned in hindsight). None if none does."""
+    import numpy as np
+
+    from messplus.service.replay.baselines import task_oracle
+
+    src = np.asarray(t.sources)
+    target = alpha
+    while target < 1.0:
+        mix = task_oracle(t.models, t.costs[fit], t.labels[fit], src[fit], target)
+        if not mix["feasible"]:
+            return None
+        sat = cost = 0.0
+        for task, shares in mix["mix"].items():
+            rows = test[src[test] == task]
+            for name, x in shares.items():
+                k = t.models.index(name)
+                sat += x * np.nansum(t.labels[rows, k])
+                cost += x * np.nansum(t.costs[rows, k])
+        if sat >= alpha * len(test):
+            return cost / len(test)
+        target += TARGET_STEP
+    return None
+
+
+def task_headroom(out: Path, seeds: int) -> str:
+    """Where the gap to the task oracle is, on each trace of several tasks, warm start (`--warm-start 0.5`):
+    the task oracle is solved on the replayed half itself (in hindsight); a per-task mix solved on the other,
+    training half (`_mix_on_half`) is what knowing the tasks from logged labels gives; and the router given the
+    task itself as its features (one-hot `source_benchmark`, so its heads learn per-task rates exactly) shows
+    what the online control costs on top, with a predictor that recognises the task perfectly; beside it the
+    router with its own embedding, from OUT's warm-start runs (the main table's rows)."""
+    import numpy as np
+
+    from messplus.service import replay as R
+    from messplus.service.replay.baselines import task_oracle
+    from messplus.service.trace import load_traces
+
+    lines = ["| trace | alpha | task oracle (hindsight, replayed half) | task mix from the training half / task oracle "
+             "| router given the task, warm start / task oracle (SLA met) | router, its embedding (the main table) |",
+             "|---|---|---|---|---|---|"]
+    cond = R.Condition(warm_start=0.5)
+    for case in CASES:
+        t = load_traces([DATA / f for f in case.files])
+        src = np.asarray(t.sources)
+        tasks = sorted(set(t.sources))
+        if len(tasks) < 2:
+            continue
+        onehot = (src[:, None] == np.array(tasks)[None, :]).astype(np.float32)
+        oracle: dict[float, list[float]] = {a: [] for a in case.alphas}
+        fixed: dict[float, list[float]] = {a: [] for a in case.alphas}
+        routed: dict[float, list[tuple[float, bool]]] = {a: [] for a in case.alphas}
+        for seed in range(seeds):
+            train, test = R.split_stream(t, seed, cond)
+            for alpha in case.alphas:
+                best = task_oracle(t.models, t.costs[test], t.labels[test], src[test], alpha)["mean_cost"]
+                oracle[alpha].append(best)
+                cost = _mix_on_half(t, train, test, alpha)
+                fixed[alpha].append(cost / best if cost is not None and best else float("nan"))
+            setup = R.ReplaySetup(alphas=case.alphas, seeds=(seed,), cond=cond, policy=R.TenantOverrides())
+            for e in R.replay(t, onehot, setup):
+                run = e["runs"][0]
+                routed[e["alpha"]].append((run.get("cost_vs_task_oracle") or float("nan"), bool(run["sla_met"])))
+        path = out / f"{case.key}-warm" / "summary.json"
+        own = {e["alpha"]: [r.get("cost_vs_task_oracle") or float("nan") for r in e["runs"]]
+               for e in (json.loads(path.read_text()) if path.exists() else [])}
+        for alpha in case.alphas:
+            r = np.array([x for x, _ in routed[alpha]])
+            mine = f"{np.nanmean(own[alpha]):.2f}x" if alpha in own else "-"
+            met = sum(ok for _, ok in routed[alpha])
+            lines.append(f"| {case.key} ({len(tasks)} benchmarks) | {alpha:.2f} | {np.mean(oracle[alpha]):.3g} | "
+                         f"{np.nanmean(fixed[alpha]):.2f}x (max {np.nanmax(fixed[alpha]):.2f}) | "
+                         f"{np.nanmean(r):.2f}x (max {np.nanmax(r):.2f}), {met}/{len(r)} | {mine} |")
+    return "\n".join(lines)
+
+
 def _replace(text: str, name: str, body: str, command: str) -> str:
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin not in text or end not in text:
@@ -329,13 +409,16 @@ def _replace(text: str, name: str, body: str, command: str) -> str:
     return f"{head}{begin}\n<!-- generated by `{command}`; do not edit by hand -->\n\n{body}\n\n{end}{tail}"
 
 
-def write_doc(doc: Path, out: Path, seeds: int, command: str, emb_cache: Path) -> None:
+def write_doc(doc: Path, limits_doc: Path, out: Path, seeds: int, command: str, emb_cache: Path) -> None:
     text = doc.read_text(encoding="utf-8")
     text = _replace(text, "routing-table", table(out, seeds), command)
     text = _replace(text, "routing-short", short_table(out), command)
-    text = _replace(text, "routing-limits", per_source_limits(emb_cache), command)
     text = _replace(text, "routing-ablations", ablation_table(out), command.replace("--seeds", "--ablation-seeds"))
+    limits = limits_doc.read_text(encoding="utf-8")
+    limits = _replace(limits, "routing-limits", per_source_limits(emb_cache), command)
+    limits = _replace(limits, "routing-task", task_headroom(out, seeds), command)
     doc.write_text(text, encoding="utf-8")
+    limits_doc.write_text(limits, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=[], metavar="TRACE-CONDITION",
                     help="run only these, e.g. gsm8k-cold (repeatable); the table still shows every summary in OUT")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "ROUTING.md"))
+    ap.add_argument("--limits-doc", default=str(ROOT / "docs" / "ROUTING-LIMITS.md"),
+                    help="the page of the limits and task-headroom tables")
     ap.add_argument("--table-only", action="store_true", help="regenerate the doc's table from OUT, run nothing")
     ap.add_argument("--ablations", action="store_true", help="also run each ABLATIONS policy under its condition on every trace")
     ap.add_argument("--ablation-seeds", type=int, default=2)
@@ -371,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         for png in sorted(src.glob("*.png")):
             shutil.copyfile(png, img / f"{case.key}-{png.name}")
     command = "python bench/routing_table.py --ablations" + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
-    write_doc(Path(args.doc), out, args.seeds, command, Path(args.cache_dir))
+    write_doc(Path(args.doc), Path(args.limits_doc), out, args.seeds, command, Path(args.cache_dir))
     print(table(out, args.seeds))
     return 0
 

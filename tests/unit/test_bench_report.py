@@ -108,3 +108,29 @@ def test_gpu_bench_refuses_to_measure_without_the_cuda_provider() -> None:
     if gpu_predictor.CUDA in onnxruntime.get_available_providers():  # pragma: no cover - a GPU box
         pytest.skip("the CUDA provider is available here")
     assert gpu_predictor.main(["--skip-route", "--json", "/nonexistent/gpu.json"]) == 2
+
+
+def test_task_mix_from_the_training_half_on_a_hand_made_case() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from bench.routing_table import _mix_on_half
+
+    # two tasks, a cheap model (cost 1) and a dear one (cost 10); rows 0-3 train, rows 4-7 are replayed.
+    # On the training half the cheap model gets task A right and task B wrong; on the replayed half it gets
+    # only half of A right, so the training half's mix must aim higher than alpha to reach it there.
+    labels = np.array([[1, 1], [1, 1], [0, 1], [0, 1],
+                       [1, 1], [0, 1], [0, 1], [0, 1]], dtype=float)
+    t = SimpleNamespace(models=("cheap", "dear"), costs=np.tile([1.0, 10.0], (8, 1)), labels=labels,
+                        sources=("A", "A", "B", "B") * 2)
+    fit, test = np.arange(4), np.arange(4, 8)
+    # at 0.25 the training half's own answer (everything cheap) already reaches it on the replayed half
+    assert _mix_on_half(t, fit, test, 0.25) == 1.0
+    # at 0.5 the replayed half needs task B half on the dear model: (2 * 1 + 2 * (0.5 * 10 + 0.5 * 1)) / 4;
+    # the training half's target is raised in steps until it asks for that share (from 0.75 on)
+    cost = _mix_on_half(t, fit, test, 0.5)
+    assert cost is not None and 3.25 <= cost <= 3.25 + 9 * 2 * 2 * 0.0025 / 4 + 1e-9
+    # the training half gives task A to the cheap model at any target (it got A all right there), so the replayed
+    # half never passes (1 + 2) / 4 = 0.75: 0.9 is out of reach
+    assert _mix_on_half(t, fit, test, 0.9) is None
