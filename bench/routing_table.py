@@ -1,14 +1,15 @@
 """The routing-quality tables of docs/ROUTING.md: every shared trace x alpha x condition, 3 seeds, with baselines;
-the short-stream table (each trace's first SHORT requests, SHORT_SEEDS seeds); the limits and ablation tables.
+the short-stream tables (each trace's first 100, SHORT and 300 requests, SHORT_SEEDS seeds); the ablation table;
+and docs/ROUTING-LIMITS.md's tables.
 
     .venv/bin/python bench/routing_table.py --ablations [--seeds 3] [--out var/routing] [--only CASE ...]
 
 Each (trace, condition) is one `messplus replay` run through the service's own router core (the in-process
 path of service/replay/, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
 same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the tables between the doc's
-`routing-table`, `routing-short` and `routing-ablations` markers (docs/ROUTING.md) are regenerated from those
-summaries, so every number there has this command behind it; the `routing-limits` and `routing-task` tables
-(docs/ROUTING-LIMITS.md) are computed afresh, each time. Embeddings are cached in var/embeddings (the
+`routing-table`, `routing-short`, `routing-horizons` and `routing-ablations` markers (docs/ROUTING.md) are
+regenerated from those summaries, so every number there has this command behind it; the `routing-limits` and
+`routing-task` tables (docs/ROUTING-LIMITS.md) are computed afresh each time. Embeddings are cached in var/embeddings (the
 first run encodes ~21k prompts with MiniLM: about 20 minutes on 2 cores; later runs read the cache).
 `--only NONE --ablations` runs just the ablations; `--table-only` rewrites the doc from OUT.
 """
@@ -64,9 +65,11 @@ ABLATION_CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-# the short-stream table's condition: the first SHORT requests of each seed's stream, cold
+# the short-stream tables' conditions: the first N requests of each seed's stream, cold (SHORT: the detailed table)
 SHORT_CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "short100": ({"first": 100}, "first 100 requests, cold start"),
     "short": ({"first": SHORT}, f"first {SHORT} requests, cold start"),
+    "short300": ({"first": 300}, "first 300 requests, cold start"),
 }
 
 
@@ -158,6 +161,39 @@ def table(out: Path, seeds: int) -> str:
     return "\n".join(lines)
 
 
+def _eligible(run: dict[str, Any], alpha: float) -> bool:
+    """Whether a short run is promised alpha: its most accurate model alone reaches alpha + SHORT_ELIGIBLE."""
+    best = run.get("best_single_satisfaction")
+    return best is not None and best >= alpha + SHORT_ELIGIBLE - 1e-9
+
+
+def horizons_table(out: Path) -> str:
+    """Per trace and horizon (each SHORT_CONDITIONS stream), over every alpha and seed: the eligible runs that
+    met the SLA, the worst eligible shortfall, and the cost against each run's static mix."""
+    lines = ["| trace | first N requests | SLA met, eligible | worst eligible satisfaction - alpha | "
+             "cost / static mix (max) | reference: SLA met, eligible |", "|---|---|---|---|---|---|"]
+    for case in CASES:
+        for cond_name, (kwargs, _) in SHORT_CONDITIONS.items():
+            path = out / f"{case.key}-{cond_name}" / "summary.json"
+            if not path.exists():
+                continue
+            el, ratios, ref_met = [], [], 0
+            for e in json.loads(path.read_text()):
+                refs = (e["baselines"]["messplus_reference"] or {}).get("runs", [None] * len(e["runs"]))
+                for r, rf in zip(e["runs"], refs):
+                    if r["cost_vs_static_mixture"] is not None:
+                        ratios.append(r["cost_vs_static_mixture"])
+                    if _eligible(r, e["alpha"]):
+                        el.append((r, e["alpha"]))
+                        ref_met += bool(rf and rf["sla_met"])
+            met = sum(r["sla_met"] for r, _ in el)
+            worst = min((r["satisfaction"] - a for r, a in el), default=None)
+            mean = sum(ratios) / len(ratios) if ratios else None
+            lines.append(f"| {case.key} | {kwargs['first']} | {met}/{len(el)} | {_f(worst, '+.4f')} | "
+                         f"{_f(mean, '.2f')}x ({_f(max(ratios, default=None), '.2f')}) | {ref_met}/{len(el)} |")
+    return "\n".join(lines)
+
+
 def short_table(out: Path) -> str:
     """The short-stream table: per trace and alpha, over SHORT_SEEDS seeds of the first SHORT requests, the
     runs whose most accurate model alone reaches alpha + SHORT_ELIGIBLE on those requests (eligible: the
@@ -172,8 +208,7 @@ def short_table(out: Path) -> str:
         for e in json.loads(path.read_text()):
             runs, a = e["runs"], e["alpha"]
             refs = (e["baselines"]["messplus_reference"] or {}).get("runs", [])
-            ok = [r.get("best_single_satisfaction") is not None
-                  and r["best_single_satisfaction"] >= a + SHORT_ELIGIBLE - 1e-9 for r in runs]
+            ok = [_eligible(r, a) for r in runs]
             el = [r for r, o in zip(runs, ok) if o]
             other = [r for r, o in zip(runs, ok) if not o]
             ratios = [r["cost_vs_static_mixture"] for r in runs if r["cost_vs_static_mixture"] is not None]
@@ -413,6 +448,7 @@ def write_doc(doc: Path, limits_doc: Path, out: Path, seeds: int, command: str, 
     text = doc.read_text(encoding="utf-8")
     text = _replace(text, "routing-table", table(out, seeds), command)
     text = _replace(text, "routing-short", short_table(out), command)
+    text = _replace(text, "routing-horizons", horizons_table(out), command)
     text = _replace(text, "routing-ablations", ablation_table(out), command.replace("--seeds", "--ablation-seeds"))
     limits = limits_doc.read_text(encoding="utf-8")
     limits = _replace(limits, "routing-limits", per_source_limits(emb_cache), command)

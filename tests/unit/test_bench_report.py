@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from bench.report import RESULTS, ROOT, page, readme_block, readme_table, targets
 
@@ -134,3 +135,23 @@ def test_task_mix_from_the_training_half_on_a_hand_made_case() -> None:
     # the training half gives task A to the cheap model at any target (it got A all right there), so the replayed
     # half never passes (1 + 2) / 4 = 0.75: 0.9 is out of reach
     assert _mix_on_half(t, fit, test, 0.9) is None
+
+
+def test_horizons_table_counts_eligible_runs_on_hand_made_summaries(tmp_path: Path) -> None:
+    from bench.routing_table import CASES, horizons_table
+
+    def run(sat: float, best: float | None, cost: float | None, met: bool) -> dict[str, object]:
+        return {"satisfaction": sat, "best_single_satisfaction": best, "cost_vs_static_mixture": cost,
+                "sla_met": met}
+
+    # alpha 0.7: a run whose best model reaches 0.75 is eligible (0.75 >= 0.73); one at 0.72 is not
+    summary = [{"alpha": 0.7, "runs": [run(0.69, 0.75, 2.0, False), run(0.71, 0.75, 1.0, True),
+                                      run(0.60, 0.72, 3.0, False)],
+                "baselines": {"messplus_reference": {"runs": [run(0.72, 0.75, 9.0, True),
+                                                              run(0.69, 0.75, 9.0, False),
+                                                              run(0.7, 0.72, 9.0, True)]}}}]
+    folder = tmp_path / f"{CASES[0].key}-short100"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps(summary))
+    rows = horizons_table(tmp_path).splitlines()
+    assert rows[2:] == [f"| {CASES[0].key} | 100 | 1/2 | -0.0100 | 2.00x (3.00) | 1/2 |"]
