@@ -9,8 +9,9 @@ path of service/replay/, so exactly what `messplus replay` does), with the MESS+
 same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the tables between the doc's
 `routing-table`, `routing-short`, `routing-horizons` and `routing-ablations` markers (docs/ROUTING.md) are
 regenerated from those summaries, so every number there has this command behind it; the `routing-limits` and
-`routing-task` tables (docs/ROUTING-LIMITS.md) are computed afresh each time. Embeddings are cached in var/embeddings (the
-first run encodes ~21k prompts with MiniLM: about 20 minutes on 2 cores; later runs read the cache).
+`routing-task` tables (docs/ROUTING-LIMITS.md) are computed afresh each time. Embeddings are cached in
+var/embeddings (the first run encodes ~21k prompts with MiniLM: about 20 minutes on 2 cores; later runs read the
+cache).
 `--only NONE --ablations` runs just the ablations; `--table-only` rewrites the doc from OUT.
 """
 

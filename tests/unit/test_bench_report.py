@@ -155,3 +155,24 @@ def test_horizons_table_counts_eligible_runs_on_hand_made_summaries(tmp_path: Pa
     (folder / "summary.json").write_text(json.dumps(summary))
     rows = horizons_table(tmp_path).splitlines()
     assert rows[2:] == [f"| {CASES[0].key} | 100 | 1/2 | -0.0100 | 2.00x (3.00) | 1/2 |"]
+
+
+def test_finetune_table_on_a_hand_made_result(tmp_path: Path) -> None:
+    from bench.finetune_encoder import render, write_block
+
+    def at(cost: float, met: bool) -> dict[str, dict[str, object]]:
+        return {"0.50": {"satisfaction": 0.51, "sla_met": met, "cost_vs_static_mixture": 1.0,
+                         "cost_vs_task_oracle": cost}}
+
+    seeds = [{"seed": 0, "fit_s": 100, "frozen": at(1.2, True), "fine-tuned": at(1.1, True)},
+             {"seed": 1, "fit_s": 200, "frozen": at(1.4, True), "fine-tuned": at(1.5, False)}]
+    (tmp_path / "bbh.json").write_text(json.dumps({"trace": "bbh.csv", "epochs": 3, "seeds": seeds}))
+    block = render(tmp_path)
+    assert block.splitlines()[2:] == ["| bbh | 0.50 | 3 | 2/2, 1.30x (1.40) | 1/2, 1.30x (1.50) | 150 s |"]
+    doc = tmp_path / "doc.md"
+    doc.write_text("a\n<!-- routing-finetune:begin -->\nold\n<!-- routing-finetune:end -->\nb\n")
+    write_block(doc, block)
+    text = doc.read_text()
+    assert text.startswith("a\n<!-- routing-finetune:begin -->\n")
+    assert text.endswith("<!-- routing-finetune:end -->\nb\n")
+    assert block in text and "old" not in text
