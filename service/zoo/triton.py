@@ -110,9 +110,12 @@ def unreachable(exc: BaseException, timeout_s: float) -> tuple[str, str] | None:
         return "refused", "connection refused"
     if "resolving" in low or "dns" in low or "name or service not known" in low or "domain name not found" in low:
         return "dns", f"cannot resolve its name: {text}"
-    if code == "UNAVAILABLE" and "connection reset" in low:  # a dying (or not yet listening) server resets it
+    # a dying (or not yet listening) server resets the connection or closes it mid-handshake: one plain phrase each
+    if code == "UNAVAILABLE" and "connection reset" in low:
         return "unreachable", "connection reset by peer"
-    if code == "UNAVAILABLE" and ("failed to connect" in low or "socket closed" in low):
+    if code == "UNAVAILABLE" and "socket closed" in low:
+        return "unreachable", "connection closed by the server"
+    if code == "UNAVAILABLE" and "failed to connect" in low:
         return "unreachable", text
     if code in ("UNIMPLEMENTED", "UNKNOWN", "INTERNAL") and "http2" in low:
         return "unreachable", f"not a Triton gRPC endpoint: {code}: {text}"
