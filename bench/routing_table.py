@@ -395,7 +395,6 @@ def task_headroom(out: Path, seeds: int) -> str:
     import numpy as np
 
     from messplus.service import replay as R
-    from messplus.service.replay.baselines import task_oracle
     from messplus.service.trace import load_traces
 
     lines = ["| trace | alpha | task oracle (hindsight, replayed half) | task mix from the training half / task oracle "
@@ -414,15 +413,14 @@ def task_headroom(out: Path, seeds: int) -> str:
         routed: dict[float, list[tuple[float, bool]]] = {a: [] for a in case.alphas}
         for seed in range(seeds):
             train, test = R.split_stream(t, seed, cond)
-            for alpha in case.alphas:
-                best = task_oracle(t.models, t.costs[test], t.labels[test], src[test], alpha)["mean_cost"]
+            setup = R.ReplaySetup(alphas=case.alphas, seeds=(seed,), cond=cond, policy=R.TenantOverrides())
+            for e in R.replay(t, onehot, setup):  # its task oracle is solved on the replayed half, `test`
+                run, alpha = e["runs"][0], e["alpha"]
+                routed[alpha].append((run.get("cost_vs_task_oracle") or float("nan"), bool(run["sla_met"])))
+                best = e["baselines"]["task_oracle"]["mean_cost"]
                 oracle[alpha].append(best)
                 cost = _mix_on_half(t, train, test, alpha)
                 fixed[alpha].append(cost / best if cost is not None and best else float("nan"))
-            setup = R.ReplaySetup(alphas=case.alphas, seeds=(seed,), cond=cond, policy=R.TenantOverrides())
-            for e in R.replay(t, onehot, setup):
-                run = e["runs"][0]
-                routed[e["alpha"]].append((run.get("cost_vs_task_oracle") or float("nan"), bool(run["sla_met"])))
         path = out / f"{case.key}-warm" / "summary.json"
         own = {e["alpha"]: [r.get("cost_vs_task_oracle") or float("nan") for r in e["runs"]]
                for e in (json.loads(path.read_text()) if path.exists() else [])}
