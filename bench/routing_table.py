@@ -7,12 +7,15 @@ and docs/ROUTING-LIMITS.md's tables.
 Each (trace, condition) is one `messplus replay` run through the service's own router core (the in-process
 path of service/replay/, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
 same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the tables between the doc's
-`routing-table`, `routing-short`, `routing-horizons` and `routing-ablations` markers (docs/ROUTING.md) are
-regenerated from those summaries, so every number there has this command behind it; the `routing-limits` and
-`routing-task` tables (docs/ROUTING-LIMITS.md) are computed afresh each time. Embeddings are cached in
+`routing-table`, `routing-horizons`, `routing-caution` and `routing-ablations` markers (docs/ROUTING.md) and
+`routing-short` (docs/ROUTING-LIMITS.md) are regenerated from those summaries, so every number there has this
+command behind it; the `routing-limits` and `routing-task` tables (docs/ROUTING-LIMITS.md) are computed afresh
+each time. Embeddings are cached in
 var/embeddings (the first run encodes ~21k prompts with MiniLM: about 20 minutes on 2 cores; later runs read the
 cache).
-`--only NONE --ablations` runs just the ablations; `--table-only` rewrites the doc from OUT.
+The caution table runs the short streams with the tenant knob `caution` at CAUTION, and the whole streams cold with it
+off and on (OUT/caution, OUT/caution-off; `--only TRACE-caution` runs one trace's). `--only NONE --ablations` runs
+just the ablations; `--table-only` rewrites the doc from OUT.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ CASES = (
 SHORT = 160  # requests of the short-stream table: a new tenant's first day
 SHORT_SEEDS = 12
 SHORT_ELIGIBLE = 0.03  # a short stream can be promised alpha where its most accurate model alone reaches alpha + this
+CAUTION = SHORT  # the caution table's tenant setting (`caution`, labels): a new tenant's first day
+CAUTION_SEEDS = 12  # the caution table's seeds, short and whole streams alike: the whole streams' cost spreads widely
 DRIFT = (
     Case("routerbench-by-benchmark", ("routerbench_arc_wino_mbpp.csv",), (0.70, 0.75)),
     Case("mmlu-then-gsm8k", ("routellm_mmlu.csv", "routellm_gsm8k.csv"), (0.72,)),
@@ -225,6 +230,47 @@ def short_table(out: Path) -> str:
                          f"{_f(mean, '.2f')}x ({_f(max(ratios, default=None), '.2f')}) | "
                          f"{sum(rf['sla_met'] for rf, o in zip(refs, ok) if o)}/{len(el) if refs else 0} | "
                          f"{_f(ref_mean, '.2f')}x |")
+    return "\n".join(lines)
+
+
+def caution_table(out: Path) -> str:
+    """Per trace: the eligible short runs that met the SLA and their cost, with `caution` off (the short-stream
+    runs of the main command) and at CAUTION; and the whole stream, cold, over CAUTION_SEEDS seeds, off and on."""
+    lines = ["| trace | first 100: SLA met, eligible (off → on) | first 160 | first 300 | "
+             "first 160: cost / static mix (off → on) | whole stream: SLA met (off → on) | "
+             "whole stream: cost / static mix, mean (max), off | on |", "|---|---|---|---|---|---|---|---|"]
+
+    def load(path: Path) -> list[dict[str, Any]] | None:
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def eligible_met(summary: list[dict[str, Any]] | None) -> str:
+        if summary is None:
+            return "–"
+        el = [r for e in summary for r in e["runs"] if _eligible(r, e["alpha"])]
+        return f"{sum(r['sla_met'] for r in el)}/{len(el)}"
+
+    def cost(summary: list[dict[str, Any]] | None, worst: bool = False) -> str:
+        ratios = [r["cost_vs_static_mixture"] for e in summary or [] for r in e["runs"]
+                  if r["cost_vs_static_mixture"] is not None]
+        if not ratios:
+            return "–"
+        mean = f"{sum(ratios) / len(ratios):.2f}x"
+        return f"{mean} ({max(ratios):.2f})" if worst else mean
+
+    def met(summary: list[dict[str, Any]] | None) -> str:
+        runs = [r for e in summary or [] for r in e["runs"]]
+        return f"{sum(r['sla_met'] for r in runs)}/{len(runs)}" if runs else "–"
+
+    for case in CASES:
+        off = {k: load(out / f"{case.key}-{k}" / "summary.json") for k in SHORT_CONDITIONS}
+        on = {k: load(out / "caution" / f"{case.key}-{k}" / "summary.json") for k in SHORT_CONDITIONS}
+        whole = [load(out / d / f"{case.key}-cold" / "summary.json") for d in ("caution-off", "caution")]
+        if all(v is None for v in on.values()):
+            continue
+        lines.append(f"| {case.key} | " + " | ".join(f"{eligible_met(off[k])} → {eligible_met(on[k])}"
+                                                      for k in SHORT_CONDITIONS) +
+                     f" | {cost(off['short'])} → {cost(on['short'])} | {met(whole[0])} → {met(whole[1])} | "
+                     f"{cost(whole[0], True)} | {cost(whole[1], True)} |")
     return "\n".join(lines)
 
 
@@ -446,12 +492,13 @@ def _replace(text: str, name: str, body: str, command: str) -> str:
 def write_doc(doc: Path, limits_doc: Path, out: Path, seeds: int, command: str, emb_cache: Path) -> None:
     text = doc.read_text(encoding="utf-8")
     text = _replace(text, "routing-table", table(out, seeds), command)
-    text = _replace(text, "routing-short", short_table(out), command)
     text = _replace(text, "routing-horizons", horizons_table(out), command)
+    text = _replace(text, "routing-caution", caution_table(out), command)
     text = _replace(text, "routing-ablations", ablation_table(out), command.replace("--seeds", "--ablation-seeds"))
     limits = limits_doc.read_text(encoding="utf-8")
     limits = _replace(limits, "routing-limits", per_source_limits(emb_cache), command)
     limits = _replace(limits, "routing-task", task_headroom(out, seeds), command)
+    limits = _replace(limits, "routing-short", short_table(out), command)
     doc.write_text(text, encoding="utf-8")
     limits_doc.write_text(limits, encoding="utf-8")
 
@@ -479,6 +526,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.only and f"{case.key}-{cond}" not in args.only:
                 continue
             run(case, cond, SHORT_SEEDS if cond in SHORT_CONDITIONS else args.seeds, out, Path(args.cache_dir))
+        for case in CASES:  # the caution table: `--only TRACE-caution` runs one trace's
+            if args.only and f"{case.key}-caution" not in args.only:
+                continue
+            for cond in SHORT_CONDITIONS:
+                run(case, cond, SHORT_SEEDS, out / "caution", Path(args.cache_dir), {"caution": CAUTION}, reference=False)
+            run(case, "cold", CAUTION_SEEDS, out / "caution", Path(args.cache_dir), {"caution": CAUTION}, reference=False)
+            run(case, "cold", CAUTION_SEEDS, out / "caution-off", Path(args.cache_dir), reference=False)
         if args.ablations:
             for name, (policy, cond) in ABLATIONS.items():
                 for case in CASES:

@@ -116,3 +116,5 @@ def _validate_tenants(cfg: Config, knobs: tuple[Field[Any], ...]) -> None:
         for knob in knobs:
             _check(knob.metadata["ok"](getattr(t, knob.name)), f"{key}.{knob.name}", knob.metadata["problem"])
         _check(t.seed >= 0, f"{key}.seed", "must be >= 0")
+        _check(not (t.caution and not t.floor_window), f"{key}.caution",
+               "needs the price floor: set floor_window > 0, or caution = 0")

@@ -15,7 +15,7 @@ Sections and keys (all optional; the embedded default is the demo zoo on a local
     [zoo]        cost_unit, cost_ema; [[zoo.models]] name, triton_model, cost_per_request,
                  cost_per_input_token, cost_per_output_token, prior_accuracy
     [[tenants]]  name, alpha, V, c, explore_models, explore_budget, optimism, margin,
-                 reserve, confidence, debt_gain, seed
+                 reserve, confidence, debt_gain, floor_window, caution, seed
 
 Environment: `MESSPLUS_<SECTION>_<KEY>` overrides a scalar key, e.g. MESSPLUS_SERVER_LISTEN=0.0.0.0:50051,
 MESSPLUS_TRITON_URL=triton:8001, MESSPLUS_STATE_DIR=/var/lib/messplus. A bad value fails at start-up with a
@@ -176,6 +176,9 @@ class TenantConfig:
                              lambda v: 0 <= v <= 100, "must be in [0, 100]")
     floor_window: int = _knob(256, "satisfaction's price is at least what the latest N requests' predictions say "
                                    "reaches alpha (0: off)", lambda v: 0 <= v <= 4096, "must be in [0, 4096]")
+    caution: int = _knob(0, "for its first N labels the tenant is held one standard error above alpha, buying the "
+                            "likeliest model (dearer first) where no mix reaches that (0: off)",
+                         lambda v: 0 <= v <= 1_000_000, "must be in [0, 1000000]")
     seed: int = 0
 
 

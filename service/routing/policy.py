@@ -6,7 +6,7 @@
 explains each choice below and what it measured.
 
 Per request of tenant k (alpha, V, c, explore_models, explore_budget, optimism, margin, reserve, confidence,
-debt_gain, floor_window from its config):
+debt_gain, floor_window, caution from its config):
   1. explore with probability min(1, c / t^(1/4)) at the tenant's request t (a counter-based draw: reproducible
      by seed), STUCK_EXPLORE times that while the request is stuck: its price pushed past the plain queue's
      (the queue past the margin's bank, or the price floor; step 3) and even the optimistic choice predicted
@@ -21,7 +21,9 @@ debt_gain, floor_window from its config):
      late feedback does not make the queue overshoot, and requests that never get feedback still count.
      P is at least V' times the price floor (price_floor): the price at which the tenant's latest
      floor_window requests' predictions reach the next label's target, so satisfaction is bought before a
-     deficit has to build, and the price moves with the predictions rather than with each label.
+     deficit has to build, and the price moves with the predictions rather than with each label. For its
+     first `caution` labels a tenant's floor target is one standard error higher, and where no price reaches
+     it the request goes to the model likeliest to satisfy, dearer models first (cautious_choice).
   4. explore: invoke the exploit choice plus the explore_models - 1 runners-up of step 3's objective with every
      model at its plausible best (sigmoid(mu + EXPLORE_SIGMAS sigma), counting exploration labels still in
      flight as if they had arrived), among its neighbours in cost, the models the exploration budget affords
@@ -52,6 +54,7 @@ STUCK_EXPLORE = 4.0  # exploration is this much likelier while the tenant is stu
 PRICE_HI = 1e4  # the dearest price of satisfaction the floor tries, in cost units per unit of satisfaction
 PRICE_PAST = 1e-6  # the floor sits this far past the crossing it found, so decide_batch's rounding lands past it
 SURPLUS_HORIZON = 50  # a banked surplus lowers the floor's target spread over max(this, n) requests
+CAUTION_SLOPE = 1.0  # a cautious decision adds this to a model's logit per standard deviation of log cost above the mean
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,8 +128,11 @@ class Policy:
         gain = np.array([c.debt_gain for c in cfgs], np.float64)
         pressure = np.maximum(debt_pressure(batch.expected, margin, batch.labelled, gain), 0.0)
         # the queue's price, floored by what the latest requests' predictions say reaches the next label's target
-        pressure = np.maximum(pressure, V * price_floor(batch, p_dec))
+        floor, cautious = price_floor(batch, p_dec)
+        pressure = np.maximum(pressure, V * floor)
         choice = kernels.decide_batch(p_dec, batch.costs, batch.masks, pressure, alpha, V)
+        for b in np.flatnonzero(cautious & (choice >= 0)):
+            choice[b] = cautious_choice(p_dec[b], batch.costs[b], batch.masks[b])
         # stuck: the price is past the plain queue's (the queue past the margin's bank, or the floor) and even the
         # optimistic choice is predicted below alpha: the router pays for satisfaction it does not expect to get
         stuck = (pressure > np.maximum(batch.expected, 0.0)) & (p_dec[np.arange(B), np.maximum(choice, 0)] < alpha)
@@ -176,7 +182,7 @@ class Policy:
         return tuple(sorted([choice, *others[: n - 1]]))
 
 
-def price_floor(batch: Batch, p_dec: np.ndarray) -> np.ndarray:
+def price_floor(batch: Batch, p_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the price of satisfaction (cost units per unit of satisfaction; kernels.price_for_target's
     bisection, the lowest such price where the ratings rank models as the predictions do) at which the tenant's
     latest `floor_window` requests, this batch's included, decided on `p_dec`, are predicted to reach the next
@@ -189,10 +195,17 @@ def price_floor(batch: Batch, p_dec: np.ndarray) -> np.ndarray:
     each label. The floor is set by the predictions: where they say a mix of models reaches the target at
     some price, the router pays that price from the start (a new tenant meets alpha sooner), and it moves
     only as the predictions do (on a many-model zoo the decisions stop swinging between the cheapest and the
-    dearest models). A deficit is the queue's to answer: the floor never rises above the target."""
+    dearest models). A deficit is the queue's to answer: the floor never rises above the target.
+
+    The second array flags the rows decided for caution (cautious_choice): while the tenant has fewer than
+    `caution` labels, its target is raised by one standard error of the satisfaction of the labels it has
+    (caution_allowance), the floor is the price that reaches the raised target, and where no price does the
+    request goes to the model likeliest to satisfy. The promise is judged on the first requests' realised
+    labels, whose mean spreads by about that error around what the router expected."""
     floor = np.zeros(len(batch.tenants))
+    cautious = np.zeros(len(batch.tenants), np.bool_)
     up = batch.masks.any(axis=0)
-    seen: dict[int, float] = {}
+    seen: dict[int, tuple[float, bool]] = {}
     for b, st in enumerate(batch.tenants):
         size = st.cfg.floor_window
         if size <= 0:
@@ -204,12 +217,41 @@ def price_floor(batch: Batch, p_dec: np.ndarray) -> np.ndarray:
             for r in np.flatnonzero([s is st for s in batch.tenants]):
                 st.window.push(p_dec[r], p_sat[r], batch.costs[r], batch.masks[r])
             w, n = st.window, st.window.n
+            labels = int(batch.labelled[b])
             surplus = min(float(batch.expected[b]), 0.0) / max(SURPLUS_HORIZON, float(batch.t[b]))
-            target = min(label_target(st.cfg, int(batch.labelled[b]) + 1) + surplus, 1.0)
-            lam = kernels.price_for_target(w.q[:n], w.p[:n], w.cost[:n], w.mask[:n] & up, target, PRICE_HI)
-            seen[id(st)] = lam * (1 + PRICE_PAST) if np.isfinite(lam) else 0.0
-        floor[b] = seen[id(st)]
-    return floor
+            target = min(label_target(st.cfg, labels + 1) + surplus, 1.0)
+            q, p, cost, avail = w.q[:n], w.p[:n], w.cost[:n], w.mask[:n] & up
+            lam = kernels.price_for_target(q, p, cost, avail, target, PRICE_HI)
+            careful = False
+            if labels < st.cfg.caution:
+                raised = min(target + caution_allowance(st.cfg.alpha, labels), 1.0)
+                lam_raised = kernels.price_for_target(q, p, cost, avail, raised, PRICE_HI) if np.isfinite(lam) else lam
+                if np.isfinite(lam_raised):
+                    lam = lam_raised
+                else:
+                    careful = True
+            seen[id(st)] = (lam * (1 + PRICE_PAST) if np.isfinite(lam) else 0.0, careful)
+        floor[b], cautious[b] = seen[id(st)]
+    return floor, cautious
+
+
+def caution_allowance(alpha: float, labels: int) -> float:
+    """One standard error of the mean of `labels` labels at satisfaction alpha: how far the first requests'
+    realised satisfaction spreads around what the router expected of them."""
+    return math.sqrt(alpha * (1.0 - alpha) / max(labels, 1))
+
+
+def cautious_choice(p_dec: np.ndarray, costs: np.ndarray, mask: np.ndarray) -> int:
+    """The available model likeliest to satisfy, with the belief that a dearer model is likelier the better one:
+    each model's logit plus CAUTION_SLOPE per standard deviation of log cost above the available models' mean
+    (ties: the cheaper). Used where no mix of models is predicted to reach a cautious tenant's raised target:
+    a new tenant's optimistic estimates are as high for an untried cheap model as for an untried dear one, and
+    serving the cheap ones first is what let the first requests fall short (docs/ROUTING.md)."""
+    lc = np.log(np.maximum(costs, 1e-300))
+    z = (lc - lc[mask].mean()) / max(float(lc[mask].std()), 1e-9)
+    q = np.clip(p_dec, 1e-9, 1 - 1e-9)
+    score = np.where(mask, np.log(q) - np.log1p(-q) + CAUTION_SLOPE * z - 1e-12 * costs, -np.inf)
+    return int(np.argmax(score))
 
 
 def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ REFERENCE_C = 0.5
 def paper_knobs(tenant: TenantConfig) -> TenantConfig:
     """The tenant with the MESS+ paper's fixed knobs (its own c and seed kept)."""
     return replace(tenant, V=REFERENCE_V, explore_models=0, optimism=0.0, margin=0.0, reserve=0.0, confidence=0.0,
-                   debt_gain=0.0, floor_window=0)
+                   debt_gain=0.0, floor_window=0, caution=0)
 
 
 def reference_tenant(tenant: TenantConfig) -> TenantConfig:

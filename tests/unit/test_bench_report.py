@@ -157,6 +157,27 @@ def test_horizons_table_counts_eligible_runs_on_hand_made_summaries(tmp_path: Pa
     assert rows[2:] == [f"| {CASES[0].key} | 100 | 1/2 | -0.0100 | 2.00x (3.00) | 1/2 |"]
 
 
+def test_caution_table_sets_off_beside_on_from_hand_made_summaries(tmp_path: Path) -> None:
+    from bench.routing_table import CASES, caution_table
+
+    def summary(*runs: tuple[float, float, float, bool]) -> str:
+        return json.dumps([{"alpha": 0.7, "runs": [
+            {"satisfaction": s, "best_single_satisfaction": b, "cost_vs_static_mixture": c, "sla_met": m}
+            for s, b, c, m in runs], "baselines": {"messplus_reference": None}}])
+
+    key = CASES[0].key
+    files = {f"{key}-short": summary((0.69, 0.75, 2.0, False), (0.71, 0.72, 1.0, True)),  # 1 eligible, missed
+             f"caution/{key}-short": summary((0.72, 0.75, 6.0, True), (0.71, 0.72, 4.0, True)),
+             f"caution-off/{key}-cold": summary((0.70, 0.9, 1.0, True), (0.71, 0.9, 3.0, True)),
+             f"caution/{key}-cold": summary((0.72, 0.9, 2.0, True), (0.69, 0.9, 2.0, False))}
+    for name, text in files.items():
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "summary.json").write_text(text)
+    rows = caution_table(tmp_path).splitlines()
+    assert rows[2:] == [f"| {key} | – → – | 0/1 → 1/1 | – → – | 1.50x → 5.00x | 2/2 → 1/2 | 2.00x (3.00) | "
+                        f"2.00x (2.00) |"]
+
+
 def test_finetune_table_on_a_hand_made_result(tmp_path: Path) -> None:
     from bench.finetune_encoder import render, write_block
 

@@ -19,7 +19,7 @@ NAMES = [k.name for k in TENANT_KNOBS]
 
 def test_the_knobs_are_the_policy_settings_of_a_tenant() -> None:
     assert NAMES == ["V", "c", "explore_models", "explore_budget", "optimism", "margin", "reserve", "confidence",
-                     "debt_gain", "floor_window"]
+                     "debt_gain", "floor_window", "caution"]
     assert list(POLICY_KEYS) == NAMES
     assert TenantOverrides(margin=0.0).tenant(0.7, 3) == TenantConfig(name="replay", alpha=0.7, seed=3, margin=0.0)
 
@@ -42,7 +42,8 @@ def test_replay_takes_every_knob_as_a_flag() -> None:
 @pytest.mark.parametrize("knob", TENANT_KNOBS, ids=NAMES)
 def test_each_knob_is_checked_by_the_config_naming_its_key(knob) -> None:
     bad = {"V": 0.0, "c": -1.0, "explore_models": -1, "explore_budget": 2.0, "optimism": -1.0, "margin": 2.0,
-           "reserve": -2.0, "confidence": 11.0, "debt_gain": 101.0, "floor_window": 5000}[knob.name]
+           "reserve": -2.0, "confidence": 11.0, "debt_gain": 101.0, "floor_window": 5000,
+           "caution": -1}[knob.name]
     with pytest.raises(ConfigError, match=rf"tenants\[0\]\.{knob.name}': {re.escape(knob.metadata['problem'])}"):
         config_mod.from_mapping({"tenants": [{"name": "t", "alpha": 0.7, knob.name: bad}]}, env={})
 
