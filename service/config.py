@@ -176,8 +176,8 @@ class TenantConfig:
                              lambda v: 0 <= v <= 100, "must be in [0, 100]")
     floor_window: int = _knob(256, "satisfaction's price is at least what the latest N requests' predictions say "
                                    "reaches alpha (0: off)", lambda v: 0 <= v <= 4096, "must be in [0, 4096]")
-    caution: int = _knob(0, "for its first N labels the tenant is held one standard error above alpha, buying the "
-                            "likeliest model (dearer first) where no mix reaches that (0: off)",
+    caution: int = _knob(0, "for its first N labels the tenant is held one standard error above its target, "
+                            "favouring dearer models where no mix reaches that (0: off)",
                          lambda v: 0 <= v <= 1_000_000, "must be in [0, 1000000]")
     seed: int = 0
 

@@ -244,9 +244,11 @@ def caution_allowance(alpha: float, labels: int) -> float:
 def cautious_choice(p_dec: np.ndarray, costs: np.ndarray, mask: np.ndarray) -> int:
     """The available model likeliest to satisfy, with the belief that a dearer model is likelier the better one:
     each model's logit plus CAUTION_SLOPE per standard deviation of log cost above the available models' mean
-    (ties: the cheaper). Used where no mix of models is predicted to reach a cautious tenant's raised target:
-    a new tenant's optimistic estimates are as high for an untried cheap model as for an untried dear one, and
-    serving the cheap ones first is what let the first requests fall short (docs/ROUTING.md)."""
+    (ties: the cheaper). Used where no mix of models is predicted to reach a cautious tenant's raised target,
+    also where the plain target is reachable (dropping the bonus there held 134 of 136 short streams instead
+    of 136): a new tenant's optimistic estimates are as high for an untried cheap model as for an untried dear
+    one, and serving the cheap ones first is what let the first requests fall short (docs/ROUTING.md). The bonus
+    is fixed: a cheaper model is taken only when predicted clearly better."""
     lc = np.log(np.maximum(costs, 1e-300))
     z = (lc - lc[mask].mean()) / max(float(lc[mask].std()), 1e-9)
     q = np.clip(p_dec, 1e-9, 1 - 1e-9)

@@ -19,10 +19,11 @@ from messplus.service.state.sqlite import SqliteStore
 NAMES = ["cheap", "mid", "dear"]
 
 
-def _router(caution: int, alpha: float = 0.8, margin: float = 0.3) -> Router:
+def _router(caution: int, alpha: float = 0.8, margin: float = 0.3, reserve: float = -1.0) -> Router:
     models = [ModelConfig(name=n, triton_model=n, cost_per_request=c) for n, c in zip(NAMES, (1.0, 4.0, 20.0))]
     # confidence 0: the routed requests left unlabelled here add no allowance to the queue
-    tenant = TenantConfig(name="t", alpha=alpha, margin=margin, c=0.0, confidence=0.0, caution=caution)
+    tenant = TenantConfig(name="t", alpha=alpha, margin=margin, reserve=reserve, c=0.0, confidence=0.0,
+                          caution=caution)
     return Router(models, [tenant], Heads(NAMES, 4), SqliteStore(":memory:", inline=True))
 
 
@@ -54,7 +55,7 @@ def test_a_new_cautious_tenant_starts_on_the_likeliest_model_where_no_mix_reache
     assert [_route(_router(10), p, i) for i in range(3)] == ["dear"] * 3
 
 
-def test_caution_raises_the_floors_target() -> None:
+def test_caution_overrides_a_mix_the_plain_floor_would_buy() -> None:
     """The cheap model predicted 0.85 on half the requests and 0.5 on the rest, the dear one 0.95, alpha 0.8, no
     margin: the floor buys the dear model for the second half only (0.9 on average). Before any label, a cautious
     tenant's target is raised by sqrt(0.16 / 1) to 1.0, out of reach: every request goes to the dear model."""
@@ -62,6 +63,23 @@ def test_caution_raises_the_floors_target() -> None:
     kinds = [[0.85, 0.5, 0.95] if i % 2 == 0 else [0.5, 0.5, 0.95] for i in range(12)]
     assert [_route(plain, p, i) for i, p in enumerate(kinds)] == ["cheap", "dear"] * 6
     assert [_route(careful, p, i) for i, p in enumerate(kinds)] == ["dear"] * 12
+
+
+def test_once_labels_narrow_the_allowance_the_floor_pays_the_raised_targets_price() -> None:
+    """Every request alike: cheap 0.85, mid 0.95, dear 0.97; alpha 0.8, no margin, no banked surplus (reserve 0),
+    labels equal to the served model's prediction (no predictor bias). The plain target, 0.8, is the cheap
+    model's; after 16 labels the cautious target is 0.8 + sqrt(0.16 / 16) = 0.9, reachable by the mid model at
+    a higher price, so the floor buys it; the dear one is cautious_choice's only before that."""
+    p = [0.85, 0.95, 0.97]
+    plain, careful = _router(0, margin=0.0, reserve=0.0), _router(100, margin=0.0, reserve=0.0)
+    for router in (plain, careful):
+        for i in range(16):
+            served = _route(router, p, i)
+            router.feedback("t", f"r{i}", p[NAMES.index(served)], []).result()
+    assert careful.tenants["t"].labelled == 16
+    assert _route(plain, p, 16) == "cheap"
+    assert _route(careful, p, 16) == "mid"
+    assert _route(_router(100, margin=0.0, reserve=0.0), p, 0) == "dear"  # no label: 0.8 + 0.4, out of reach
 
 
 def test_caution_ends_after_its_labels() -> None:
