@@ -23,7 +23,7 @@ debt_gain, floor_window, caution from its config):
      floor_window requests' predictions reach the next label's target, so satisfaction is bought before a
      deficit has to build, and the price moves with the predictions rather than with each label. For its
      first `caution` labels a tenant's floor target is one standard error higher, and where no price reaches
-     it the request goes to the model likeliest to satisfy, dearer models first (cautious_choice).
+     it the request goes to the model likeliest to satisfy, favouring dearer models (cautious_choice).
   4. explore: invoke the exploit choice plus the explore_models - 1 runners-up of step 3's objective with every
      model at its plausible best (sigmoid(mu + EXPLORE_SIGMAS sigma), counting exploration labels still in
      flight as if they had arrived), among its neighbours in cost, the models the exploration budget affords
