@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import Config, SecurityConfig, StateConfig
+    from .config import Config, SecurityConfig, StateConfig, TenantConfig
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")
 
@@ -112,9 +112,14 @@ def _validate_tenants(cfg: Config, knobs: tuple[Field[Any], ...]) -> None:
         _check(bool(NAME.match(t.name)), f"{key}.name", f"invalid tenant name {t.name!r}")
         _check(t.name not in seen, f"{key}.name", f"duplicate tenant {t.name!r}")
         seen.add(t.name)
-        _check(0 < t.alpha < 1, f"{key}.alpha", f"must be in (0, 1), got {t.alpha}")
-        for knob in knobs:
-            _check(knob.metadata["ok"](getattr(t, knob.name)), f"{key}.{knob.name}", knob.metadata["problem"])
-        _check(t.seed >= 0, f"{key}.seed", "must be >= 0")
-        _check(not (t.caution and not t.floor_window), f"{key}.caution",
-               "needs the price floor: set floor_window > 0, or caution = 0")
+        validate_tenant(t, knobs, f"{key}.")
+
+
+def validate_tenant(t: TenantConfig, knobs: tuple[Field[Any], ...], prefix: str = "") -> None:
+    """One tenant's SLA and knobs (also `messplus replay`'s, whose knobs are flags); keys start with `prefix`."""
+    _check(0 < t.alpha < 1, f"{prefix}alpha", f"must be in (0, 1), got {t.alpha}")
+    for knob in knobs:
+        _check(knob.metadata["ok"](getattr(t, knob.name)), f"{prefix}{knob.name}", knob.metadata["problem"])
+    _check(t.seed >= 0, f"{prefix}seed", "must be >= 0")
+    _check(not (t.caution and not t.floor_window), f"{prefix}caution",
+           "needs the price floor: set floor_window > 0, or caution = 0")

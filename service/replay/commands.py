@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import validate_tenant
 from ..config import TENANT_KNOBS, PredictorConfig
+from ..errors import ConfigError
 from ..trace import Trace
 from . import run as replay_run
 from .drivers import GrpcDriver
@@ -115,6 +117,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     setup = ReplaySetup(alphas=tuple(args.alpha), seeds=tuple(range(args.seeds)), cond=cond,
                         policy=TenantOverrides(**{k: getattr(args, k) for k in POLICY_KEYS}),
                         reference=not args.no_reference, progress=not args.quiet)
+    try:  # the knobs as the service would check them in a config
+        validate_tenant(setup.policy.tenant(args.alpha[0], 0), TENANT_KNOBS)
+    except ConfigError as e:
+        raise SystemExit(f"messplus replay: --{e.key.replace('_', '-')}: {e.problem}") from None
     started = time.perf_counter()
     trace = load_traces(args.trace, limit=args.limit)
     if args.models:

@@ -404,3 +404,13 @@ def test_cli_replay_with_the_real_onnx_encoder(onnx_path: Path, tmp_path: Path,
     assert main(args) == 0  # again, from the embedding cache: same numbers
     assert _strip(json.loads((out / "summary.json").read_text())) == _strip(summary)
     assert not math.isnan(summary[0]["runs"][0]["satisfaction"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--caution", "10", "--floor-window", "0"], "--caution: needs the price floor"),
+    (["--V", "-1"], "--V: must be > 0"),
+    (["--explore-budget", "-0.5"], "--explore-budget:"),
+])
+def test_cli_replay_refuses_knobs_the_service_would(flags: list[str], message: str, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=message):  # checked before the trace is even read
+        main(["replay", "--trace", str(tmp_path / "absent.csv"), "--alpha", "0.7", "--out", str(tmp_path), *flags])
