@@ -28,7 +28,7 @@ from .heads import Heads
 from .learner import Learner
 from .policy import Batch, Plan, Policy
 from .pricing import Pricing
-from .tenant import TenantState, expected_pending, label_target, queue_step
+from .tenant import Flight, TenantState, expected_pending, label_target, queue_step
 from .types import Decision, FeedbackResult, Pending, RouteItem, Routed
 
 log = logging.getLogger("messplus.router")
@@ -181,14 +181,16 @@ class Router:
             expected = np.array([st.queue + expected_pending(st) for st in states], np.float64)
             labelled = np.array([st.labelled for st in states], np.float64)
             awaiting = [st.awaiting.copy() for st in states]
+            flight = np.stack([_flight(st, K).expire(int(ts[b])).copy() for b, st in enumerate(states)]) if B \
+                else np.zeros((0, K))
         typical = self.pricing.typical_tokens
         tokens = np.array([typical if it.input_tokens is None else it.input_tokens for it in items], np.float64)
         self.pricing.observe_tokens([it.input_tokens for it in items])
         raw = self.pricing.request_costs(tokens)
         unit = self.cost_scale()
         batch = Batch(tenants=states, modes=np.array([it.exploration for it in items], np.int64), t=ts,
-                      expected=expected, labelled=labelled, awaiting=awaiting, masks=masks, p_hat=p_hat, var=var,
-                      raw=raw, costs=raw / unit, unit=unit)
+                      expected=expected, labelled=labelled, awaiting=awaiting, flight=flight, masks=masks,
+                      p_hat=p_hat, var=var, raw=raw, costs=raw / unit, unit=unit)
         plans = self.policy.plan(batch, self.pricing)
         return [self._decision(it, plan, batch, b, float(queue[b])) for b, (it, plan) in enumerate(zip(items, plans))]
 
@@ -236,6 +238,7 @@ class Router:
             st.served[served] += 1
             st.invoked[list(invoked)] += 1
             st.awaiting[extras] = True
+            _flight(st, len(self.models)).add(d.request_id, d.t, served)
         return fut
 
     def _remember(self, request_id: str, pending: Pending) -> None:
@@ -334,6 +337,7 @@ class Router:
                 st.awaiting[k] = False
                 if not ev.moves_queue or ev.queue_after is None:
                     continue
+                _flight(st, len(self.models)).landed(ev.request_id, st.next_t - 1)
                 s = ev.satisfaction
                 if ev.seq > st.queue_seq:
                     st.queue, st.queue_seq = ev.queue_after, ev.seq
@@ -375,6 +379,12 @@ class Router:
         if not self.store.shared:
             return st
         return next(v for v in self.tenant_views() if v.cfg.name == name)
+
+def _flight(st: TenantState, K: int) -> Flight:
+    if st.flight is None:
+        st.flight = Flight(np.zeros(K))
+    return st.flight
+
 
 def _log_failure(fut: Future[None]) -> None:
     if fut.exception() is not None:

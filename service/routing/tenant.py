@@ -10,6 +10,7 @@ side of alpha by a total of margin * sqrt(n) labels.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +46,46 @@ class Window:
         self.next, self.n = (i + 1) % size, min(self.n + 1, size)
 
 
+FLIGHT_AGE = 2.0  # a served answer's label not back within this many times the longest delay seen is presumed lost
+FLIGHT_MAX = 4096  # at most this many of a tenant's served-but-unlabelled requests are remembered as in flight
+
+
+@dataclass
+class Flight:
+    """A tenant's served answers whose label is on its way, per model (memory only: empty after a restart).
+
+    An answer counts until its label lands, or until it is older than FLIGHT_AGE times the longest label delay
+    the tenant has shown (in its requests; before its first label every unlabelled answer counts): with sparse
+    feedback the answers that never get a label stop counting. At most FLIGHT_MAX are remembered."""
+
+    counts: np.ndarray  # [K] answers in flight per model
+    order: deque[tuple[int, str]] = field(default_factory=deque)  # (t, request id), oldest first
+    live: dict[str, tuple[int, int]] = field(default_factory=dict)  # request id -> (t, served model) in flight
+    delay: int = -1  # the longest label delay seen, in the tenant's requests (-1: none yet)
+
+    def add(self, request_id: str, t: int, model: int) -> None:
+        self.order.append((t, request_id))
+        self.live[request_id] = (t, model)
+        self.counts[model] += 1
+
+    def landed(self, request_id: str, now: int) -> None:
+        """The served answer's label of `request_id` came back while `now` was the tenant's latest request."""
+        x = self.live.pop(request_id, None)
+        if x is not None:
+            self.counts[x[1]] -= 1
+            self.delay = max(self.delay, now - x[0])
+
+    def expire(self, now: int) -> np.ndarray:
+        """The per-model counts of answers still in flight as request `now` is decided."""
+        age = FLIGHT_AGE * self.delay if self.delay >= 0 else math.inf
+        while self.order and (now - self.order[0][0] > age or len(self.order) > FLIGHT_MAX):
+            _, rid = self.order.popleft()
+            x = self.live.pop(rid, None)
+            if x is not None:
+                self.counts[x[1]] -= 1
+        return self.counts
+
+
 @dataclass
 class TenantState:
     cfg: TenantConfig
@@ -69,6 +110,7 @@ class TenantState:
     # models an exploration step invoked whose label has not come back yet (memory only: clear after a restart)
     awaiting: np.ndarray = field(default_factory=lambda: np.zeros(0, np.bool_))
     window: Window | None = None  # recent requests' predictions (memory only: refills after a restart)
+    flight: Flight | None = None  # served answers whose label is on its way (memory only)
 
     @property
     def satisfaction(self) -> float:
