@@ -380,6 +380,7 @@ class Router:
             return st
         return next(v for v in self.tenant_views() if v.cfg.name == name)
 
+
 def _flight(st: TenantState, K: int) -> Flight:
     if st.flight is None:
         st.flight = Flight(np.zeros(K))

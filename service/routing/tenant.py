@@ -46,7 +46,7 @@ class Window:
         self.next, self.n = (i + 1) % size, min(self.n + 1, size)
 
 
-FLIGHT_AGE = 2.0  # a served answer's label not back within this many times the longest delay seen is presumed lost
+FLIGHT_AGE = 2.0  # a served answer's label not back within this many times the mean delay seen is presumed lost
 FLIGHT_MAX = 4096  # at most this many of a tenant's served-but-unlabelled requests are remembered as in flight
 
 
@@ -54,14 +54,21 @@ FLIGHT_MAX = 4096  # at most this many of a tenant's served-but-unlabelled reque
 class Flight:
     """A tenant's served answers whose label is on its way, per model (memory only: empty after a restart).
 
-    An answer counts until its label lands, or until it is older than FLIGHT_AGE times the longest label delay
+    An answer counts until its label lands, or until it is older than FLIGHT_AGE times the mean label delay
     the tenant has shown (in its requests; before its first label every unlabelled answer counts): with sparse
-    feedback the answers that never get a label stop counting. At most FLIGHT_MAX are remembered."""
+    feedback the answers that never get a label stop counting, and one label a day late does not make them
+    count for a day. At most FLIGHT_MAX are remembered."""
 
     counts: np.ndarray  # [K] answers in flight per model
     order: deque[tuple[int, str]] = field(default_factory=deque)  # (t, request id), oldest first
     live: dict[str, tuple[int, int]] = field(default_factory=dict)  # request id -> (t, served model) in flight
-    delay: int = -1  # the longest label delay seen, in the tenant's requests (-1: none yet)
+    delay_sum: float = 0.0  # the label delays seen, in the tenant's requests
+    delay_n: int = 0
+
+    @property
+    def delay(self) -> float:
+        """The mean label delay seen, in the tenant's requests (-1: no label yet)."""
+        return self.delay_sum / self.delay_n if self.delay_n else -1.0
 
     def add(self, request_id: str, t: int, model: int) -> None:
         self.order.append((t, request_id))
@@ -73,7 +80,8 @@ class Flight:
         x = self.live.pop(request_id, None)
         if x is not None:
             self.counts[x[1]] -= 1
-            self.delay = max(self.delay, now - x[0])
+            self.delay_sum += now - x[0]
+            self.delay_n += 1
 
     def expire(self, now: int) -> np.ndarray:
         """The per-model counts of answers still in flight as request `now` is decided."""

@@ -26,7 +26,19 @@ def test_every_answer_counts_until_a_label_shows_the_delay_then_older_ones_are_p
     assert f.delay == 4
     assert f.expire(10 + int(FLIGHT_AGE * 4)).tolist() == [0, 1, 0]  # only r10 is young enough
     f.landed("r10", now=20)
-    assert f.expire(20).tolist() == [0, 0, 0] and f.delay == 10
+    assert f.expire(20).tolist() == [0, 0, 0] and f.delay == 7  # the mean of 4 and 10
+
+
+def test_one_very_late_label_does_not_keep_lost_answers_counting() -> None:
+    f = Flight(np.zeros(1))
+    for t in range(1, 101):
+        f.add(f"r{t}", t, 0)
+        if t % 10 == 0:
+            f.landed(f"r{t - 2}", now=t)  # every tenth request, a label 2 requests late
+    f.landed("r1", now=100)  # and one 99 requests late
+    assert 0 < f.delay < 12
+    assert f.expire(101).tolist() == [len([t for t in range(101 - int(FLIGHT_AGE * f.delay), 101)
+                                           if t % 10 != 8])]  # the young ones still count; r1 .. r79 do not
 
 
 def test_at_most_flight_max_answers_are_remembered() -> None:
@@ -62,6 +74,6 @@ def test_a_model_whose_answer_is_awaiting_its_label_yields_to_the_next(router: R
     assert flight is not None and flight.counts.tolist() == [1, 1, 0]
     router.feedback("acme", first.request_id, 0.0, []).result()
     router.feedback("acme", second.request_id, 0.0, []).result()
-    assert flight.counts.tolist() == [0, 0, 0] and flight.delay == 1
+    assert flight.counts.tolist() == [0, 0, 0] and flight.delay == 0.5  # labels 1 and 0 requests late
     router.tenants["acme"].queue = 50.0
     assert router.names[decide(router).served] == "cheap"  # labels back: alike again (var is given, not learned)
