@@ -225,15 +225,13 @@ def price_floor(batch: Batch, p_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray
             surplus = min(float(batch.expected[b]), 0.0) / max(SURPLUS_HORIZON, float(batch.t[b]))
             target = min(label_target(st.cfg, labels + 1) + surplus, 1.0)
             q, p, cost, avail = w.q[:n], w.p[:n], w.cost[:n], w.mask[:n] & up
-            lam = kernels.price_for_target(q, p, cost, avail, target, PRICE_HI)
-            careful = False
-            if labels < st.cfg.caution:
+            lam, careful = math.inf, False
+            if labels < st.cfg.caution:  # a raised target reachable at some price: the plain one is too
                 raised = min(target + caution_allowance(st.cfg.alpha, labels), 1.0)
-                lam_raised = kernels.price_for_target(q, p, cost, avail, raised, PRICE_HI) if np.isfinite(lam) else lam
-                if np.isfinite(lam_raised):
-                    lam = lam_raised
-                else:
-                    careful = True
+                lam = kernels.price_for_target(q, p, cost, avail, raised, PRICE_HI)
+                careful = not np.isfinite(lam)
+            if not np.isfinite(lam):
+                lam = kernels.price_for_target(q, p, cost, avail, target, PRICE_HI)
             seen[id(st)] = (lam * (1 + PRICE_PAST) if np.isfinite(lam) else 0.0, careful)
         floor[b], cautious[b] = seen[id(st)]
     return floor, cautious

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from messplus.service.routing.router import Router
 from messplus.service.routing.tenant import FLIGHT_AGE, FLIGHT_MAX, Flight
 from messplus.service.routing.types import Decision, RouteItem
 
-from .test_router import DIM, make_router
+from .test_router import DIM, router  # noqa: F401 (the fixture)
 
 
 def test_every_answer_counts_until_a_label_shows_the_delay_then_older_ones_are_presumed_lost() -> None:
@@ -46,13 +44,6 @@ def test_at_most_flight_max_answers_are_remembered() -> None:
     for t in range(FLIGHT_MAX + 10):
         f.add(f"r{t}", t, 0)
     assert f.expire(FLIGHT_MAX + 10).tolist() == [FLIGHT_MAX, 0] and len(f.live) == FLIGHT_MAX
-
-
-@pytest.fixture
-def router(tmp_path: Path) -> Router:
-    r = make_router(tmp_path / "state.sqlite3")
-    yield r
-    r.store.close()
 
 
 def decide(router: Router) -> Decision:
