@@ -15,6 +15,11 @@ cd "$(dirname "$0")/.."
 extra="${1:-dev}"
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: messplus needs Python 3.11 or newer (it reads its TOML configuration with tomllib); $python is" \
+      "$("$python" --version 2>&1 || echo missing). Name another: PYTHON=python3.11 make serve" >&2
+    exit 1
+  fi
   echo "setup: creating .venv with $($python --version)"
   "$python" -m venv .venv
 fi

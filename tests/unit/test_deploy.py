@@ -272,3 +272,28 @@ def test_readme_postgresql_state_example_is_valid_and_keeps_the_password_out_of_
     assert cfg.state.backend == "postgres" and cfg.state.db_password() == "example"
     url = urlsplit(cfg.state.url)
     assert url.username == "messplus" and url.password is None and "sslmode=verify-full" in url.query
+
+
+# -- the Python the project needs ------------------------------------------------------------------------------
+def test_the_python_floor_agrees_between_pyproject_readme_and_the_image() -> None:
+    """config.py reads TOML with the standard library's tomllib (3.11+): pyproject, the README and the image say so."""
+    floor = re.search(r'requires-python = ">=(3\.\d+)"', (ROOT / "pyproject.toml").read_text()).group(1)  # type: ignore[union-attr]
+    assert floor == "3.11"
+    assert f"Python {floor}+" in (ROOT / "README.md").read_text()
+    bases = [rest.split()[0] for word, rest in dockerfile() if word == "FROM"]
+    assert all(b.startswith(f"python:{floor}") for b in bases)
+
+
+def test_setup_refuses_an_older_python_naming_the_fix(tmp_path: Path) -> None:
+    """scripts/setup.sh stops before creating .venv with a Python older than 3.11, and says how to name another."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "setup.sh").write_bytes((ROOT / "scripts" / "setup.sh").read_bytes())
+    old = tmp_path / "python3.10"  # answers like an old interpreter: a version line, and exit 1 to the version test
+    old.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "Python 3.10.12"; exit 0; fi\nexit 1\n')
+    old.chmod(0o755)
+    done = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh"), "demo"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHON": str(old)})
+    assert done.returncode == 1
+    assert "needs Python 3.11 or newer" in done.stderr and "Python 3.10.12" in done.stderr
+    assert "PYTHON=python3.11 make serve" in done.stderr
+    assert not (tmp_path / ".venv").exists()
