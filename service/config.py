@@ -19,13 +19,18 @@ Sections and keys (all optional; the embedded default is the demo zoo on a local
 
 Environment: `MESSPLUS_<SECTION>_<KEY>` overrides a scalar key, e.g. MESSPLUS_SERVER_LISTEN=0.0.0.0:50051,
 MESSPLUS_TRITON_URL=triton:8001, MESSPLUS_STATE_DIR=/var/lib/messplus. A bad value fails at start-up with a
-ConfigError that names the key.
+ConfigError that names the key. Not overrides: MESSPLUS_CONFIG (the file) and MESSPLUS_TOKEN (`messplus status`'s
+bearer token); the service links Kubernetes injects for a Service whose name starts with "messplus"
+(MESSPLUS_SERVICE_HOST, MESSPLUS_PORT_50051_TCP_ADDR, ...) are ignored with one warning. Any other unknown
+MESSPLUS_ variable stops start-up with its name (a misspelt override must not pass unnoticed).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -36,6 +41,13 @@ from . import checks
 from .errors import ConfigError
 
 ENV_PREFIX = "MESSPLUS_"
+# MESSPLUS_ variables that are not config overrides: the file's path, and `messplus status`'s bearer token
+ENV_NOT_CONFIG = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "TOKEN"})
+# what Kubernetes injects into every pod for each Service of its namespace (enableServiceLinks, on by default):
+# a Service named "messplus" (or "messplus-metrics") gives MESSPLUS_SERVICE_HOST, MESSPLUS_PORT_50051_TCP_ADDR, ...
+K8S_SERVICE_LINK = re.compile(r"MESSPLUS(?:_[A-Z0-9_]+?)?_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+                              r"|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)")
+log = logging.getLogger("messplus.config")
 ROUTE_ONLY = "none"  # triton.url of a router without Triton
 
 
@@ -263,16 +275,23 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any
     sections = {"server": ServerConfig, "security": SecurityConfig, "state": StateConfig, "predictor": PredictorConfig,
                 "triton": TritonConfig, "routing": RoutingConfig, "zoo": ZooConfig}
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    links = []
     for var, value in env.items():
-        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_CONFIG:
             continue
         rest = var[len(ENV_PREFIX):].lower()
         section, _, key = rest.partition("_")
         if section not in sections or key not in {f.name for f in fields(sections[section])}:
+            if K8S_SERVICE_LINK.fullmatch(var):  # not ours: a pod must still start beside a Service named messplus
+                links.append(var)
+                continue
             raise ConfigError(var, "unknown environment override (form: MESSPLUS_<SECTION>_<KEY>)")
         if key == "models":
             raise ConfigError(var, "zoo models are configured in the TOML file only")
         out.setdefault(section, {})[key] = value
+    if links:
+        log.warning("ignoring %s: Kubernetes service links, not config overrides (a pod spec with "
+                    "enableServiceLinks: false has none)", ", ".join(sorted(links)))
     return out
 
 

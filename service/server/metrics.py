@@ -8,7 +8,7 @@ Per tenant (read from the router at scrape time, so they are never stale):
 Per model: messplus_model_selections_total{tenant,model} (answers served), messplus_model_invocations_total,
   messplus_model_available, messplus_triton_request_duration_seconds, messplus_triton_errors_total{kind},
   messplus_triton_streams_open,
-  calibration: messplus_label_predicted_sum / messplus_label_observed_sum / messplus_labels_total (the mean
+  calibration: messplus_label_predicted_total / messplus_label_observed_total / messplus_labels_total (the mean
   predicted satisfaction of labelled answers against the mean observed one).
 Triton: messplus_triton_up (1 when the last poll reached it), messplus_triton_problem{reason} (1 for the reason
   it cannot serve now, 0 for the others: refused, dns, timeout, unreachable, not_ready; the log has the text).

@@ -59,6 +59,25 @@ def test_environment_overrides_a_key(tmp_path: Path) -> None:
     assert cfg.server.listen == "0.0.0.0:7000" and cfg.predictor.threads == 2
 
 
+# what Kubernetes puts in every pod's environment for a Service named "messplus" and one named "messplus-metrics"
+# (enableServiceLinks, on by default): a router beside them must start
+K8S_LINKS = {"MESSPLUS_SERVICE_HOST": "10.0.0.7", "MESSPLUS_SERVICE_PORT": "50051",
+             "MESSPLUS_SERVICE_PORT_GRPC": "50051", "MESSPLUS_PORT": "tcp://10.0.0.7:50051",
+             "MESSPLUS_PORT_50051_TCP": "tcp://10.0.0.7:50051", "MESSPLUS_PORT_50051_TCP_PROTO": "tcp",
+             "MESSPLUS_PORT_50051_TCP_PORT": "50051", "MESSPLUS_PORT_50051_TCP_ADDR": "10.0.0.7",
+             "MESSPLUS_METRICS_SERVICE_HOST": "10.0.0.8", "MESSPLUS_METRICS_PORT_9464_TCP_ADDR": "10.0.0.8"}
+
+
+def test_kubernetes_service_links_and_the_status_token_are_not_overrides(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    env = {**K8S_LINKS, "MESSPLUS_TOKEN": "s3cret", "MESSPLUS_SERVER_LISTEN": "0.0.0.0:7000"}
+    with caplog.at_level("WARNING", logger="messplus.config"):
+        cfg = config.load(write(tmp_path, GOOD), env=env)
+    assert cfg.server.listen == "0.0.0.0:7000"  # the real override still applies
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "messplus.config"]
+    assert "MESSPLUS_SERVICE_HOST" in line and "enableServiceLinks: false" in line and "TOKEN" not in line
+
+
 @pytest.mark.parametrize(("text", "env", "key"), [
     (GOOD.replace("alpha = 0.75", "alpha = 1.5"), {}, "tenants[0].alpha"),
     (GOOD.replace("V = 2.0", "V = -1"), {}, "tenants[0].V"),
@@ -74,6 +93,8 @@ def test_environment_overrides_a_key(tmp_path: Path) -> None:
     (GOOD + "\n[bogus]\nx = 1\n", {}, "bogus"),
     (GOOD.replace("[server]", "[server]\nlisten_port = 1"), {}, "server.listen_port"),
     (GOOD, {"MESSPLUS_SERVER_NOPE": "1"}, "MESSPLUS_SERVER_NOPE"),
+    (GOOD, {**K8S_LINKS, "MESSPLUS_TRITON_URLL": "x"}, "MESSPLUS_TRITON_URLL"),  # a typo is still refused
+    (GOOD, {"MESSPLUS_TOKENS": "x"}, "MESSPLUS_TOKENS"),
     (GOOD, {"MESSPLUS_PREDICTOR_THREADS": "two"}, "predictor.threads"),
     (GOOD.replace("alpha = 0.75", 'alpha = "high"'), {}, "tenants[0].alpha"),
     ("this is not toml = = =", {}, "config"),

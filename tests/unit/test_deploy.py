@@ -297,3 +297,18 @@ def test_setup_refuses_an_older_python_naming_the_fix(tmp_path: Path) -> None:
     assert "needs Python 3.11 or newer" in done.stderr and "Python 3.10.12" in done.stderr
     assert "PYTHON=python3.11 make serve" in done.stderr
     assert not (tmp_path / ".venv").exists()
+
+
+def test_the_pod_takes_no_service_links_and_would_start_with_them() -> None:
+    """Kubernetes injects MESSPLUS_SERVICE_HOST, MESSPLUS_PORT_50051_TCP... for the manifest's Service `messplus`
+    unless the pod spec says enableServiceLinks: false; the config loader ignores them even so."""
+    pod = manifest()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+    (service,) = [doc for kind, doc in manifest().items() if kind == "Service"]
+    name, port = service["metadata"]["name"], service["spec"]["ports"][0]["port"]
+    prefix = name.upper().replace("-", "_")
+    links = {f"{prefix}_SERVICE_HOST": "10.0.0.7", f"{prefix}_SERVICE_PORT": str(port),
+             f"{prefix}_PORT": f"tcp://10.0.0.7:{port}", f"{prefix}_PORT_{port}_TCP_ADDR": "10.0.0.7"}
+    image_env = {**docker_env(), **container_env()}
+    cfg = config_mod.from_mapping(tomllib.loads(configmap_toml()), env={**image_env, **links})
+    assert cfg.server.listen == image_env["MESSPLUS_SERVER_LISTEN"] and cfg.state.backend == "postgres"
