@@ -379,7 +379,7 @@ def per_source_limits(emb_cache: Path) -> str:
         tokens = np.array([input_tokens(t.prompts[r]) for r in test])
         # the replay router's own estimate for each prompt: the trace's price list and the prompt's length
         driver = R.InProcess(t, R.TenantOverrides().tenant(0.7, 0), emb.shape[1])
-        cost_dec = driver.router.request_costs(tokens)
+        cost_dec = driver.router.pricing.request_costs(tokens)
         driver.close()  # its in-memory store is not needed past the price list
         lab_test = np.nan_to_num(t.labels[test], nan=0.0)
         src = np.array(t.sources)

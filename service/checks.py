@@ -84,7 +84,8 @@ def _validate_security(sec: SecurityConfig) -> None:
         path = getattr(sec, key)
         _check(not path or Path(path).expanduser().is_file(), f"security.{key}", f"file not found: {path}")
     _check(sec.rate_limit_rps >= 0, "security.rate_limit_rps", "must be >= 0")
-    _check(sec.rate_limit_burst >= 0, "security.rate_limit_burst", "must be >= 0")
+    _check(sec.rate_limit_burst == 0 or sec.rate_limit_burst >= 1, "security.rate_limit_burst",
+           "must be 0 (max(1, rate_limit_rps)) or at least 1: a bucket smaller than one request never admits one")
 
 
 def _validate_models(cfg: Config) -> None:

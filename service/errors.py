@@ -24,6 +24,17 @@ gRPC, so the router and the state store can raise these without depending on the
 from __future__ import annotations
 
 
+SHOWN_MAX = 80
+
+
+def shown(value: str) -> str:
+    """A caller's value quoted in an error message, cut to SHOWN_MAX characters: a message repeating a
+    20,000-character tenant would overflow gRPC's metadata limit and reach the caller as RESOURCE_EXHAUSTED."""
+    if len(value) <= SHOWN_MAX:
+        return repr(value)
+    return f"{value[:SHOWN_MAX]!r}... ({len(value)} characters)"
+
+
 class MessplusError(Exception):
     """A per-request error with a message the caller can act on."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, shown
 from .types import Pending
 
 
@@ -21,7 +21,7 @@ def validated_labels(index: Mapping[str, int], pending: Pending, satisfaction: f
         fld = f"labels[{i}]"
         k = index.get(model)
         if k is None:
-            raise InvalidArgument(f"{fld}.model", f"unknown model {model!r} (zoo: {', '.join(index)})")
+            raise InvalidArgument(f"{fld}.model", f"unknown model {shown(model)} (zoo: {', '.join(index)})")
         if k not in pending.invoked:
             raise InvalidArgument(f"{fld}.model", f"model {model!r} was not invoked for this request")
         check_satisfaction(f"{fld}.satisfaction", s)

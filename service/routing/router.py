@@ -21,14 +21,14 @@ from dataclasses import replace
 import numpy as np
 
 from ..config import ModelConfig, TenantConfig
-from ..errors import InvalidArgument, NoModelAvailable, NotFound
+from ..errors import InvalidArgument, NoModelAvailable, NotFound, shown
 from ..state.base import FeedbackCommit, LabelEvent, RequestRow, Store, TenantRow, then
 from .feedback import validated_labels
 from .heads import Heads
 from .learner import Learner
 from .policy import Batch, Plan, Policy
 from .pricing import Pricing
-from .tenant import Flight, TenantState, expected_pending, label_target, queue_step
+from .tenant import Counted, Flight, TenantState, expected_pending, label_target, queue_step
 from .types import Decision, FeedbackResult, Pending, RouteItem, Routed
 
 log = logging.getLogger("messplus.router")
@@ -50,13 +50,14 @@ class Router:
         self.available = np.ones(len(self.models), dtype=np.bool_)
         self.tenants = {t.name: TenantState(cfg=self.policy.tenant(t), index=i) for i, t in enumerate(tenants)}
         self._cache: OrderedDict[str, Pending] = OrderedDict()
+        self._reserved: set[str] = set()  # caller-chosen ids of requests being routed, not yet recorded
         self._cache_size = cache_size
         self.learner = Learner(heads, self.models, store, self.policy, snapshot_every)
         self._counted: set[int] = set()  # (shared store) own labels counted at commit, not yet seen in the log
         self.lock = threading.Lock()  # guards tenant counters shared by the event loop and the writer thread
         self._load()
-        if store.shared:
-            store.subscribe(self.apply_log, self.heads.last_seq, self._shared_counts)
+        if store.shared:  # from the older of the two marks: labels committed between them are learned, not counted
+            store.subscribe(self.apply_log, min(self.heads.last_seq, self._counted_through), self._shared_counts)
 
     # -- start-up ----------------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -90,26 +91,8 @@ class Router:
     # -- costs and availability ----------------------------------------------------------------------------------
     @property
     def cost_raw(self) -> np.ndarray:
-        """Each model's cost estimate for a typical request, in the zoo's unit."""
+        """Each model's cost estimate for a typical request, in the zoo's unit (the rest of the costs: pricing)."""
         return self.pricing.cost_raw
-
-    @property
-    def typical_tokens(self) -> float:
-        return self.pricing.typical_tokens
-
-    @property
-    def cost_fixed(self) -> np.ndarray:
-        """Each model's per-call cost estimate (its price per request, plus its output tokens as learned)."""
-        return self.pricing.cost_fixed
-
-    @property
-    def cost_input(self) -> np.ndarray:
-        """Each model's price per input token."""
-        return self.pricing.cost_input
-
-    def request_costs(self, tokens: np.ndarray) -> np.ndarray:
-        """[B, K] cost estimates, in the zoo's unit, of requests with these input tokens ([B])."""
-        return self.pricing.request_costs(tokens)
 
     def cost_scale(self) -> float:
         """The unit of normalised costs (the policy's; messplus: the dearest model's typical cost)."""
@@ -118,9 +101,6 @@ class Router:
     def costs(self) -> np.ndarray:
         """Normalised cost estimates of a typical request (messplus: the most expensive model costs 1)."""
         return self.pricing.cost_raw / self.cost_scale()
-
-    def observe_cost(self, model: int, cost_raw: float, tokens: float = 0.0) -> None:
-        self.pricing.observe_cost(model, cost_raw, tokens)
 
     def charge(self, model: int, tokens: float, output: str) -> tuple[float, float]:
         """Price one finished call of `model` (input `tokens`, answer `output`) by the price list, learn from
@@ -141,7 +121,7 @@ class Router:
             raise InvalidArgument("tenant", "must not be empty")
         st = self.tenants.get(name)
         if st is None:
-            raise InvalidArgument("tenant", f"unknown tenant {name!r} (configured: {', '.join(self.tenants)})")
+            raise InvalidArgument("tenant", f"unknown tenant {shown(name)} (configured: {', '.join(self.tenants)})")
         return st
 
     def mask(self, item: RouteItem) -> np.ndarray:
@@ -150,7 +130,7 @@ class Router:
         for fld, names in (("allowed", item.allowed), ("excluded", item.excluded)):
             for n in names:
                 if n not in self.index:
-                    raise InvalidArgument(fld, f"unknown model {n!r} (zoo: {', '.join(self.names)})")
+                    raise InvalidArgument(fld, f"unknown model {shown(n)} (zoo: {', '.join(self.names)})")
         if item.allowed:
             allowed = np.zeros_like(mask)
             allowed[[self.index[n] for n in item.allowed]] = True
@@ -224,36 +204,55 @@ class Router:
                          invoked=tuple(self.names[k] for k in invoked), exploration=d.exploration, cost=cost,
                          cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes(), explore_cost_raw=extra,
                          p_served=p_served, target=target)
-        fut = self.store.insert_request(row)  # first: a store that cannot take it refuses the request here
-        fut.add_done_callback(_log_failure)
-        self._remember(d.request_id, Pending(d.tenant, served, invoked, emb, p_served, target, d.exploration))
+        try:
+            fut = self.store.insert_request(row)  # first: a store that cannot take it refuses the request here
+        finally:
+            self.release(d.request_id)
+        pending = Pending(d.tenant, served, invoked, emb, p_served, target, d.exploration)
+        counted = Counted(target - p_served, cost, cost_raw, int(d.exploration), extra, served, tuple(invoked))
         with self.lock:
-            st.pending_sum += target - p_served
-            st.pending_n += 1
-            st.requests += 1
-            st.cost_sum += cost
-            st.cost_raw_sum += cost_raw
-            st.explore_steps += int(d.exploration)
-            st.explore_cost_raw += extra
-            st.served[served] += 1
-            st.invoked[list(invoked)] += 1
+            self._remember(d.request_id, pending)
+            counted.add(st)
             st.awaiting[extras] = True
             _flight(st, len(self.models)).add(d.request_id, d.t, served)
+        fut.add_done_callback(lambda f: self._stored(f, d.request_id, pending, st, counted))
         return fut
+
+    def _stored(self, fut: Future[None], request_id: str, pending: Pending, st: TenantState, counted: Counted) -> None:
+        """A record the store did not keep (a duplicate id another replica stored first, a failed commit) is
+        forgotten: its Feedback gets NOT_FOUND instead of labelling what the database does not hold."""
+        if (exc := fut.exception()) is None:
+            return
+        log.error("storing request %r failed; it is forgotten, its feedback refused: %s", request_id, exc)
+        with self.lock:
+            if self._cache.get(request_id) is pending:
+                del self._cache[request_id]
+                counted.add(st, -1)
 
     def _remember(self, request_id: str, pending: Pending) -> None:
         self._cache[request_id] = pending
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def known(self, request_id: str) -> bool:
-        """Was this id routed before: in memory (the last cache_size requests), else in the state store (older
-        ones, and those routed before a restart) when only this process writes it."""
-        if request_id in self._cache:
-            return True
+    def reserve(self, request_id: str) -> bool:
+        """Claim a caller's id for a request about to be routed (until `record` or `release`); False when another
+        call holds it or it was routed before: in memory (the last cache_size requests), else in the state store
+        (older ones, and those routed before a restart) when only this process writes it."""
+        with self.lock:
+            if request_id in self._cache or request_id in self._reserved:
+                return False
+            self._reserved.add(request_id)
         # a shared store would cost Route a database round trip: there, an id another replica routed is caught
-        # when its record is written (a duplicate key: that record is not stored, and the error is logged)
-        return not self.store.shared and self.store.request_exists(request_id)
+        # when its record is written (a duplicate key: that record is not stored, and the request is forgotten)
+        if not self.store.shared and self.store.request_exists(request_id):
+            self.release(request_id)
+            return False
+        return True
+
+    def release(self, request_id: str) -> None:
+        """Give back a reserved id whose request was not routed after all (an error, a cancelled call)."""
+        with self.lock:
+            self._reserved.discard(request_id)
 
     # -- feedback ------------------------------------------------------------------------------------------------
     def _pending(self, tenant: str, request_id: str) -> Pending:
@@ -268,7 +267,7 @@ class Router:
                                   tuple(self.index[m] for m in row.invoked if m in self.index), emb, row.p_served,
                                   row.target, row.exploration)
         if pending is None or pending.tenant != tenant:
-            raise NotFound(f"request_id {request_id!r} is not a request of tenant {tenant!r}")
+            raise NotFound(f"request_id {shown(request_id)} is not a request of tenant {tenant!r}")
         return pending
 
     def feedback(self, tenant: str, request_id: str, satisfaction: float | None,
@@ -307,10 +306,9 @@ class Router:
             self.learner.learn(commit.events, own)
 
     def apply_log(self, events: list[LabelEvent]) -> None:
-        """Labels of the shared log, in order, each once: count those another process committed, learn them all."""
+        """Labels of the shared log, in order, each once: count those another process committed, learn them all
+        (the learner skips those the heads have: at start-up the log is read from the tenants' rows' mark)."""
         for ev in events:
-            if ev.seq <= self.heads.last_seq:
-                continue
             if ev.seq in self._counted:
                 self._counted.discard(ev.seq)
             elif ev.seq > self._counted_through:  # the tenants' rows this process loaded did not have it
@@ -385,9 +383,3 @@ def _flight(st: TenantState, K: int) -> Flight:
     if st.flight is None:
         st.flight = Flight(np.zeros(K))
     return st.flight
-
-
-def _log_failure(fut: Future[None]) -> None:
-    if fut.exception() is not None:
-        log.error("storing a routed request failed: %s", fut.exception())
-

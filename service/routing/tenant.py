@@ -131,6 +131,29 @@ class TenantState:
         return self.labelled == 0 or self.satisfaction >= self.cfg.alpha
 
 
+@dataclass(frozen=True)
+class Counted:
+    """What one routed request adds to its tenant's counters (taken back when the store did not keep it)."""
+    gap: float  # its target - p_served, while its label is awaited
+    cost: float
+    cost_raw: float
+    explored: int
+    extra: float  # raw cost of exploration's models beyond the exploit choice
+    served: int
+    invoked: tuple[int, ...]
+
+    def add(self, st: TenantState, sign: int = 1) -> None:
+        st.pending_sum += sign * self.gap
+        st.pending_n += sign
+        st.requests += sign
+        st.cost_sum += sign * self.cost
+        st.cost_raw_sum += sign * self.cost_raw
+        st.explore_steps += sign * self.explored
+        st.explore_cost_raw += sign * self.extra
+        st.served[self.served] += sign
+        st.invoked[list(self.invoked)] += sign
+
+
 def expected_pending(st: TenantState) -> float:
     """The deficit the tenant's routed-but-unlabelled requests are expected to add to the queue, plus
     `confidence` standard errors of that estimate. Zero when every request is labelled.

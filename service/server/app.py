@@ -190,11 +190,11 @@ class App:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.triton.ready_poll_s)
-            try:
-                await self._poll_zoo()
-                await self._poll_state()
-            except Exception:  # noqa: BLE001 - the poller must outlive a bad round
-                log.exception("zoo readiness poll failed")
+            for poll in (self._poll_zoo, self._poll_state):  # a failing one does not starve the other
+                try:
+                    await poll()
+                except Exception:  # noqa: BLE001 - the poller must outlive a bad round
+                    log.exception("%s failed", poll.__name__.strip("_").replace("_", " "))
 
     async def _poll_state(self) -> None:
         """Health `messplus.state` follows the store; one log line on each change, with the reason."""

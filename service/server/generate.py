@@ -37,11 +37,14 @@ class Calls:
     """The Triton calls of one Generate: the served model streamed, the other explored models in parallel."""
 
     def __init__(self, router: Router, zoo: TritonZoo, metrics: Metrics, text: str,
-                 sampling: dict[str, float | int], budget: float) -> None:
+                 sampling: dict[str, float | int], budget: float, *, callers_deadline: bool = False) -> None:
         self.router, self.zoo, self.metrics = router, zoo, metrics
         self.text, self.sampling = text, sampling
         self.tokens = input_tokens(text)  # what every call of this request is charged for its input
         self.deadline = time.monotonic() + budget  # one budget for every call of this request, not one per call
+        self.budget, self.callers_deadline = budget, callers_deadline  # whose limit the budget is
+        self.last: ZooError | None = None  # the served model's (or a fallback's) last failure
+        self.counted: set[int] = set()  # models whose failure is in triton_errors already
         self.invoked: set[int] = set()
         self.latency_ms: dict[int, float] = {}
         self.served = -1
@@ -56,10 +59,17 @@ class Calls:
     def _left(self) -> float:
         left = self.deadline - time.monotonic()
         if left <= 0.005:
-            raise DeadlineTooShort("the call's deadline expired before a model answered")
+            if self.callers_deadline:
+                raise DeadlineTooShort("the call's deadline expired before a model answered")
+            raise NoModelAvailable(f"no model answered within the router's Triton timeout ({self.budget:.3g} s)"
+                                   + (f"; last error: {self.last}" if self.last is not None else ""))
         return left
 
     def _failed(self, k: int, exc: ZooError) -> None:
+        self.last = exc
+        if k in self.counted:  # an explored model's failure, seen by the fallback and again by the answers
+            return
+        self.counted.add(k)
         self.metrics.triton_errors.labels(self.router.names[k], type(exc).__name__).inc()
         if isinstance(exc, ModelUnavailable):
             self.router.set_available(k, False)
@@ -96,14 +106,12 @@ class Calls:
                 task.cancel()
 
     async def _serve(self, order: list[int], others: dict[int, asyncio.Future[str]]) -> AsyncIterator[pb.GenerateReply]:
-        last: ZooError | None = None
         for k in order:
             k = int(k)
             if k in others:  # an explored model answered already: serve its answer whole
                 try:
                     text = await others[k]
                 except ZooError as exc:
-                    last = exc
                     self._failed(k, exc)
                     continue
                 self.served = k
@@ -119,13 +127,12 @@ class Calls:
             except ZooError as exc:
                 if chunks:
                     raise NoModelAvailable(f"model {self.router.names[k]!r} failed mid-answer: {exc}") from exc
-                last = exc
                 self._failed(k, exc)
                 continue
             self.metrics.triton.labels(self.router.names[k]).observe(time.perf_counter() - started)
             self.served = k
             self._charge(k, "".join(chunks))
             return
-        if isinstance(last, TritonUnreachable):  # not the models: Triton itself ("Triton at HOST:PORT unreachable")
-            raise NoModelAvailable(str(last))
-        raise NoModelAvailable(f"every available model failed; last error: {last}")
+        if isinstance(self.last, TritonUnreachable):  # not the models: Triton itself ("Triton at HOST:PORT unreachable")
+            raise NoModelAvailable(str(self.last))
+        raise NoModelAvailable(f"every available model failed; last error: {self.last}")

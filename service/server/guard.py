@@ -30,10 +30,10 @@ from ..errors import MessplusError, Overloaded
 from ..logs import request_id_var
 from .metrics import Metrics
 from .security import RateLimiter, TokenAuth
-from .status import code_of, wrap_handler
+from .status import SERVICE, code_of, wrap_handler
 
 log = logging.getLogger("messplus.access")
-GUARDED_SERVICE = "/messplus.v1.RoutingService/"
+GUARDED_SERVICE = SERVICE
 
 
 class Scope(enum.Enum):
@@ -129,7 +129,8 @@ class _Call:
         if isinstance(exc, MessplusError):
             self.code = code_of(exc).name
         elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            self.code = "CANCELLED"
+            left = self.context.time_remaining()  # grpcio cancels a call whose deadline passed, too
+            self.code = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
         else:
             self.code = "INTERNAL"
 

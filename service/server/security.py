@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from ..config import SecurityConfig
-from ..errors import ConfigError, Overloaded, PermissionDenied, Unauthenticated
+from ..errors import ConfigError, Overloaded, PermissionDenied, Unauthenticated, shown
 
 ANY_TENANT = "*"
 
@@ -96,7 +96,7 @@ class TokenAuth:
     @staticmethod
     def authorize(grant: Grant | None, tenant: str) -> None:
         if grant is not None and tenant and not grant.allows(tenant):
-            raise PermissionDenied(f"tenant: this token may not act for tenant {tenant!r}")
+            raise PermissionDenied(f"tenant: this token may not act for tenant {shown(tenant)}")
 
 
 class RateLimiter:

@@ -27,7 +27,7 @@ from .batcher import MicroBatcher
 from .generate import Calls, sampling_parameters
 from .metrics import Metrics
 
-_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 REQUEST_FIELDS = {"allowed": "overrides.allowed_models", "excluded": "overrides.excluded_models"}
 
 
@@ -62,10 +62,8 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router, te
     """The request as the router takes it; `triton_problem` is why Triton cannot serve now ("" if it can), the
     error's text when no model at all is available."""
     rid = request.request_id
-    if rid and not _REQUEST_ID.match(rid):
+    if rid and not _REQUEST_ID.fullmatch(rid):
         raise InvalidArgument("request_id", "must be 1-128 printable ASCII characters without spaces")
-    if rid and router.known(rid):
-        raise AlreadyExists(f"request_id {rid!r} was already routed; use a new id per request")
     ov = request.overrides
     if ov.exploration not in (pb.EXPLORATION_MODE_DEFAULT, pb.EXPLORATION_MODE_NEVER, pb.EXPLORATION_MODE_ALWAYS):
         raise InvalidArgument("overrides.exploration", f"unknown value {ov.exploration}")
@@ -85,6 +83,9 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router, te
             raise NoModelAvailable(triton_problem or "no zoo model is ready on Triton now")
         raise NoModelAvailable("no zoo model is available for this request after the overrides "
                                f"(available now: {', '.join(router.available_names())})")
+    if rid and not router.reserve(rid):  # last: a refused request holds no id; the caller releases it on error
+        raise AlreadyExists(f"request_id {rid!r} was already routed, or is being routed by another call; "
+                            "use a new id per request")
     return item
 
 
@@ -132,13 +133,17 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         try:
             return text, await self.batcher.submit((text, item))
         except NoModelAvailable:  # every model went away while the request waited for its batch
+            self.router.release(item.request_id)
             if self.router.available.any() or not self.triton_problem():
                 raise
             raise NoModelAvailable(self.triton_problem()) from None
+        except BaseException:  # cancelled, or the batch failed: nothing was routed under this id
+            self.router.release(item.request_id)
+            raise
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteReply:
         _, routed = await self._route(request)
-        self.router.record(routed.decision, routed.embedding)
+        self.router.record(routed.decision, routed.embedding)  # releases the id: it is now a routed request
         self.metrics.routed(routed.decision)
         return route_reply(self.router, routed.decision)
 
@@ -184,13 +189,19 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         if self.zoo is None:
             raise Unsupported("this router runs Route-only (triton.url = \"none\"): call Route, serve the routed "
                               "model yourself, then send Feedback")
+        sampling = sampling_parameters(request.sampling)  # a refused call is not routed: nothing counted
         text, routed = await self._route(request)
         d = routed.decision
-        yield pb.GenerateReply(route=route_reply(self.router, d))
-        budget = remaining(context, self.triton_timeout_s)
-        call = Calls(self.router, self.zoo, self.metrics, text, sampling_parameters(request.sampling), budget)
-        async for reply in call.run(d):
-            yield reply
+        try:
+            yield pb.GenerateReply(route=route_reply(self.router, d))
+            budget = remaining(context, self.triton_timeout_s)
+            call = Calls(self.router, self.zoo, self.metrics, text, sampling, budget,
+                         callers_deadline=budget < self.triton_timeout_s)
+            async for reply in call.run(d):
+                yield reply
+        except BaseException:  # no model answered, or the caller went away: the id may be used again
+            self.router.release(d.request_id)
+            raise
         self.router.record(d, routed.embedding, served=call.served, invoked=tuple(sorted(call.invoked)),
                            cost=call.cost, cost_raw=call.cost_raw)
         self.metrics.routed(d, served=call.served)

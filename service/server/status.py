@@ -35,6 +35,8 @@ STATUS: Mapping[type[MessplusError], grpc.StatusCode] = MappingProxyType({
     DeadlineTooShort: grpc.StatusCode.DEADLINE_EXCEEDED,
 })
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+MESSAGE_MAX = 2000  # characters of a status message; gRPC refuses trailers past its metadata limit
+SERVICE = "/messplus.v1.RoutingService/"  # the methods these interceptors wrap (not health, not reflection)
 
 
 def code_of(exc: MessplusError) -> grpc.StatusCode:
@@ -45,7 +47,10 @@ def code_of(exc: MessplusError) -> grpc.StatusCode:
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The one place where an exception becomes a gRPC status and message."""
     if isinstance(exc, MessplusError):
-        return code_of(exc), exc.message
+        message = exc.message
+        if len(message) > MESSAGE_MAX:
+            message = message[:MESSAGE_MAX] + "... (cut)"
+        return code_of(exc), message
     log.exception("unexpected error while serving a request", exc_info=exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
@@ -54,9 +59,34 @@ Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
+class Undecodable:
+    """What a request whose bytes do not parse as its message becomes (invalid UTF-8 in a string field, a
+    truncated message): the handler answers INVALID_ARGUMENT instead of grpcio's UNKNOWN."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.problem = f"the request's bytes do not parse as its protobuf message ({type(exc).__name__}: {exc})"
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bytes
+            return Undecodable(exc)
+
+    return parse
+
+
+def _undecodable(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        log.warning("refused a request that does not parse: %s", request.problem)
+        raise InvalidArgument("request", request.problem)
+
+
 def _wrap_unary(fn: Unary) -> Unary:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            _undecodable(request)
             return await fn(request, context)
         except grpc.aio.AbortError:
             raise
@@ -70,6 +100,7 @@ def _wrap_unary(fn: Unary) -> Unary:
 def _wrap_stream(fn: Streaming) -> Streaming:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            _undecodable(request)
             async for item in fn(request, context):
                 yield item
             return
@@ -83,7 +114,9 @@ def _wrap_stream(fn: Streaming) -> Streaming:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors raised by handlers to gRPC statuses, so handlers never call `abort` themselves."""
+    """Maps domain errors raised by the RoutingService's handlers to gRPC statuses, so handlers never call
+    `abort` themselves; a request that does not parse gets INVALID_ARGUMENT. Other services (health,
+    reflection) keep their own handlers: grpcio's health Watch is not an async generator."""
 
     async def intercept_service(
         self,
@@ -91,15 +124,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler.request_deserializer:
+        if handler is None or not handler.request_deserializer or not handler_call_details.method.startswith(SERVICE):
             return handler
-        return wrap_handler(handler, _wrap_unary, _wrap_stream)
+        return wrap_handler(handler, _wrap_unary, _wrap_stream, _tolerant(handler.request_deserializer))
 
 
 def wrap_handler(handler: grpc.RpcMethodHandler, unary: Callable[[Unary], Unary],
-                 stream: Callable[[Streaming], Streaming]) -> grpc.RpcMethodHandler:
-    """The same RPC handler with its unary-unary or unary-stream behaviour wrapped (interceptors use it)."""
-    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+                 stream: Callable[[Streaming], Streaming],
+                 deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+    """The same RPC handler with its unary-unary or unary-stream behaviour wrapped (interceptors use it), and
+    its request deserializer replaced where one is given."""
+    kw = {"request_deserializer": deserializer or handler.request_deserializer,
+          "response_serializer": handler.response_serializer}
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
     if handler.unary_stream is not None:

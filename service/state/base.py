@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,11 +187,21 @@ def then(fut: Future[Any], fn: Callable[[Any], Any]) -> Future[Any]:
     out: Future[Any] = Future()
 
     def done(f: Future[Any]) -> None:
-        exc = f.exception()
-        if exc is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(fn(f.result()))
+        if out.cancelled():  # the caller went away (its call cancelled or past its deadline): nobody waits
+            return
+        try:
+            exc = f.exception()
+            if exc is not None:
+                out.set_exception(exc)
+                return
+            try:
+                result = fn(f.result())
+            except Exception as err:  # noqa: BLE001 - the waiter gets it, not the writer thread's log
+                out.set_exception(err)
+                return
+            out.set_result(result)
+        except InvalidStateError:  # cancelled between the check and the set
+            pass
 
     fut.add_done_callback(done)
     return out

@@ -125,8 +125,12 @@ class PostgresStore(sql.SqlReads, Store):
         self._catching_up = threading.Event()
         self._tail_error = ""  # why the tail cannot reach the database ("" while it can)
         # every write transaction takes the log lock first: a batch mixes records (tenant and model-count rows)
-        # and feedback (the log lock, then a tenant row), so replicas locking in different orders deadlocked
-        self._writer = GroupCommit(self._connect, begin=f"BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})",
+        # and feedback (the log lock, then a tenant row), so replicas locking in different orders deadlocked.
+        # READ COMMITTED whatever the server's default_transaction_isolation: each statement then sees what the
+        # replica before it committed under the lock (a repeatable-read snapshot, taken before the lock is
+        # granted, would fail concurrent replicas' writes with serialization errors)
+        self._writer = GroupCommit(self._connect, begin="BEGIN ISOLATION LEVEL READ COMMITTED; "
+                                                        f"SELECT pg_advisory_xact_lock({LOG_LOCK})",
                                    max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
                                    on_rollback=self._rolled_back)
         self._stop = threading.Event()

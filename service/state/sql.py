@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import Conflict
+from ..errors import Conflict, NotFound, shown
 from .base import Expectation, FeedbackCommit, HeadRow, LabelEvent, QueueStep, RequestRow, TenantRow, now
 
 _REQUEST = ("SELECT request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, alpha, embedding, "
@@ -141,12 +141,19 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
     label seqs are handed out in commit order (a reader that saw seq n has seen every seq below it)."""
     if lock_log is not None:
         lock_log(conn)
+    # the router checked its memory; the database decides: a record another replica stored under the same id,
+    # or one whose commit failed, must not take this caller's labels
+    req = conn.execute("SELECT tenant, served_model, exploration, embedding FROM requests WHERE request_id = ?",
+                       (request_id,)).fetchone()
+    if req is None or req[0] != tenant or req[1] != served_model:
+        raise NotFound(f"request_id {shown(request_id)} is not a stored request of tenant {tenant!r}")
+    exploration, embedding = req[2], req[3]
     stored = dict(conn.execute("SELECT model, satisfaction FROM labels WHERE request_id = ?", (request_id,)).fetchall())
     new: dict[str, float] = {}
     for model, s in labels.items():
         if model in stored:
             if abs(stored[model] - s) > 1e-12:
-                raise Conflict(f"request {request_id!r} already has satisfaction {stored[model]} for "
+                raise Conflict(f"request {shown(request_id)} already has satisfaction {stored[model]} for "
                                f"model {model!r}; feedback is write-once")
         else:
             new[model] = s
@@ -157,9 +164,6 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
         conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
                      "WHERE name = ?", (queue, new[served_model], tenant))
     events = []
-    if new:
-        exploration, embedding = conn.execute("SELECT exploration, embedding FROM requests WHERE request_id = ?",
-                                              (request_id,)).fetchone()
     for model, s in new.items():
         served = model == served_model
         (seq,) = conn.execute("INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"

@@ -42,10 +42,26 @@ def test_caller_deadline_bounds_the_triton_call(start_zoo: Callable[..., DemoZoo
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         open_streams = scrape(r.metrics_port)[("messplus_triton_streams_open", ())]
         time.sleep(max(0.0, 0.7 - (time.monotonic() - began)))  # the model would answer only at 1.5 s
-        after = scrape(r.metrics_port)[("messplus_triton_streams_open", ())]
+        metrics = scrape(r.metrics_port)
+        after = metrics[("messplus_triton_streams_open", ())]
     figures.update(deadline_s=0.4, caller_saw_error_after_s=round(failed_s, 3), streams_open_at_0_7_s=after)
     assert failed_s < 0.6
     assert open_streams <= 1 and after == 0, "the Triton stream outlived the caller's deadline"
+    codes = {dict(k[1]).get("code") for k in metrics if k[0] == "messplus_rpc_duration_seconds_count"}
+    assert "DEADLINE_EXCEEDED" in codes and "CANCELLED" not in codes, codes  # the dashboards' code is the caller's
+
+
+def test_the_routers_own_triton_timeout_is_unavailable_not_the_callers_deadline(
+        start_zoo: Callable[..., DemoZoo], router_app: Callable[..., AppThread]) -> None:
+    """No caller deadline: a model slower than triton.timeout_s is the zoo's failure (UNAVAILABLE, retry),
+    and DEADLINE_EXCEEDED stays the answer to a deadline the caller set."""
+    zoo = start_zoo(latency_ms=1500)
+    r = router_app(zoo=zoo, env={"MESSPLUS_TRITON_TIMEOUT_S": "0.4"})
+    with r.channel() as ch, pytest.raises(grpc.RpcError) as err:
+        list(pb_grpc.RoutingServiceStub(ch).Generate(pb.GenerateRequest(tenant="acme", text="slow one")))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert "within the router's Triton timeout (0.4 s)" in err.value.details()
+    assert "did not answer within" in err.value.details()  # the model's own error, for the operator
 
 
 async def open_loop(address: str, rate: float, seconds: float) -> list[tuple[str, float]]:

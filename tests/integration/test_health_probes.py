@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from messplus.service.server.app import LIVENESS, SERVICE_NAME
 from messplus.v1 import routing_pb2 as pb
@@ -34,3 +35,15 @@ def test_triton_down_means_alive_but_not_ready(router_app: Callable[..., AppThre
         pb_grpc.RoutingServiceStub(ch).Route(pb.RouteRequest(tenant="acme", text="hi"), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     app.stop()  # the drain completes with Triton gone (raises what the App raised, if anything)
+
+
+def test_health_watch_streams_the_serving_status(router_app: Callable[..., AppThread]) -> None:
+    """Watch (what gRPC clients' health checking and some load balancers use) streams the status, as Check
+    answers it; the router's error interceptor wraps only its own service's handlers."""
+    app = router_app(triton_url=f"127.0.0.1:{closed_port()}", ready=LIVENESS)
+    with app.channel() as ch:
+        stream = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=10)
+        first = next(stream)
+        stream.cancel()
+    assert first.status == SERVING
+    app.stop()

@@ -20,13 +20,18 @@ INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
 
 @pytest.fixture(scope="module")
-def stub(tmp_path_factory: pytest.TempPathFactory, demo_zoo: DemoZoo,
-         encoder_onnx: Path) -> Iterator[pb_grpc.RoutingServiceStub]:
+def app_channel(tmp_path_factory: pytest.TempPathFactory, demo_zoo: DemoZoo,
+                encoder_onnx: Path) -> Iterator[grpc.Channel]:
     root = tmp_path_factory.mktemp("invalid")
     text = router_toml(root / "state", demo_zoo, encoder_onnx,
                        server={"max_prompt_chars": 5000, "max_message_bytes": 65536})
     with AppThread(root, text) as app, grpc.insecure_channel(app.address) as ch:
-        yield pb_grpc.RoutingServiceStub(ch)
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def stub(app_channel: grpc.Channel) -> pb_grpc.RoutingServiceStub:
+    return pb_grpc.RoutingServiceStub(app_channel)
 
 
 def expect(call: object, request: object, code: grpc.StatusCode, words: str) -> None:
@@ -48,6 +53,13 @@ ROUTE_CASES = [
     (pb.RouteRequest(tenant="acme", chat=pb.Chat(messages=[pb.ChatMessage(role="user")])), INVALID,
      "chat.messages[0].content"),
     (pb.RouteRequest(tenant="acme", text="hi", request_id="has space"), INVALID, "request_id"),
+    (pb.RouteRequest(tenant="acme", text="hi", request_id="ends-in-newline\n"), INVALID, "request_id"),
+    (pb.RouteRequest(tenant="acme", text="hi", request_id="x" * 129), INVALID, "request_id"),
+    # a long value is quoted cut short: repeated whole, the message would overflow gRPC's metadata limit and the
+    # caller would get RESOURCE_EXHAUSTED, which tells it to retry
+    (pb.RouteRequest(tenant="t" * 20000, text="hi"), INVALID, "... (20000 characters) (configured:"),
+    (pb.RouteRequest(tenant="acme", text="hi", overrides=pb.RouteOverrides(allowed_models=["m" * 20000])), INVALID,
+     "... (20000 characters) (zoo:"),
     (pb.RouteRequest(tenant="acme", text="hi", overrides=pb.RouteOverrides(allowed_models=["gpt-9"])), INVALID,
      "overrides.allowed_models: unknown model 'gpt-9'"),
     (pb.RouteRequest(tenant="acme", text="hi", overrides=pb.RouteOverrides(excluded_models=["nope"])), INVALID,
@@ -75,6 +87,18 @@ def test_reused_request_id_is_already_exists(stub: pb_grpc.RoutingServiceStub) -
            grpc.StatusCode.ALREADY_EXISTS, "dup-1")
 
 
+def test_bytes_that_do_not_parse_are_invalid_argument(stub: pb_grpc.RoutingServiceStub,
+                                                     app_channel: grpc.Channel) -> None:
+    """Invalid UTF-8 in a string field (what a client sending a lone surrogate produces) is the caller's error,
+    not grpcio's UNKNOWN."""
+    tenant_field = b"\x12\x02\xff\xfe"  # RouteRequest.tenant (field 2), two bytes that are not UTF-8
+    raw = app_channel.unary_unary("/messplus.v1.RoutingService/Route")  # bytes in, bytes out
+    with pytest.raises(grpc.RpcError) as err:
+        raw(tenant_field, timeout=10)
+    assert err.value.code() == INVALID, err.value.details()
+    assert "do not parse as its protobuf message" in err.value.details()
+
+
 def test_all_models_excluded_is_invalid_argument(stub: pb_grpc.RoutingServiceStub) -> None:
     """Overrides that leave no model can never be served: the request is wrong, not the zoo unavailable."""
     names = [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=5).models]
@@ -92,6 +116,8 @@ def feedback_cases(r: pb.RouteReply) -> list[tuple[pb.FeedbackRequest, grpc.Stat
     rid, other = r.request_id, next(p.model for p in r.predictions if p.model != r.model)
     return [
         (pb.FeedbackRequest(tenant="acme", request_id="no-such-id", satisfaction=1.0), NOT_FOUND, "no-such-id"),
+        (pb.FeedbackRequest(tenant="acme", request_id="r" * 20000, satisfaction=1.0), NOT_FOUND,
+         "... (20000 characters) is not a request"),
         (pb.FeedbackRequest(tenant="beta", request_id=rid, satisfaction=1.0), NOT_FOUND, "tenant 'beta'"),
         (pb.FeedbackRequest(tenant="", request_id=rid, satisfaction=1.0), INVALID, "tenant: must not be empty"),
         (pb.FeedbackRequest(tenant="acme", request_id="", satisfaction=1.0), INVALID, "request_id: must not be empty"),
@@ -130,6 +156,9 @@ def test_bad_sla_status(stub: pb_grpc.RoutingServiceStub, tenant: str, words: st
     expect(stub.SlaStatus, pb.SlaStatusRequest(tenant=tenant), INVALID, words)
 
 
-def test_bad_sampling_parameters(stub: pb_grpc.RoutingServiceStub) -> None:
-    req = pb.GenerateRequest(tenant="acme", text="hi", sampling=pb.SamplingParameters(top_p=1.5))
+def test_bad_sampling_parameters_are_refused_before_anything_is_routed(stub: pb_grpc.RoutingServiceStub) -> None:
+    before = stub.Route(pb.RouteRequest(tenant="beta", text="hi"), timeout=10).tenant_request_index
+    req = pb.GenerateRequest(tenant="beta", text="hi", sampling=pb.SamplingParameters(top_p=1.5))
     expect(stub.Generate, req, INVALID, "sampling.top_p")
+    after = stub.Route(pb.RouteRequest(tenant="beta", text="hi"), timeout=10).tenant_request_index
+    assert after == before + 1, "a refused Generate moved the tenant's request clock"

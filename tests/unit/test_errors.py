@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from messplus.service.errors import (AlreadyExists, Conflict, DeadlineTooShort, 
                                      NoModelAvailable, NotFound, Overloaded, PermissionDenied, StorageUnavailable,
                                      Unauthenticated)
 from messplus.service.server.status import INTERNAL_MESSAGE, STATUS, ErrorInterceptor, code_of, status_of
+from messplus.service.state.base import then
 
 S = grpc.StatusCode
 WIRE = [  # the statuses of the wire, as they were when each error carried its own code
@@ -111,3 +113,17 @@ def test_the_interceptor_aborts_unary_and_streaming_calls_with_the_mapped_status
     with pytest.raises(Aborted) as err:
         asyncio.run(drain(wrapped.unary_stream(None, Context()), seen))
     assert seen == [1] and (err.value.code, err.value.details) == (code, message)
+
+
+def test_a_result_nobody_waits_for_any_more_is_dropped_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A Feedback whose caller went away (cancelled, or past its deadline) still commits; its reply is dropped
+    without an error in the log ('exception calling callback')."""
+    source: Future[int] = Future()
+    out = then(source, lambda x: x + 1)
+    assert out.cancel()
+    with caplog.at_level(logging.ERROR):
+        source.set_result(1)
+    assert not caplog.records, caplog.text
+    failing = then(done := Future(), lambda x: 1 / x)  # a failing fn reaches the waiter, not the writer's log
+    done.set_result(0)
+    assert isinstance(failing.exception(timeout=1), ZeroDivisionError)

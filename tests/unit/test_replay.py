@@ -114,9 +114,9 @@ def test_the_router_is_given_the_price_list_unless_flat_costs(tiny, emb) -> None
     priced = InProcess(tiny, TenantConfig(name="t", alpha=0.7), emb.shape[1])
     flat = InProcess(tiny, TenantConfig(name="t", alpha=0.7), emb.shape[1], flat_costs=True)
     per_request, per_token = tiny.price_list()
-    np.testing.assert_allclose(priced.router.cost_input, per_token)
-    np.testing.assert_allclose(flat.router.cost_fixed, tiny.mean_cost)
-    assert not flat.router.cost_input.any()
+    np.testing.assert_allclose(priced.router.pricing.cost_input, per_token)
+    np.testing.assert_allclose(flat.router.pricing.cost_fixed, tiny.mean_cost)
+    assert not flat.router.pricing.cost_input.any()
     for d in (priced, flat):
         d.close()
 

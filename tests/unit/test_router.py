@@ -173,7 +173,7 @@ def test_exploration_adds_the_runner_up_with_each_model_at_its_plausible_best(ro
     p = np.array([[0.5, 0.5, 0.5]])
     (d,) = router.decide([item], p, np.array([[0.1, 2.0, 3.0]]))  # choice: cheap (queue 0)
     assert isinstance(d, Decision) and d.invoked == (0, 1)  # big is as plausible, but 10x; mid is the next dearer
-    router.cost_fixed[2] = 2.0  # now big is within 2x, and cheaper than mid
+    router.pricing.cost_fixed[2] = 2.0  # now big is within 2x, and cheaper than mid
     (d,) = router.decide([item], p, np.array([[0.1, 2.0, 3.0]]))
     assert isinstance(d, Decision) and d.invoked == (0, 2)
 
@@ -193,7 +193,7 @@ def test_a_model_whose_exploration_label_is_in_flight_yields_to_the_next(router:
     item = RouteItem(tenant="acme", exploration=EXPLORE_ALWAYS)
     st = router.tenants["acme"]
     st.queue = 5.0
-    router.cost_fixed[2] = 3.5  # big now costs about what mid does; both are unknown
+    router.pricing.cost_fixed[2] = 3.5  # big now costs about what mid does; both are unknown
     p, var = np.array([[0.9, 0.5, 0.5]]), np.array([[0.01, 3.0, 3.0]])
     (d,) = router.decide([item], p, var)
     assert isinstance(d, Decision) and d.invoked == (0, 1)  # as plausible as big, and cheaper
@@ -279,7 +279,7 @@ PRICED = (ModelConfig(name="per-call", triton_model="per-call", cost_per_request
 def test_a_request_is_priced_by_its_input_tokens(tmp_path: Path) -> None:
     tenant = TenantConfig(name="acme", alpha=0.8, c=0.0)
     router = Router(PRICED, (tenant,), Heads([m.name for m in PRICED], DIM), Store(":memory:", inline=True))
-    assert router.typical_tokens == TYPICAL_TOKENS_PRIOR and router.cost_raw[1] == pytest.approx(2.56)
+    assert router.pricing.typical_tokens == TYPICAL_TOKENS_PRIOR and router.cost_raw[1] == pytest.approx(2.56)
     p = np.array([[0.5, 0.5]])
     short, long = input_tokens("x" * 40), input_tokens("x" * 4000)  # 10 and 1000 tokens
     (d,) = router.decide([RouteItem(tenant="acme", input_tokens=short)], p, np.zeros_like(p))
@@ -289,11 +289,11 @@ def test_a_request_is_priced_by_its_input_tokens(tmp_path: Path) -> None:
     assert router.names[d.served] == "per-call" and d.model_costs[1] == pytest.approx(10.0)
     # the typical request moved towards what was routed: its costs are what ListModels reports
     after_short = TYPICAL_TOKENS_PRIOR + 0.01 * (10 - TYPICAL_TOKENS_PRIOR)
-    assert router.typical_tokens == pytest.approx(after_short + 0.01 * (1000 - after_short))
-    np.testing.assert_allclose(router.cost_raw, [1.0, 0.01 * router.typical_tokens])
+    assert router.pricing.typical_tokens == pytest.approx(after_short + 0.01 * (1000 - after_short))
+    np.testing.assert_allclose(router.cost_raw, [1.0, 0.01 * router.pricing.typical_tokens])
     # an observed call teaches the per-call part (here its output), net of the known input price
-    router.observe_cost(1, 0.1 + 0.5, short)
-    assert router.cost_fixed[1] == pytest.approx(0.05 * 0.5)
+    router.pricing.observe_cost(1, 0.1 + 0.5, short)
+    assert router.pricing.cost_fixed[1] == pytest.approx(0.05 * 0.5)
 
 
 def test_labels_for_models_not_invoked_are_refused(router: Router) -> None:
@@ -415,8 +415,8 @@ def test_a_request_id_is_known_after_the_memory_cache_forgets_it_and_after_a_res
     first = route(r, request_id="caller-1")
     for i in range(3):
         route(r, request_id=f"later-{i}")
-    assert "caller-1" not in r._cache and r.known("caller-1") and not r.known("never")
+    assert "caller-1" not in r._cache and not r.reserve("caller-1") and r.reserve("never")
     r.store.close()
     r2 = make_router(path)
-    assert r2.known(first.request_id) and r2.known("later-2") and not r2.known("never")
+    assert not r2.reserve(first.request_id) and not r2.reserve("later-2") and r2.reserve("never")
     r2.store.close()

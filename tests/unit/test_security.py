@@ -65,6 +65,8 @@ def test_security_config_is_checked_at_start_up(tmp_path: Path) -> None:
         config.from_mapping({"security": {"tokens_file": str(tmp_path / "missing")}}, env={})
     with pytest.raises(ConfigError, match="server.log_format"):
         config.from_mapping({"server": {"log_format": "xml"}}, env={})
+    with pytest.raises(ConfigError, match="rate_limit_burst.*: must be 0"):  # it could never admit one
+        config.from_mapping({"security": {"rate_limit_rps": 5, "rate_limit_burst": 0.5}}, env={})
     env = {"MESSPLUS_SECURITY_TOKENS": f"{A}=acme", "MESSPLUS_SECURITY_RATE_LIMIT_RPS": "5"}
     cfg = config.from_mapping({}, env=env)
     assert cfg.security.tokens == f"{A}=acme" and cfg.security.rate_limit_rps == 5.0
