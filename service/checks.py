@@ -67,10 +67,16 @@ def _validate_state(st: StateConfig) -> None:
     if st.backend == "postgres":
         _check(st.url.startswith(("postgresql://", "postgres://")), "state.url",
                "postgres needs a URL like postgresql://USER@HOST:5432/DB")
-    _check(urlsplit(st.url).password is None, "state.url",
+    try:
+        password = urlsplit(st.url).password
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError("state.url", f"not a URL: {exc}") from None
+    _check(password is None, "state.url",
            "must not hold the password: use state.password_file or $MESSPLUS_STATE_PASSWORD")
     _check(not st.password_file or Path(st.password_file).expanduser().is_file(), "state.password_file",
            f"file not found: {st.password_file}")
+    _check(not st.password_file or bool(st.db_password()), "state.password_file",
+           f"the file's first line is empty: {st.password_file}")
     _check(st.buffer_records >= 1, "state.buffer_records", "must be >= 1")
     _check(st.retention_days > 0, "state.retention_days", "must be > 0")
     _check(st.poll_s > 0, "state.poll_s", "must be > 0")

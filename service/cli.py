@@ -33,9 +33,11 @@ def _export(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from . import config
     from .routing.registry import get_policy
+    from .server.security import load_tokens
 
     cfg = config.load(args.config)
     get_policy(cfg.routing.policy)
+    load_tokens(cfg.security)  # what serve reads once Triton is up: a bad token entry is found here, not there
     print(f"ok: {len(cfg.zoo.models) or 'demo'} models, {len(cfg.tenants) or 'default'} tenants, "
           f"listen {cfg.server.listen}")
     return 0
@@ -82,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, RuntimeError) as exc:  # start-up failures (Triton, ports, files): one clear line, no trace
         print(f"messplus: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a bad trace, flag or file content (TraceError is one): its message, no trace
+        logging.getLogger("messplus").debug("invalid input", exc_info=exc)
+        print(f"messplus: invalid input: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -95,7 +95,8 @@ class StateConfig:
     def db_password(self) -> str:
         """The database password: the file's first line, else `password` (the environment)."""
         if self.password_file:
-            return Path(self.password_file).expanduser().read_text(encoding="utf-8").splitlines()[0].strip()
+            lines = Path(self.password_file).expanduser().read_text(encoding="utf-8").splitlines()
+            return lines[0].strip() if lines else ""
         return self.password
 
 
@@ -315,6 +316,8 @@ def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     for key in merged:
         if key not in known:
             raise ConfigError(key, f"unknown section (known: {', '.join(sorted(known))})")
+    if not isinstance(merged.get("zoo", {}), Mapping):
+        raise ConfigError("zoo", f"expected a table, got {type(merged['zoo']).__name__}")
     zoo_raw = dict(merged.get("zoo", {}))
     models = _models(zoo_raw.pop("models", []))
     cfg = Config(

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import sys
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -214,9 +215,9 @@ def _text_key(text: str) -> bytes:
 
 def _read_cache(path: Path, dim: int) -> dict[bytes, np.ndarray]:
     try:
-        with np.load(path) as z:
+        with open(path, "rb") as fh, np.load(fh) as z:  # the file closes even when its zip does not parse
             keys, emb = z["keys"], z["emb"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a file cut short, too
         if path.exists():
             log.warning("ignoring unreadable embedding cache %s: %s", path, exc)
         return {}

@@ -6,8 +6,9 @@ so it depends on nothing but the standard library, NumPy and `triton_python_back
 
 I/O follows the Triton vLLM backend: `text_input` (BYTES [1]), optional `stream` (BOOL [1]) and
 `sampling_parameters` (BYTES [1], a JSON object), output `text_output` (BYTES [-1]); the model is decoupled.
-With `stream` true the answer comes as 2-4 delta chunks whose concatenation is the full answer; otherwise as
-one response. The last response carries the FINAL flag. The answer names the recorded outcome:
+With `stream` true the answer comes as up to 3 delta chunks (fewer for a short answer) whose concatenation is
+the full answer; otherwise as one response. The last response carries the FINAL flag. The answer names the
+recorded outcome:
 
     [replay of <trace model> on <prompt_id>] recorded outcome: correct | incorrect | unlabelled
 

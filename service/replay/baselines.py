@@ -76,6 +76,7 @@ def min_cost_assignment(cost: np.ndarray, acc: np.ndarray, alpha: float,
     c = np.where(avail, cost, np.inf)
     a = np.where(avail, acc, 0.0)
     target = alpha * N
+    enough = target - 1e-9 * max(1.0, N)  # alpha * N rounds up at times (0.14 * 50 = 7.000000000000001)
 
     def at(lam: float) -> np.ndarray:
         return _pick(c - lam * a if lam > 0 else c, a)
@@ -90,14 +91,14 @@ def min_cost_assignment(cost: np.ndarray, acc: np.ndarray, alpha: float,
         return float(a[np.arange(N), choice].sum())
 
     cheapest = at(0.0)
-    if reached(cheapest) >= target:
+    if reached(cheapest) >= enough:
         return done(cheapest, 0.0)
     most = _pick(np.where(avail, -a, np.inf), -c)  # most accurate, ties to the cheaper
-    if reached(most) < target:
+    if reached(most) < enough:
         return done(most, float("inf"), feasible=False)
     lo, hi = 0.0, 1.0
     for _ in range(MAX_BISECT):  # grow hi until the Lagrangian assignment reaches the target
-        if reached(at(hi)) >= target:
+        if reached(at(hi)) >= enough:
             break
         lo, hi = hi, hi * 2.0
     else:
@@ -106,13 +107,13 @@ def min_cost_assignment(cost: np.ndarray, acc: np.ndarray, alpha: float,
         mid = 0.5 * (lo + hi)
         if not lo < mid < hi:
             break
-        if reached(at(mid)) >= target:
+        if reached(at(mid)) >= enough:
             hi = mid
         else:
             lo = mid
     x_lo, x_hi = at(lo), at(hi)
     a_lo, a_hi = reached(x_lo), reached(x_hi)
-    theta = (target - a_lo) / (a_hi - a_lo)
+    theta = min(max((target - a_lo) / (a_hi - a_lo), 0.0), 1.0)
     x = (1.0 - theta) * _onehot(x_lo, K) + theta * _onehot(x_hi, K)
     return done(x_hi, hi, x=x)
 

@@ -85,12 +85,14 @@ def _encoder_args(p: argparse.ArgumentParser, cache_default: str | None) -> None
 
 
 def embed_prompts(trace: Trace, onnx: Path, max_tokens: int, threads: int, cache_dir: Path | None,
-                  progress: bool) -> np.ndarray:
-    """The trace's prompt embeddings by the ONNX encoder at `onnx`, through the embedding cache."""
+                  progress: bool, tokenizer: str = "") -> np.ndarray:
+    """The trace's prompt embeddings by the ONNX encoder at `onnx` (and `tokenizer`, "" = the weights
+    package's), through the embedding cache."""
     from ..encoder import Encoder, default_model_dir
     from ..trace import embed_trace, file_sha256
 
-    encoder = Encoder.load(onnx, default_model_dir() / "tokenizer.json", max_tokens=max_tokens, threads=threads or None)
+    vocab = Path(tokenizer) if tokenizer else default_model_dir() / "tokenizer.json"
+    encoder = Encoder.load(onnx, vocab, max_tokens=max_tokens, threads=threads or None)
     return embed_trace(trace, encoder, f"{file_sha256(onnx)}:{max_tokens}", cache_dir, progress=progress)
 
 
@@ -175,7 +177,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     trace = load_traces(args.trace, limit=args.limit)
     onnx = Path(cfg.predictor.onnx) if cfg.predictor.onnx else ensure_exported(cfg.state_dir, _say)
     cache = Path(args.cache_dir) if args.cache_dir else cfg.state_dir / "embeddings"
-    emb = embed_prompts(trace, onnx, cfg.predictor.max_tokens, cfg.predictor.threads, cache, not args.quiet)
+    emb = embed_prompts(trace, onnx, cfg.predictor.max_tokens, cfg.predictor.threads, cache, not args.quiet,
+                        cfg.predictor.tokenizer)  # the service's own tokenizer, as serve loads it
     result = pretrain(cfg, trace, emb, seed=args.seed)
     print(json.dumps(result, indent=1))
     return 0

@@ -118,8 +118,11 @@ class GrpcDriver:
         if not self.addrs:
             raise ValueError("GrpcDriver: no address")
         self.channels = [grpc.insecure_channel(a) for a in self.addrs]
-        for channel in self.channels:
-            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        for addr, channel in zip(self.addrs, self.channels):
+            try:
+                grpc.channel_ready_future(channel).result(timeout=timeout_s)
+            except grpc.FutureTimeoutError:
+                raise ConnectionError(f"no router answers at {addr} within {timeout_s:g} s") from None
         self.stubs = [pb_grpc.RoutingServiceStub(c) for c in self.channels]
         self.stub = self.stubs[0]
         zoos = [[(m.name, m.triton_model) for m in s.ListModels(pb.ListModelsRequest(), timeout=timeout_s).models]

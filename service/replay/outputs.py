@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ def write_outputs(out_dir: Path, summary: list[dict[str, Any]], curves: dict[flo
     """DIR/summary.json, DIR/runs/*.npz (per-request arrays of the first seed) and the PNG plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    part = path.with_name(path.name + ".part")  # a crash leaves the previous summary, never half of one
+    part.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(part, path)
     written = [path]
     for alpha, cv in (curves or {}).items():
         for kind in ("messplus", "reference"):

@@ -11,7 +11,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..routing.heads import Heads
 from ..routing.router import Router
-from ..state.sqlite import SqliteStore
+from ..state import open_store
 from ..trace import Trace, TraceError
 from .drivers import match_models
 
@@ -47,7 +47,7 @@ def service_models(cfg: Any) -> tuple[ModelConfig, ...]:
 
 
 def pretrain(cfg: Any, trace: Trace, emb: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
-    """Warm-start the service's heads (in its SQLite state) from every label of a trace, like `--warm-start`.
+    """Warm-start the service's heads (in its state store) from every label of a trace, like `--warm-start`.
 
     The heads the service would start with (its snapshot plus the labels since) learn the trace's labels in a
     seeded shuffled order and are written back as a snapshot. Run it while the service is stopped."""
@@ -56,7 +56,7 @@ def pretrain(cfg: Any, trace: Trace, emb: np.ndarray, *, seed: int = 0) -> dict[
     if all(j < 0 for j in columns):
         raise TraceError(f"no model of the service's zoo ({', '.join(m.name for m in models)}) is in the trace "
                          f"({', '.join(trace.models)})")
-    store = SqliteStore(cfg.state_dir / "messplus.sqlite3", synchronous=cfg.state.synchronous, inline=True)
+    store = open_store(cfg.state, str(cfg.state_dir / "messplus.sqlite3"))  # the service's: SQLite or PostgreSQL
     try:
         heads = Heads([m.name for m in models], emb.shape[1], prior_var=cfg.predictor.prior_var,
                       prior_accuracy=[m.prior_accuracy for m in models])

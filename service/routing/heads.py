@@ -61,15 +61,28 @@ class Heads:
             kernels.head_predict(x, self.W, self.S, p, var)
         return p, var
 
-    def update(self, emb: np.ndarray, model: int, satisfaction: float) -> None:
+    def update(self, emb: np.ndarray, model: int, satisfaction: float, seq: int | None = None) -> None:
+        """Learn one label; `seq` (the label's in the log) becomes last_seq in the same step."""
         x = self.featurize(emb)[0]
         with self.lock:
             kernels.head_update(x, float(satisfaction), np.int64(model), self.W, self.S)
             self.labels[model] += 1
+            if seq is not None:
+                self.last_seq = seq
+
+    def mark(self, seq: int) -> None:
+        """A label of the log that trains no head: learned, as far as last_seq goes."""
+        with self.lock:
+            self.last_seq = seq
 
     def snapshot(self, model: int) -> tuple[bytes, bytes]:
         with self.lock:
             return self.W[model].tobytes(), self.S[model].tobytes()
+
+    def snapshot_all(self) -> tuple[list[tuple[bytes, bytes]], int]:
+        """Every head and the last label they have learned, taken together (a label cannot fall between)."""
+        with self.lock:
+            return [(self.W[k].tobytes(), self.S[k].tobytes()) for k in range(len(self.models))], self.last_seq
 
     def restore(self, model: int, W: bytes, S: bytes) -> None:
         w = np.frombuffer(W, dtype=np.float64)

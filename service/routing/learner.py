@@ -33,42 +33,47 @@ class Learner:
         self.since_snapshot = 0
 
     def restore(self) -> None:
-        """Start from the latest snapshot of every head (else the prior) and learn the labels after it."""
-        seq, complete = 0, True
+        """Start every head from its latest snapshot (else the prior) and learn the labels after it: each head
+        the labels after its own snapshot (after a zoo change the heads' snapshots differ)."""
+        seqs = np.zeros(len(self.names), np.int64)
+        fresh = None
         for k, name in enumerate(self.names):
             snap = self.store.head(name)
-            if snap is None or snap.features != self.heads.features:
-                seq, complete = 0, False
-                break
-            self.heads.restore(k, snap.W, snap.S)
-            seq = snap.last_seq if k == 0 else min(seq, snap.last_seq)
-        if not complete:  # no snapshot of every head: start from the prior and learn every stored label
-            fresh = Heads(self.names, self.heads.dim, prior_var=self.heads.prior_var,
-                          prior_accuracy=[m.prior_accuracy for m in self.models])
-            self.heads.W[:], self.heads.S[:] = fresh.W, fresh.S
+            if snap is not None and snap.features == self.heads.features:
+                self.heads.restore(k, snap.W, snap.S)
+                seqs[k] = snap.last_seq
+                continue
+            if fresh is None:
+                fresh = Heads(self.names, self.heads.dim, prior_var=self.heads.prior_var,
+                              prior_accuracy=[m.prior_accuracy for m in self.models])
+            self.heads.restore(k, fresh.W[k].tobytes(), fresh.S[k].tobytes())
+        seq = int(seqs.min()) if seqs.size else 0
         self.heads.last_seq = seq
-        replayed = self.learn(self.store.label_events(seq), snapshot=False)
+        replayed = self.learn(self.store.label_events(seq), snapshot=False, learned_to=seqs)
         if replayed:
             log.info("predictor heads: replayed %d labels since snapshot seq %d", replayed, seq)
 
     def learn(self, events: Sequence[LabelEvent], embeddings: Mapping[str, np.ndarray] | None = None,
-              *, snapshot: bool = True) -> int:
+              *, snapshot: bool = True, learned_to: np.ndarray | None = None) -> int:
         """Learn the events after `heads.last_seq`, in order (the policy says which); returns how many trained.
 
-        `embeddings` (request id -> embedding) spares decoding the ones the caller has at hand."""
+        `embeddings` (request id -> embedding) spares decoding the ones the caller has at hand; `learned_to`
+        (restore) is each head's own snapshot seq: a head skips the labels it has."""
         learned = 0
         for ev in events:
             if ev.seq <= self.heads.last_seq:
                 continue  # learned already: each label once
             k = self.index.get(ev.model)
-            if k is not None and self.policy.learns(ev.exploration):
+            trains = k is not None and self.policy.learns(ev.exploration)
+            if trains and (learned_to is None or ev.seq > learned_to[k]):
                 emb = (embeddings or {}).get(ev.request_id)
                 if emb is None:
                     emb = np.frombuffer(ev.embedding or b"", dtype=np.float32)
-                if emb.size == self.heads.dim:
-                    self.heads.update(emb, k, ev.satisfaction)
                 learned += 1
-            self.heads.last_seq = ev.seq
+                if emb.size == self.heads.dim:
+                    self.heads.update(emb, k, ev.satisfaction, ev.seq)  # the label and its seq in one step
+                    continue
+            self.heads.mark(ev.seq)
         self.since_snapshot += learned
         if snapshot and self.since_snapshot >= self.snapshot_every:
             self.since_snapshot = 0
@@ -76,6 +81,7 @@ class Learner:
         return learned
 
     def snapshot(self) -> Future[None]:
-        """Persist the heads with the last label they have learned (replayed after a crash)."""
-        snaps = [(n, *self.heads.snapshot(k)) for k, n in enumerate(self.names)]
-        return self.store.write_heads(snaps, self.heads.features, self.heads.last_seq)
+        """Persist the heads with the last label they have learned (replayed after a crash): taken together, so
+        a label the writer thread learns meanwhile is in both or in neither."""
+        heads, seq = self.heads.snapshot_all()
+        return self.store.write_heads([(n, *wb) for n, wb in zip(self.names, heads)], self.heads.features, seq)

@@ -45,7 +45,7 @@ from messplus import kernels
 
 from ..config import TenantConfig
 from .pricing import Pricing
-from .tenant import TenantState, Window, label_target, predictor_bias
+from .tenant import TenantState, Window, expected_pending, label_target, predictor_bias
 from .types import EXPLORE_ALWAYS, EXPLORE_DEFAULT
 
 SCALE_WARMUP = 20  # requests before a tenant's own mean cost sets the unit of V
@@ -101,6 +101,10 @@ class Policy:
         """Whether labels of a request (an exploration step or not) train the heads."""
         return True
 
+    def expected(self, st: TenantState) -> float:
+        """The queue the decisions start from: Q plus what the unlabelled requests are expected to add."""
+        return st.queue + expected_pending(st)
+
     def cost_unit(self, pricing: Pricing) -> float:
         """The unit of normalised costs: the dearest model's cost for a typical request, so V is unitless."""
         return float(pricing.cost_raw.max())
@@ -127,7 +131,7 @@ class Policy:
         streams = np.array([st.index for st in states], np.uint64)
         seed = np.uint64(cfgs[0].seed if states else 0)
         var = in_flight(batch.var, batch.flight)  # labels on their way count as if they had arrived
-        p_dec = optimistic(batch.p_hat, var, kappa)
+        p_dec = optimistic(batch.p_hat, batch.var, kappa, var)
         margin = np.array([c.margin for c in cfgs], np.float64)
         gain = np.array([c.debt_gain for c in cfgs], np.float64)
         pressure = np.maximum(debt_pressure(batch.expected, margin, batch.labelled, gain), 0.0)
@@ -152,8 +156,8 @@ class Policy:
             invoked: tuple[int, ...] = (int(choice[b]),)
             if ex:
                 # exploration ranks models by the decision's own objective with each one at its plausible best
-                p_best = optimistic(batch.p_hat[b:b + 1], in_flight(var[b:b + 1], batch.awaiting[b]),
-                                    np.array([EXPLORE_SIGMAS]))[0]
+                p_best = optimistic(batch.p_hat[b:b + 1], batch.var[b:b + 1], np.array([EXPLORE_SIGMAS]),
+                                    in_flight(var[b:b + 1], batch.awaiting[b]))[0]
                 rank = V[b] * batch.costs[b] + pressure[b] * (alpha[b] - p_best)
                 # the dearest model the queue could justify: what a perfect answer would be worth over the choice
                 worth = pressure[b] * (1.0 - p_dec[b, choice[b]]) / V[b] if V[b] > 0 else math.inf
@@ -258,13 +262,16 @@ def cautious_choice(p_dec: np.ndarray, costs: np.ndarray, mask: np.ndarray) -> i
     return int(np.argmax(score))
 
 
-def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray) -> np.ndarray:
-    """sigmoid(mu + kappa * sqrt(var)) per row, from the moderated p = sigmoid(mu / sqrt(1 + pi var / 8))."""
+def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray, bonus_var: np.ndarray | None = None) -> np.ndarray:
+    """sigmoid(mu + kappa * sqrt(bonus_var)) per row, mu recovered from the heads' moderated prediction
+    p = sigmoid(mu / sqrt(1 + pi var / 8)); bonus_var (default var) is the variance the bonus is taken at, smaller
+    where labels on their way count (in_flight): the mean stays the heads'."""
     if not p.size or not kappa.any():
         return np.ascontiguousarray(p, dtype=np.float64)
     q = np.clip(p, 1e-12, 1 - 1e-12)
     mu = (np.log(q) - np.log1p(-q)) * np.sqrt(1 + np.pi * var / 8)
-    return np.ascontiguousarray(1 / (1 + np.exp(-(mu + kappa[:, None] * np.sqrt(var)))))
+    bonus = np.sqrt(var if bonus_var is None else bonus_var)
+    return np.ascontiguousarray(1 / (1 + np.exp(-(mu + kappa[:, None] * bonus))))
 
 
 def in_flight(var: np.ndarray, awaiting: np.ndarray) -> np.ndarray:

@@ -1,9 +1,9 @@
 """The MESS+ paper code's semantics (Woisetschläger et al., NeurIPS 2025), as a policy on the same router core.
 
 Differences from messplus's `Policy`, each a hook: the tenant runs the paper's knobs (V ~ 0 on raw costs, explore
-every model, no optimism, no safety margin, the queue floored at 0 and weighed linearly, no allowance for
-unlabelled requests; the exploration constant c stays the tenant's, 0.5 in the paper and in the replay's
-reference runs: `reference_tenant`); costs are the raw configured costs, not normalised (with V = 1e-6 the cost
+every model, no optimism, no safety margin, the queue floored at 0 and weighed linearly; the exploration
+constant c stays the tenant's, 0.5 in the paper and in the replay's reference runs: `reference_tenant`); the
+decisions weigh the queue Q alone (nothing for the requests still unlabelled); costs are the raw configured costs, not normalised (with V = 1e-6 the cost
 term all but vanishes, so the policy is bang-bang: cheapest while Q = 0, most likely satisfying otherwise);
 labels train the heads only on exploration steps (exploitation labels move the queue but are thrown away).
 """
@@ -42,6 +42,9 @@ class PaperPolicy(Policy):
 
     def learns(self, exploration: bool) -> bool:
         return exploration
+
+    def expected(self, st: TenantState) -> float:
+        return st.queue  # the paper's queue moves on labels alone
 
     def cost_unit(self, pricing: Pricing) -> float:
         return 1.0

@@ -28,7 +28,7 @@ from .heads import Heads
 from .learner import Learner
 from .policy import Batch, Plan, Policy
 from .pricing import Pricing
-from .tenant import Counted, Flight, TenantState, expected_pending, label_target, queue_step
+from .tenant import Counted, Flight, TenantState, label_target, queue_step
 from .types import Decision, FeedbackResult, Pending, RouteItem, Routed
 
 log = logging.getLogger("messplus.router")
@@ -158,7 +158,7 @@ class Router:
             for b, st in enumerate(states):
                 ts[b], st.next_t = st.next_t, st.next_t + 1
             queue = np.array([st.queue for st in states], np.float64)
-            expected = np.array([st.queue + expected_pending(st) for st in states], np.float64)
+            expected = np.array([self.policy.expected(st) for st in states], np.float64)
             labelled = np.array([st.labelled for st in states], np.float64)
             awaiting = [st.awaiting.copy() for st in states]
             flight = np.stack([_flight(st, K).expire(int(ts[b])).copy() for b, st in enumerate(states)]) if B \

@@ -57,11 +57,13 @@ class Flight:
     An answer counts until its label lands, or until it is older than FLIGHT_AGE times the mean label delay
     the tenant has shown (in its requests; before its first label every unlabelled answer counts): with sparse
     feedback the answers that never get a label stop counting, and one label a day late does not make them
-    count for a day. At most FLIGHT_MAX are remembered."""
+    count for a day. At most FLIGHT_MAX are remembered, and as many of those presumed lost: a label that lands
+    after all still counts in the mean delay (were it left out, varied delays would ratchet the mean down)."""
 
     counts: np.ndarray  # [K] answers in flight per model
     order: deque[tuple[int, str]] = field(default_factory=deque)  # (t, request id), oldest first
     live: dict[str, tuple[int, int]] = field(default_factory=dict)  # request id -> (t, served model) in flight
+    gone: dict[str, int] = field(default_factory=dict)  # request id -> t, presumed lost (oldest first)
     delay_sum: float = 0.0  # the label delays seen, in the tenant's requests
     delay_n: int = 0
 
@@ -80,7 +82,11 @@ class Flight:
         x = self.live.pop(request_id, None)
         if x is not None:
             self.counts[x[1]] -= 1
-            self.delay_sum += now - x[0]
+            t: int | None = x[0]
+        else:
+            t = self.gone.pop(request_id, None)
+        if t is not None:
+            self.delay_sum += now - t
             self.delay_n += 1
 
     def expire(self, now: int) -> np.ndarray:
@@ -91,6 +97,9 @@ class Flight:
             x = self.live.pop(rid, None)
             if x is not None:
                 self.counts[x[1]] -= 1
+                self.gone[rid] = x[0]
+                if len(self.gone) > FLIGHT_MAX:
+                    del self.gone[next(iter(self.gone))]
         return self.counts
 
 

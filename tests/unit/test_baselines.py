@@ -127,6 +127,13 @@ def test_closed_form_lp_matches_brute_force(soft: bool) -> None:
         assert np.allclose(got.x.sum(axis=1), 1.0) and (got.x >= 0).all() and (got.x[~avail] == 0).all()
 
 
+def test_alpha_met_exactly_is_feasible_whatever_the_rounding_of_alpha_times_n() -> None:
+    acc = np.zeros((50, 1))
+    acc[:7] = 1.0  # 7 of 50 correct: alpha 0.14 exactly, while 0.14 * 50 = 7.000000000000001
+    got = min_cost_assignment(np.ones((50, 1)), acc, 0.14)
+    assert got.feasible and got.satisfaction == pytest.approx(0.14)
+
+
 def test_lp_solution_is_consistent_with_its_reported_cost() -> None:
     rng = np.random.default_rng(3)
     cost, acc = rng.uniform(1, 5, (200, 4)), rng.integers(0, 2, (200, 4)).astype(float)

@@ -98,12 +98,29 @@ def test_kubernetes_service_links_and_the_status_token_are_not_overrides(tmp_pat
     (GOOD, {"MESSPLUS_PREDICTOR_THREADS": "two"}, "predictor.threads"),
     (GOOD.replace("alpha = 0.75", 'alpha = "high"'), {}, "tenants[0].alpha"),
     ("this is not toml = = =", {}, "config"),
+    ('zoo = "x"\n' + GOOD.split("[zoo]")[0], {}, "zoo"),  # a value where a table belongs: no traceback
+    ('[state]\nbackend = "postgres"\nurl = "postgresql://u@[bad/db"\n', {}, "state.url"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as err:
         config.load(write(tmp_path, text), env=env)
     assert err.value.key == key
     assert key in str(err.value)
+
+
+def test_an_empty_password_file_is_a_config_error_not_an_index_error(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("")
+    text = f'[state]\nbackend = "postgres"\nurl = "postgresql://u@h/db"\npassword_file = "{tmp_path / "pw"}"\n'
+    with pytest.raises(ConfigError, match="state.password_file.*first line is empty"):
+        config.load(write(tmp_path, text), env={})
+
+
+def test_check_config_reads_the_tokens_as_serve_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from messplus.service.cli import main
+
+    path = write(tmp_path, GOOD + '[security]\ntokens = "short=*"\n')
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "security.tokens" in capsys.readouterr().err
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

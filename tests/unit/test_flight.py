@@ -39,6 +39,21 @@ def test_one_very_late_label_does_not_keep_lost_answers_counting() -> None:
                                            if t % 10 != 8])]  # the young ones still count; r1 .. r79 do not
 
 
+def test_the_mean_delay_follows_varied_delays_labels_presumed_lost_included() -> None:
+    """Exponential delays, mean 200: a label landing after its answer was presumed lost still counts in the mean
+    (left out, the mean ratcheted down to about 2 and almost nothing counted as in flight)."""
+    f, rng = Flight(np.zeros(1)), np.random.default_rng(0)
+    due: dict[int, list[str]] = {}
+    for t in range(20_000):
+        f.add(f"r{t}", t, 0)
+        due.setdefault(t + int(rng.exponential(200.0)), []).append(f"r{t}")
+        for rid in due.pop(t, []):
+            f.landed(rid, now=t)
+        f.expire(t)
+    assert 170 < f.delay < 230
+    assert f.counts[0] > 100  # about 200 answers are truly on their way
+
+
 def test_at_most_flight_max_answers_are_remembered() -> None:
     f = Flight(np.zeros(2))
     for t in range(FLIGHT_MAX + 10):

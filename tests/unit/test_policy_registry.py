@@ -66,6 +66,22 @@ def test_the_paper_policy_fixes_its_knobs_and_learns_from_exploration_only() -> 
     assert paper.learns(True) and not paper.learns(False) and Policy().learns(False)
 
 
+def test_the_paper_policy_weighs_the_queue_alone_not_the_unlabelled_requests() -> None:
+    """With Q = 0 and every answer unlabelled (no feedback yet) MESS+ serves the cheapest model; messplus's
+    expected deficit of those requests is not the paper's."""
+    store = SqliteStore(":memory:", inline=True)
+    router = Router(MODELS, [TenantConfig(name="t", alpha=0.8, c=0.0)], Heads(["cheap", "big"], 4), store,
+                    policy=PaperPolicy())
+    p = np.array([[0.5, 0.9]])
+    for _ in range(12):
+        (d,) = router.decide([RouteItem(tenant="t")], p, np.zeros_like(p))
+        assert isinstance(d, Decision)
+        router.record(d, np.ones(4, np.float32) / 2).result()
+        assert router.names[d.served] == "cheap"
+    assert router.tenants["t"].queue == 0.0 and router.tenants["t"].pending_n == 12
+    store.close()
+
+
 def test_routing_policy_is_a_config_key_checked_at_start(tmp_path, capsys) -> None:
     cfg = config_mod.from_mapping({"routing": {"policy": "mess-paper"}}, env={})
     assert cfg.routing.policy == "mess-paper"

@@ -138,6 +138,10 @@ def test_embeddings_are_cached_by_trace_and_encoder(tiny, tmp_path: Path) -> Non
     assert enc.encoded == 8 and np.array_equal(first, again)
     embed_trace(tiny, enc, "hash-v2", tmp_path, progress=False)  # another encoder: encoded again
     assert enc.encoded == 16 and len(list(tmp_path.glob("*.npz"))) == 2
+    for cache in tmp_path.glob("*.npz"):  # cut short (a crash while writing) or empty: encoded again, no crash
+        cache.write_bytes(cache.read_bytes()[:100])
+    assert np.array_equal(embed_trace(tiny, enc, "hash-v1", tmp_path, progress=False), first)
+    assert enc.encoded == 24
 
 
 # -------------------------------------------------------------------------------------------- the stream
@@ -300,6 +304,30 @@ def test_pretrain_writes_heads_the_service_restores(tiny, emb, tmp_path: Path) -
     store.close()
     again = pretrain(cfg, tiny, emb)  # on top of the restored heads
     assert again["snapshot_seq"] == 1
+
+
+def test_pretrain_writes_into_the_configured_postgresql(tiny, emb, tmp_path: Path, postgres_url: str) -> None:
+    """Replicas on PostgreSQL restore the pretrained heads from the database, not from a stray SQLite file."""
+    raw = {"state": {"dir": str(tmp_path), "backend": "postgres", "url": postgres_url}, "triton": {"url": "none"},
+           "zoo": {"models": [{"name": m, "triton_model": m, "cost_per_request": c}
+                              for m, c in zip(tiny.models, tiny.mean_cost)]}}
+    cfg = config_mod.from_mapping(raw, env={})
+    assert pretrain(cfg, tiny, emb)["labels"] == 22
+    assert not (tmp_path / "messplus.sqlite3").exists()
+    from messplus.service.state.postgres import PostgresStore
+    store = PostgresStore(postgres_url)
+    assert all(store.head(m) is not None for m in tiny.models)
+    store.close()
+
+
+def test_bad_input_to_replay_is_one_line_and_exit_2(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(TINY.read_text().replace(",1.0,", ",2.0,", 1))  # a label of 2
+    for argv in (["--trace", str(bad)], ["--trace", str(TINY), "--outage", "foo"]):
+        assert main(["replay", *argv, "--alpha", "0.5", "--out", str(tmp_path / "o"), "--no-plots"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("messplus: invalid input: ") and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------- gRPC: the running service
