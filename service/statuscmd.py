@@ -5,7 +5,7 @@ client sees. Which router and which tenants: `--address` and `--tenant` (repeata
 `messplus serve` reads (`--config`, `$MESSPLUS_CONFIG`, or the embedded default): its `server.listen` (a wildcard
 host means this machine) and all its `[[tenants]]`. A bearer token, when the router wants one, comes from
 `$MESSPLUS_TOKEN` (never from the command line); a TLS router is verified with `--tls-ca`, else its own
-`security.tls_cert`.
+`security.tls_cert`; a router asking for client certificates (mutual TLS) gets `--tls-cert` and `--tls-key`.
 
 Exit status: 0 when every line was read, 1 when the router or a tenant's status could not be, 2 for a bad
 configuration.
@@ -40,6 +40,8 @@ def add_command(sub: Any) -> None:
                    help="a tenant to show; repeat for more (default: every tenant of the configuration)")
     p.add_argument("--config", help="the router's TOML config (default: $MESSPLUS_CONFIG, else the embedded default)")
     p.add_argument("--tls-ca", help="PEM CA that signed the router's certificate (default: security.tls_cert)")
+    p.add_argument("--tls-cert", help="PEM client certificate, for a router with security.tls_client_ca")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per call (default: 5)")
     p.set_defaults(func=run)
 
@@ -52,8 +54,11 @@ def local_address(listen: str) -> str:
     return f"{host}:{port}"
 
 
-def _channel(address: str, ca: bytes | None) -> grpc.Channel:
-    return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca)) if ca else grpc.insecure_channel(address)
+def _channel(address: str, ca: bytes | None, client: tuple[bytes, bytes] | None = None) -> grpc.Channel:
+    if not ca:
+        return grpc.insecure_channel(address)
+    key, cert = client or (None, None)
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert))
 
 
 def triton_line(reply: pb.ListModelsReply) -> str:
@@ -83,12 +88,12 @@ def table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
-def report(address: str, tenants: Sequence[str], *, ca: bytes | None = None, token: str = "",
-           timeout_s: float = 5.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print the Triton line and one SLA line per tenant; return the exit status."""
+def report(address: str, tenants: Sequence[str], *, ca: bytes | None = None, client: tuple[bytes, bytes] | None = None,
+           token: str = "", timeout_s: float = 5.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Print the Triton line and one SLA line per tenant; return the exit status. `client`: (key, certificate)."""
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     status = 0
-    with _channel(address, ca) as ch:
+    with _channel(address, ca, client) as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         try:
             models = stub.ListModels(pb.ListModelsRequest(), timeout=timeout_s, metadata=metadata)
@@ -117,6 +122,19 @@ def run(args: argparse.Namespace) -> int:
         print("messplus status: the configuration listens on port 0 (any free port): give --address", file=sys.stderr)
         return 2
     tenants = args.tenant or [t.name for t in (cfg.tenants or config_mod.DEFAULT_TENANTS)]
-    ca_path = args.tls_ca or cfg.security.tls_cert
-    ca = Path(ca_path).expanduser().read_bytes() if ca_path else None
-    return report(address, tenants, ca=ca, token=os.environ.get("MESSPLUS_TOKEN", ""), timeout_s=args.timeout)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("messplus status: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        ca_path = args.tls_ca or cfg.security.tls_cert
+        ca = Path(ca_path).expanduser().read_bytes() if ca_path else None
+        client = ((Path(args.tls_key).expanduser().read_bytes(), Path(args.tls_cert).expanduser().read_bytes())
+                  if args.tls_cert else None)
+    except OSError as exc:
+        print(f"messplus status: {exc}", file=sys.stderr)
+        return 2
+    if client and not ca:
+        print("messplus status: a client certificate needs TLS: give --tls-ca", file=sys.stderr)
+        return 2
+    return report(address, tenants, ca=ca, client=client, token=os.environ.get("MESSPLUS_TOKEN", ""),
+                  timeout_s=args.timeout)

@@ -215,14 +215,13 @@ class Router:
             counted.add(st)
             st.awaiting[extras] = True
             _flight(st, len(self.models)).add(d.request_id, d.t, served)
-        fut.add_done_callback(lambda f: self._stored(f, d.request_id, pending, st, counted))
-        return fut
+        return then(fut, lambda _: None, lambda exc: self._forget(exc, d.request_id, pending, st, counted))
 
-    def _stored(self, fut: Future[None], request_id: str, pending: Pending, st: TenantState, counted: Counted) -> None:
+    def _forget(self, exc: BaseException, request_id: str, pending: Pending, st: TenantState,
+                counted: Counted) -> None:
         """A record the store did not keep (a duplicate id another replica stored first, a failed commit) is
-        forgotten: its Feedback gets NOT_FOUND instead of labelling what the database does not hold."""
-        if (exc := fut.exception()) is None:
-            return
+        forgotten before its future fails: its Feedback gets NOT_FOUND instead of labelling what the database
+        does not hold."""
         log.error("storing request %r failed; it is forgotten, its feedback refused: %s", request_id, exc)
         with self.lock:
             if self._cache.get(request_id) is pending:

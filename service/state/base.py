@@ -182,15 +182,18 @@ def now() -> float:
     return time.time()
 
 
-def then(fut: Future[Any], fn: Callable[[Any], Any]) -> Future[Any]:
-    """A future of fn(result), resolved when `fut` is (with its exception, if it failed)."""
+def then(fut: Future[Any], fn: Callable[[Any], Any],
+         failed: Callable[[BaseException], None] | None = None) -> Future[Any]:
+    """A future of fn(result), resolved when `fut` is (with its exception, if it failed, after `failed(exc)`)."""
     out: Future[Any] = Future()
 
     def done(f: Future[Any]) -> None:
+        exc = f.exception()
+        if exc is not None and failed is not None:
+            failed(exc)
         if out.cancelled():  # the caller went away (its call cancelled or past its deadline): nobody waits
             return
         try:
-            exc = f.exception()
             if exc is not None:
                 out.set_exception(exc)
                 return

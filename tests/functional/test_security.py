@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -99,6 +101,13 @@ def test_tls_and_mutual_tls_from_config(router_app: Callable[..., AppThread], tm
     for who in (None, "rogue"):  # no client certificate, or one the CA did not sign
         with grpc.secure_channel(mtls.address, creds(pki, who)) as ch:
             assert list_models(ch) == grpc.StatusCode.UNAVAILABLE
+    status = [sys.executable, "-m", "messplus.service.cli", "status", "--address", mtls.address, "--tenant", "acme",
+              "--tls-ca", str(pki["ca.pem"])]
+    client = ["--tls-cert", str(pki["client.pem"]), "--tls-key", str(pki["client-key.pem"])]
+    shown = subprocess.run(status + client, capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0 and shown.stdout.splitlines()[2].startswith("acme"), shown.stderr
+    refused = subprocess.run(status, capture_output=True, text=True, timeout=60, check=False)  # no certificate
+    assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
 
 
 def test_bearer_tokens_let_a_caller_act_only_for_its_own_tenants(router_app: Callable[..., AppThread],
