@@ -371,10 +371,9 @@ class Router:
         return views
 
     def status(self, name: str) -> TenantState:
-        """One tenant's state for SlaStatus: the live one, or with a shared store its merged view (above)."""
-        st = self.tenant(name)
-        if not self.store.shared:
-            return st
+        """One tenant's state for SlaStatus: a copy taken under the lock (the writer thread moves labelled and
+        sat_sum one after the other), or with a shared store its merged view (above)."""
+        self.tenant(name)
         return next(v for v in self.tenant_views() if v.cfg.name == name)
 
 
