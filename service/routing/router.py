@@ -357,8 +357,7 @@ class Router:
         shared store, the counters are the database's (every replica's requests and labels); the queue is the
         one this replica decides with."""
         with self.lock:
-            views = [replace(st, served=st.served.copy(), invoked=st.invoked.copy(), awaiting=st.awaiting.copy())
-                     for st in self.tenants.values()]
+            views = [_copy(st) for st in self.tenants.values()]
         if self.store.shared:
             rows, counts = self.store.tenants(), self.store.model_counts()
             for v in views:
@@ -373,8 +372,15 @@ class Router:
     def status(self, name: str) -> TenantState:
         """One tenant's state for SlaStatus: a copy taken under the lock (the writer thread moves labelled and
         sat_sum one after the other), or with a shared store its merged view (above)."""
-        self.tenant(name)
-        return next(v for v in self.tenant_views() if v.cfg.name == name)
+        st = self.tenant(name)
+        if self.store.shared:
+            return next(v for v in self.tenant_views() if v.cfg.name == name)
+        with self.lock:
+            return _copy(st)
+
+
+def _copy(st: TenantState) -> TenantState:
+    return replace(st, served=st.served.copy(), invoked=st.invoked.copy(), awaiting=st.awaiting.copy())
 
 
 def _flight(st: TenantState, K: int) -> Flight:

@@ -132,13 +132,10 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         item = route_item(request, self.router, text, self.triton_problem())
         try:
             return text, await self.batcher.submit((text, item))
-        except NoModelAvailable:  # every model went away while the request waited for its batch
+        except BaseException as exc:  # cancelled, or the batch failed: nothing was routed under this id
             self.router.release(item.request_id)
-            if self.router.available.any() or not self.triton_problem():
-                raise
-            raise NoModelAvailable(self.triton_problem()) from None
-        except BaseException:  # cancelled, or the batch failed: nothing was routed under this id
-            self.router.release(item.request_id)
+            if isinstance(exc, NoModelAvailable) and not self.router.available.any() and self.triton_problem():
+                raise NoModelAvailable(self.triton_problem()) from None  # every model went away meanwhile
             raise
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteReply:
