@@ -132,9 +132,12 @@ def load_trace(path: str | Path, *, limit: int = 0) -> Trace:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
-        models = tuple(h[len(CORRECT):] for h in header if h.startswith(CORRECT))
+        models = tuple(dict.fromkeys(h[len(CORRECT):] for h in header if h.startswith(CORRECT)))
         if "prompt" not in header or not models:
             raise TraceError(f"{path}: needs a 'prompt' column and at least one '{CORRECT}<model>' column")
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:  # csv.DictReader keeps the last of equal names: the other column would be read silently
+            raise TraceError(f"{path}: column(s) {twice} appear more than once in the header")
         absent = [m for m in models if COST + m not in header]
         if absent:
             raise TraceError(f"{path}: no '{COST}<model>' column for {absent}")

@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 
 DEFAULT_ONNX_NAME = "minilm-l6-v2.onnx"
 DEFAULT_MAX_TOKENS = 256
+TAIL_CHARS_PER_TOKEN = 16  # a long prompt is tokenised from this many characters per kept word piece before its end
 # Sorted sub-batch size. Measured on the 2-core CPU box (2 threads, 32 mixed trace prompts of 40-256 tokens,
 # median 118): one batch padded to its longest ~1.4-1.7 s; sorted sub-batches of 4, 8, 16: ~0.85-0.9 s (8 best);
 # one prompt at a time ~0.95 s. A GPU wants big batches, so the CUDA default is larger.
@@ -160,10 +161,25 @@ class Encoder:
         """Token ids as fed to the model: [CLS] + (last max_tokens-2) word pieces + [SEP], unpadded."""
         if isinstance(texts, str):
             raise TypeError("token_ids() takes a sequence of strings, not a string")
+        tails = [self._tail(t) for t in texts]
         if len(texts) == 1:
-            return [self._wrap(self._tok.encode(texts[0], add_special_tokens=False).ids)]
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        return [self._wrap(e.ids) for e in encs]
+            ids = [self._tok.encode(tails[0], add_special_tokens=False).ids]
+        else:
+            ids = [e.ids for e in self._tok.encode_batch(tails, add_special_tokens=False)]
+        for n, (tail, text) in enumerate(zip(tails, texts)):
+            if tail is not text and len(ids[n]) < self.max_tokens - 2:  # a tail that came up short: the whole text
+                ids[n] = self._tok.encode(text, add_special_tokens=False).ids
+        return [self._wrap(i) for i in ids]
+
+    def _tail(self, text: str) -> str:
+        """The end of a long text that still holds its last max_tokens - 2 word pieces, so a 200k-character
+        prompt is not tokenised whole (0.11 s) to keep its last 254 pieces: cut at a space or a newline, where
+        the tokenizer splits words anyway, so the pieces of what is kept are exactly those of the whole text."""
+        cut = len(text) - TAIL_CHARS_PER_TOKEN * self.max_tokens
+        if cut <= 0:
+            return text
+        at = [i for i in (text.find(" ", cut), text.find("\n", cut)) if i >= 0]
+        return text[min(at):] if at else text
 
     # ------------------------------------------------------------------------------------------- encoding
     def _run(self, seqs: Sequence[list[int]]) -> np.ndarray:

@@ -164,19 +164,41 @@ def ensure_exported(
     model_dir: Path | None = None,
     name: str = DEFAULT_ONNX_NAME,
 ) -> Path:
-    """Return ``cache_dir/name``, exporting the ONNX model there first if it is absent (a few seconds, no torch).
+    """Return ``cache_dir/name``, exporting the ONNX model there first if it is absent or stale (a few seconds,
+    no torch).
 
-    The export writes a temporary file and renames it, so concurrent callers at worst export twice and a crash
-    never leaves a truncated model behind.
+    Stale: the stamp written beside it (``name + ".stamp.json"``) names another exporter version or other weights
+    (their path, size and modification time), as after an upgrade of messplus or of the weights package, or the
+    stamp is missing. The export writes a temporary file and renames it, so concurrent callers at worst export
+    twice and a crash never leaves a truncated model behind.
     """
     path = Path(cache_dir) / name
+    model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+    stamp_path = path.with_name(name + ".stamp.json")
+    want = _stamp(model_dir)
     if path.is_file():
-        return path
-    from .export import export_minilm  # imports onnx; only needed the first time
-
+        try:
+            if json.loads(stamp_path.read_text()) == want:
+                return path
+        except (OSError, ValueError):
+            pass
+        why = "its exporter or weights changed"
+    else:
+        why = "once"
     if progress is not None:
-        progress(f"prompt encoder: exporting all-MiniLM-L6-v2 to {path} (once)")
-    return export_minilm(path, model_dir, progress=progress)
+        progress(f"prompt encoder: exporting all-MiniLM-L6-v2 to {path} ({why})")
+    export_minilm(path, model_dir, progress=progress)
+    with _atomic_target(stamp_path) as tmp:
+        Path(tmp).write_text(json.dumps(want, sort_keys=True))
+    return path
+
+
+def _stamp(model_dir: Path) -> dict[str, object]:
+    """What an exported model was built from: the exporter's version and the weights file's identity (a cheap
+    stand-in for its hash, which the model's own metadata carries)."""
+    st = (model_dir / "model.safetensors").stat()
+    return {"exporter_version": EXPORTER_VERSION, "weights": str((model_dir / "model.safetensors").resolve()),
+            "weights_size": st.st_size, "weights_mtime_ns": st.st_mtime_ns}
 
 
 def quantize_int8(

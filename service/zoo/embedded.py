@@ -178,6 +178,9 @@ class TritonServer:
                 self._terminate()
                 if attempt + 1 == attempts or not any(e in str(exc).lower() for e in _BIND_ERRORS):
                     raise
+            except BaseException:  # interrupted while waiting: the server must not outlive the call
+                self._terminate()
+                raise
         self.startup_s = time.monotonic() - began
         return self
 
@@ -307,8 +310,11 @@ def start_embedded_triton(state_dir: Path,
     progress("starting the embedded Triton server (tritonserver from nvidia-pytriton)")
     server = TritonServer(repo, work_dir=state_dir / "triton").start()
     progress(f"Triton ready on {server.grpc_url} in {server.startup_s:.1f}s with {len(demo)} models")
-    # the demo zoo's price list: per request and per input token, fitted to the trace its models replay
-    per_request, per_token = load_trace(DEFAULT_TRACE).select_models([d.trace_name for d in demo]).price_list()
+    try:  # the demo zoo's price list: per request and per input token, fitted to the trace its models replay
+        per_request, per_token = load_trace(DEFAULT_TRACE).select_models([d.trace_name for d in demo]).price_list()
+    except BaseException:  # the caller never gets the server to stop: stop it here
+        server.stop()
+        raise
     models = tuple(ModelConfig(name=d.triton_name, triton_model=d.triton_name, cost_per_request=float(c),
                                cost_per_input_token=float(t)) for d, c, t in zip(demo, per_request, per_token))
     return server, models

@@ -37,6 +37,24 @@ def test_serve_without_config_starts_triton_and_the_demo_zoo(tmp_path: Path, enc
     assert (tmp_path / "state" / "messplus.sqlite3").exists()
 
 
+def test_a_start_that_fails_after_triton_is_up_stops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo zoo's price list is read after Triton answers ready; if that fails (a fault caused here by a
+    stand-in, the trace ships with the package), the server it started must not live on until the process exits."""
+    from messplus.service import trace
+    from messplus.service.zoo.embedded import start_embedded_triton
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("the demo trace cannot be read")
+
+    monkeypatch.setattr(trace, "load_trace", broken)
+    said: list[str] = []
+    with pytest.raises(OSError, match="demo trace"):
+        start_embedded_triton(tmp_path, said.append)
+    assert any("Triton ready" in s for s in said)  # it did start
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_child_triton(p, tmp_path)], \
+        "the embedded Triton outlived the failed start"
+
+
 def _is_child_triton(proc: Path, root: Path) -> bool:
     try:
         cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

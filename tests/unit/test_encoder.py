@@ -50,12 +50,38 @@ def test_fixture_matches_installed_weights(reference: dict, model_dir: Path) -> 
 def test_export_is_atomic_and_cached(exported: tuple[Path, list[str]]) -> None:
     path, messages = exported
     assert path.name == enc_mod.DEFAULT_ONNX_NAME and path.is_file()
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    # no temporary file left behind: the model and the stamp of what it was built from
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".stamp.json"]
     assert any("exported" in m for m in messages)
     mtime = path.stat().st_mtime_ns
     again: list[str] = []
     assert ensure_exported(path.parent, again.append) == path
     assert again == [] and path.stat().st_mtime_ns == mtime
+
+
+def test_export_is_redone_when_stale(tmp_path: Path, exported: tuple[Path, list[str]], model_dir: Path) -> None:
+    """A model exported by another exporter version (or from other weights, or by a version that wrote no stamp)
+    is exported again, not served."""
+    import json
+    import shutil
+
+    src, _ = exported
+    path = tmp_path / src.name
+    shutil.copy(src, path)
+    stamp = json.loads((src.parent / (src.name + ".stamp.json")).read_text())
+    cases = [("no stamp", None), ("older exporter", {**stamp, "exporter_version": "0"}),
+             ("other weights", {**stamp, "weights_size": stamp["weights_size"] + 1}), ("unreadable", "{")]
+    for why, old in cases:
+        stamp_path = tmp_path / (src.name + ".stamp.json")
+        stamp_path.unlink(missing_ok=True)
+        if old is not None:
+            stamp_path.write_text(old if isinstance(old, str) else json.dumps(old))
+        path.write_bytes(b"not a model")
+        messages: list[str] = []
+        assert ensure_exported(tmp_path, messages.append, model_dir=model_dir) == path, why
+        assert path.read_bytes() == src.read_bytes(), why
+        assert any("exporter or weights changed" in m for m in messages), why
+        assert json.loads(stamp_path.read_text()) == stamp, why
 
 
 def test_api_basics(encoder: Encoder) -> None:
@@ -116,6 +142,20 @@ def test_sub_batches_keep_input_order(exported: tuple[Path, list[str]], model_di
     texts = [" ".join(["word"] * int(n)) + f" item {i}" for i, n in enumerate(rng.integers(0, 60, size=11))]
     singles = np.concatenate([small.encode([t]) for t in texts])
     np.testing.assert_allclose(small.encode(texts), singles, atol=1e-5)
+
+
+def test_long_prompts_are_tokenised_from_their_tail_alone(exported: tuple[Path, list[str]], model_dir: Path) -> None:
+    """A long prompt is tokenised from its end only; the pieces kept are exactly those of the whole text, also
+    where the tail is mostly whitespace, one long word, punctuation or accented text."""
+    enc = Encoder.load(exported[0], model_dir / "tokenizer.json", threads=1, max_tokens=16)
+    rng = np.random.default_rng(3)
+    words = ["zebra", "Übermäßig", "naïve", "co-operate", "x" * 300, "x" * 40, "“quoted”", "3.14159", "a,b;c", "日本語"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(50, 400)))) for _ in range(40)]
+    texts += ["word " * 500 + " " * 5000 + "end", "y" * 20000, "tail\n" * 3000, "z " * 3000 + "q" * 600]
+    full = [enc._wrap(enc._tok.encode(t, add_special_tokens=False).ids) for t in texts]
+    assert enc.token_ids(texts) == full
+    assert [enc.token_ids([t])[0] for t in texts] == full
+    assert len(enc._tail("word " * 40_000)) < 16 * 16 + 5  # 200k characters: only the end is tokenised
 
 
 def test_long_prompts_keep_their_tail(exported: tuple[Path, list[str]], model_dir: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 from messplus.service import config as config_mod
 from messplus.service.cli import main
 from messplus.service.routing.heads import Heads
-from messplus.service.replay import (Condition, InProcess, Outage, ReplaySetup, Step, pretrain, replay,
+from messplus.service.replay import (Condition, InProcess, Outage, ReplaySetup, Step, format_table, pretrain, replay,
                                      run_stream, split_stream, write_outputs)
 from messplus.service.replay import TenantOverrides as Policy
 from messplus.service.config import TenantConfig
@@ -89,6 +89,10 @@ def test_trace_errors_and_filled_costs(tmp_path: Path) -> None:
     nocost.write_text("prompt_id,prompt,correct__a\n1,hi,1\n", encoding="utf-8")
     with pytest.raises(TraceError, match="cost__"):
         load_trace(nocost)
+    twice = tmp_path / "twice.csv"  # the second correct__a would be the only one read
+    twice.write_text("prompt_id,prompt,correct__a,cost__a,correct__a\n1,hi,1,1,0\n", encoding="utf-8")
+    with pytest.raises(TraceError, match=r"\['correct__a'\] appear more than once"):
+        load_trace(twice)
     gap = tmp_path / "gap.csv"
     gap.write_text("prompt_id,prompt,correct__a,cost__a\n1,hi,,2\n2,ho,1,\n3,hu,0,4\n", encoding="utf-8")
     t = load_trace(gap)
@@ -183,6 +187,22 @@ def test_first_n_baselines_are_those_of_the_replayed_requests(tiny, emb) -> None
     assert run["requests"] == 4 and e["condition"]["first"] == 4
     assert e["baselines"]["best_single"]["model"] == tiny.models[best]
     assert run["best_single_satisfaction"] == pytest.approx(acc[best])
+
+
+def test_table_marks_ratios_against_a_baseline_short_of_alpha(tiny, emb) -> None:
+    """At alpha 0.95 no static mix reaches alpha on the tiny trace (its best model: 0.875), while the oracle, which
+    picks per prompt, does: the table must not print the ratio against the static mix as if it were a saving."""
+    (e,) = replay(tiny, emb, ReplaySetup(alphas=(0.95,), seeds=(1,), reference=False))
+    assert not e["baselines"]["static_mixture"]["feasible"] and e["baselines"]["oracle"]["feasible"]
+    table = format_table([e])
+    run = next(line for line in table.splitlines() if line.startswith("  seed 1:"))
+    assert f"x static {e['runs'][0]['cost_vs_static_mixture']:.3f}* " in run
+    assert f"x oracle {e['runs'][0]['cost_vs_oracle']:.3f} " in run
+    assert not e["baselines"]["task_oracle"]["feasible"]  # its tasks hold rows that no one model answers all of
+    assert table.splitlines()[-1] == ("  * short of alpha even at their best: static mixture (satisfaction 0.8750), "
+                                      "task oracle (satisfaction 0.8750); a ratio against them is not a saving")
+    (ok,) = replay(tiny, emb, ReplaySetup(alphas=(0.5,), seeds=(1,), reference=False))
+    assert "*" not in format_table([ok])
 
 
 class Scripted:
