@@ -37,6 +37,7 @@ from tritonclient.utils import InferenceServerException
 
 from ..config import ModelConfig
 from .proctree import PID_FILE, end_leftovers, write_pid_file
+from .triton import channel_args
 
 INSTALL_HINT = "pip install nvidia-pytriton==0.7.0"
 _BIND_ERRORS = ("address already in use", "failed to start grpc", "failed to start http", "failed to start metrics")
@@ -228,7 +229,7 @@ class TritonServer:
         write_pid_file(self.work_dir, self._process.pid)
 
     def _wait_ready(self, deadline: float) -> None:
-        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+        with grpcclient.InferenceServerClient(self.grpc_url, channel_args=channel_args()) as client:
             while time.monotonic() < deadline:
                 if self._process is None or self._process.poll() is not None:
                     code = None if self._process is None else self._process.returncode
@@ -280,12 +281,12 @@ class TritonServer:
 
     def load_model(self, name: str, timeout_s: float = 60.0) -> None:
         """Load (or reload) a model of the repository through the gRPC control API."""
-        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+        with grpcclient.InferenceServerClient(self.grpc_url, channel_args=channel_args()) as client:
             client.load_model(name, client_timeout=timeout_s)
 
     def unload_model(self, name: str, timeout_s: float = 30.0) -> None:
         """Unload a model through the gRPC control API."""
-        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+        with grpcclient.InferenceServerClient(self.grpc_url, channel_args=channel_args()) as client:
             client.unload_model(name, client_timeout=timeout_s)
 
     def __enter__(self) -> TritonServer:

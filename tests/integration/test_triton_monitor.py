@@ -9,6 +9,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -105,3 +106,63 @@ def test_the_monitor_logs_once_per_change(demo_zoo: DemoZoo, caplog: pytest.LogC
     assert lines == [f"Triton at {demo_zoo.server.grpc_url} reachable: 1/1 zoo models ready",
                      f"Triton at {demo_zoo.server.grpc_url}: 1/2 zoo models ready; not ready: no-such-model (not in "
                      "Triton's model repository): the other models serve"]
+
+
+@pytest.mark.triton
+def test_a_triton_back_after_an_outage_is_seen_at_the_next_poll(demo_zoo: DemoZoo) -> None:
+    """Triton's address refuses connections (each one accepted and reset, so the attempts can be counted) until
+    the zoo's channel has backed off for some 10 s, then forwards them to a real Triton. The zoo must see it
+    within about a second; gRPC's default backoff, past 6 s by then, kept Route and Generate refusing calls."""
+    host, port = demo_zoo.server.grpc_url.rsplit(":", 1)
+    gate = socket.socket()
+    gate.bind(("127.0.0.1", 0))
+    gate.listen(16)
+    gate.settimeout(0.05)
+    attempts: list[float] = []
+    forwarding, stop = threading.Event(), threading.Event()
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with a, b:
+            while data := a.recv(65536):
+                b.sendall(data)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = gate.accept()
+            except TimeoutError:
+                continue
+            if not forwarding.is_set():
+                attempts.append(time.monotonic())
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                continue
+            upstream = socket.create_connection((host, int(port)))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=pipe, args=(a.dup(), b.dup()), daemon=True).start()
+            conn.close()
+            upstream.close()
+
+    async def body() -> float:
+        async with TritonZoo(f"127.0.0.1:{gate.getsockname()[1]}") as zoo:
+            began = time.monotonic()
+            while time.monotonic() - began < 10 or not attempts or time.monotonic() - attempts[-1] > 0.2:
+                assert not await zoo.server_ready(timeout_s=0.5)
+                await asyncio.sleep(0.1)
+            forwarding.set()  # just after an attempt: the next one is a whole backoff away
+            back = time.monotonic()
+            while not await zoo.server_ready(timeout_s=0.5):
+                assert time.monotonic() - back < 30, "the zoo never saw Triton again"
+                await asyncio.sleep(0.1)
+            return time.monotonic() - back
+
+    worker = threading.Thread(target=serve, daemon=True)
+    worker.start()
+    try:
+        late = asyncio.run(body())
+    finally:
+        stop.set()
+        worker.join()
+        gate.close()
+    assert len(attempts) >= 5  # it did back off while refused
+    assert late < 3.0, f"Triton was seen {late:.1f} s after it came back"
