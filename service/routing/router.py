@@ -352,13 +352,13 @@ class Router:
         """Persist the heads with the last label they have learned (replayed after a crash)."""
         return self.learner.snapshot()
 
-    def tenant_views(self) -> list[TenantState]:
+    def tenant_views(self, merged: bool = True) -> list[TenantState]:
         """A consistent copy of every tenant's state (for metrics and status), taken under the lock. With a
-        shared store, the counters are the database's (every replica's requests and labels); the queue is the
-        one this replica decides with."""
+        shared store and `merged`, the counters are the database's (every replica's requests and labels; raises
+        StorageUnavailable when it cannot be read); the queue is the one this replica decides with."""
         with self.lock:
             views = [_copy(st) for st in self.tenants.values()]
-        if self.store.shared:
+        if self.store.shared and merged:
             rows, counts = self.store.tenants(), self.store.model_counts()
             for v in views:
                 if (row := rows.get(v.cfg.name)) is not None:

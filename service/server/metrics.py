@@ -10,6 +10,8 @@ Per model: messplus_model_selections_total{tenant,model} (answers served), messp
   messplus_triton_streams_open,
   calibration: messplus_label_predicted_total / messplus_label_observed_total / messplus_labels_total (the mean
   predicted satisfaction of labelled answers against the mean observed one).
+State: messplus_state_up{backend} (1 when the store commits and, if shared, its counters can be read; while a
+  shared store cannot be read, the fleet-wide tenant counters above are left out of the scrape, the queue stays).
 Triton: messplus_triton_up (1 when the last poll reached it), messplus_triton_problem{reason} (1 for the reason
   it cannot serve now, 0 for the others: refused, dns, timeout, unreachable, not_ready; the log has the text).
 Per RPC: messplus_rpc_duration_seconds{method,code} (Route and Generate latency histograms among them).
@@ -27,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..errors import StorageUnavailable
 from ..zoo.monitor import PROBLEMS
 from ..zoo.triton import ModelFailed, ModelTimeout, ModelUnavailable, TritonUnreachable
 
@@ -60,10 +63,17 @@ class _RouterCollector(Collector):
         sel = CounterMetricFamily("messplus_model_selections", "answers served per model", labels=["tenant", "model"])
         inv = CounterMetricFamily("messplus_model_invocations", "calls per model, exploration included",
                                   labels=["tenant", "model"])
-        for st in r.tenant_views():
+        try:
+            views, fleet = r.tenant_views(), True
+        except StorageUnavailable:  # a shared store's counters cannot be read now: this replica's queue only
+            views, fleet = r.tenant_views(merged=False), False
+        for st in views:
             name = st.cfg.name
-            for key, value in (("queue", st.queue), ("alpha", st.cfg.alpha), ("satisfaction", st.satisfaction),
-                               ("sla_met", float(st.sla_met)),
+            g["queue"].add_metric([name], st.queue)
+            g["alpha"].add_metric([name], st.cfg.alpha)
+            if not fleet:  # the rest are the fleet's counters: a gap in the series, not a jump down and back
+                continue
+            for key, value in (("satisfaction", st.satisfaction), ("sla_met", float(st.sla_met)),
                                ("exploration_rate", st.explore_steps / st.requests if st.requests else 0.0)):
                 g[key].add_metric([name], value)
             for key, value in (("requests", st.requests), ("labelled", st.labelled), ("cost", st.cost_sum),
@@ -75,9 +85,12 @@ class _RouterCollector(Collector):
         avail = GaugeMetricFamily("messplus_model_available", "1 when Triton reports the model ready", labels=["model"])
         for k, model in enumerate(r.names):
             avail.add_metric([model], float(r.available[k]))
+        state = GaugeMetricFamily("messplus_state_up", "1 when the state store commits and, if shared, can be read "
+                                  "(0: Feedback answers UNAVAILABLE; the log says why)", labels=["backend"])
+        state.add_metric([r.store.backend], float(fleet and not r.store.error))
         yield from g.values()
         yield from c.values()
-        yield from (sel, inv, avail)
+        yield from (sel, inv, avail, state)
 
 
 class _TritonCollector(Collector):

@@ -104,9 +104,11 @@ class Store(abc.ABC):
     """The state backend the router talks to.
 
     `shared` is True when other router processes write the same state: then the label log also brings their
-    labels, which the store hands to `subscribe`'s callback in log order (on its writer thread)."""
+    labels, which the store hands to `subscribe`'s callback in log order (on its writer thread). `backend` is its
+    name in the configuration (state.backend)."""
 
     shared = False
+    backend = ""
 
     @property
     def error(self) -> str:

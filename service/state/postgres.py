@@ -109,6 +109,7 @@ class PostgresStore(sql.SqlReads, Store):
     """The shared state: a writer thread, a pool of readers, and the tail of the label log."""
 
     shared = True
+    backend = "postgres"
 
     def __init__(self, url: str, *, password: str = "", buffer_records: int = 10_000, poll_s: float = 0.5,
                  retention_s: float = 30 * 86400.0, record_wait_s: float = 2.0, max_batch: int = 512) -> None:

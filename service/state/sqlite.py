@@ -109,6 +109,8 @@ def connect(path: Path, synchronous: str = "FULL", readonly: bool = False) -> sq
 class SqliteStore(sql.SqlReads, Store):
     """The SQLite file, one writer thread with group commit (state/writer.py), and a reader connection."""
 
+    backend = "sqlite"
+
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_batch: int = 512,
                  inline: bool = False) -> None:
         """`inline=True` runs each job at once on the caller's thread (the replay's in-memory store)."""

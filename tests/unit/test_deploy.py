@@ -198,6 +198,30 @@ def test_router_runs_as_the_image_user_with_a_read_only_root() -> None:
     assert [word for word, _ in dockerfile()].count("USER") == 1
 
 
+def test_the_build_context_leaves_out_the_local_trees_and_keeps_what_the_image_copies() -> None:
+    """`docker build .` after `make serve` sent the 2 GB .venv and var/ as context: .dockerignore leaves them out,
+    and none of its patterns may drop a file a COPY needs (the build would fail on the missing path)."""
+    from fnmatch import fnmatch
+
+    patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+
+    def ignored(path: str) -> bool:
+        parts = path.split("/")
+        return any(fnmatch("/".join(parts[:i]), pat.removeprefix("**/")) or fnmatch(parts[i - 1], pat.removeprefix("**/"))
+                   for pat in patterns for i in range(1, len(parts) + 1))
+
+    sources = [src for word, rest in dockerfile() if word == "COPY" and "--from" not in rest
+               for src in rest.split()[:-1]]
+    assert sources and all((ROOT / src).exists() for src in sources)
+    kept = [str(f.relative_to(ROOT)) for src in sources for f in ([ROOT / src] if (ROOT / src).is_file()
+            else (ROOT / src).rglob("*")) if f.is_file() and "__pycache__" not in f.parts]
+    assert kept and not [f for f in kept if ignored(f)]
+    for local in (".venv/bin/python", "var/messplus.sqlite3", ".git/HEAD", "service/__pycache__/cli.cpython-311.pyc",
+                  "examples/node/node_modules/x/index.js", "tests/unit/test_deploy.py"):
+        assert ignored(local), local
+
+
 # -- the Dockerfile against the README's install steps -----------------------------------------------------------
 def test_dockerfile_installs_what_scripts_setup_installs() -> None:
     """The README's install path is `make serve`/`make test` -> scripts/setup.sh; the image must install the same

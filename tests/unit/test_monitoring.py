@@ -38,7 +38,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 def test_alert_rules_pass_promtool_check() -> None:
     done = run("check", "rules", str(ALERTS))
-    assert done.returncode == 0 and "SUCCESS: 6 rules found" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "SUCCESS: 7 rules found" in done.stdout, done.stdout + done.stderr
 
 
 def test_alert_rules_pass_their_unit_tests() -> None:
@@ -52,10 +52,11 @@ def test_a_broken_rule_fails_promtool(tmp_path: Path) -> None:
     assert run("check", "rules", str(bad)).returncode != 0
 
 
-def test_the_alerts_cover_the_sla_triton_feedback_and_overload() -> None:
+def test_the_alerts_cover_the_sla_triton_state_feedback_and_overload() -> None:
     names = [r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
     assert names == ["MessplusSlaAtRisk", "MessplusQueueGrowing", "MessplusTritonUnreachable",
-                     "MessplusTritonModelsNotReady", "MessplusFeedbackStalled", "MessplusOverloadRefusals"]
+                     "MessplusTritonModelsNotReady", "MessplusStateDown", "MessplusFeedbackStalled",
+                     "MessplusOverloadRefusals"]
     tested = {t["alertname"] for t in yaml.safe_load((ALERTS.parent / "messplus-alerts.test.yaml").read_text())
               ["tests"] for t in t["alert_rule_test"] if t.get("exp_alerts")}
     assert tested == set(names), "every alert has a promtool test in which it fires"
@@ -75,7 +76,7 @@ def test_the_dashboard_shows_what_an_operator_needs() -> None:
     titles = [p["title"] for p in dash["panels"]]
     for needed in ("Running satisfaction against alpha", "Virtual queue", "Cost per request", "Cost per hour",
                    "Exploration rate", "Model shares of served answers", "Route and Generate latency",
-                   "Route and Generate error rate", "Refused for overload", "Triton"):
+                   "Route and Generate error rate", "Refused for overload", "Triton and the state store"):
         assert needed in titles
     assert [v["name"] for v in dash["templating"]["list"]] == ["datasource", "instance", "tenant"]
     for p in dash["panels"]:

@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.errors import StorageUnavailable
 from messplus.service.routing.heads import Heads
 from messplus.service.routing.router import Router
 from messplus.service.routing.types import RouteItem
+from messplus.service.server.metrics import Metrics
 from messplus.service.state.base import RequestRow
 from messplus.service.state.postgres import PostgresStore
 
@@ -34,6 +36,10 @@ def server() -> Iterator[PostgresServer]:
         pytest.skip(str(exc))
     yield srv
     srv.close()
+
+
+def scrape(metrics: Metrics) -> str:
+    return generate_latest(metrics.registry).decode()
 
 
 def until(cond: Callable[[], bool], timeout_s: float, what: str) -> float:
@@ -56,8 +62,17 @@ def test_routers_recover_from_a_database_restart_without_traffic_of_their_own(se
         a.store.flush()
         rid = routed.decision.request_id
 
+        metrics = Metrics()
+        metrics.watch(b)
+        assert 'messplus_state_up{backend="postgres"} 1.0' in scrape(metrics)
+
         server.stop("fast")
         until(lambda: bool(a.store.error and b.store.error), 10, "the stores never noticed the database was gone")
+        # the scrape still answers (it was an HTTP 500 for every metric): the queue and Triton's state stay,
+        # the fleet's counters, which only the database holds, are left out, and the state says it is down
+        down = scrape(metrics)
+        assert 'messplus_state_up{backend="postgres"} 0.0' in down and 'messplus_tenant_queue{tenant="acme"}' in down
+        assert "messplus_tenant_requests_total{" not in down and "messplus_model_available{" in down
         began = time.monotonic()
         with pytest.raises(StorageUnavailable):  # b reads a's record: refused, not a 30 s wait and an INTERNAL
             b.feedback("acme", rid, 1.0, []).result(10)
@@ -67,6 +82,8 @@ def test_routers_recover_from_a_database_restart_without_traffic_of_their_own(se
         # no Route and no Feedback anywhere: the tails alone bring both stores back
         until(lambda: not a.store.error and not b.store.error, 15, "a store never committed again")
         a.feedback("acme", rid, 0.0, []).result(10)
+        back = scrape(metrics)
+        assert 'messplus_state_up{backend="postgres"} 1.0' in back and 'requests_total{tenant="acme"} 1.0' in back
         until(lambda: b.tenants["acme"].labelled == 1, 10, "b's tail never brought a's label")
         assert b.tenants["acme"].queue == a.tenants["acme"].queue and b.heads.last_seq == a.heads.last_seq
     finally:
