@@ -104,6 +104,7 @@ class Calls:
         finally:
             for task in others.values():
                 task.cancel()
+                task.add_done_callback(_retrieve)  # a call that failed unread is not "never retrieved" in the log
 
     async def _serve(self, order: list[int], others: dict[int, asyncio.Future[str]]) -> AsyncIterator[pb.GenerateReply]:
         for k in order:
@@ -125,9 +126,11 @@ class Calls:
                     chunks.append(chunk)
                     yield pb.GenerateReply(text=chunk)
             except ZooError as exc:
+                self._failed(k, exc)
                 if chunks:
                     raise NoModelAvailable(f"model {self.router.names[k]!r} failed mid-answer: {exc}") from exc
-                self._failed(k, exc)
+                if isinstance(exc, TritonUnreachable):  # no other model of this Triton can answer either
+                    break
                 continue
             self.metrics.triton.labels(self.router.names[k]).observe(time.perf_counter() - started)
             self.served = k
@@ -136,3 +139,8 @@ class Calls:
         if isinstance(self.last, TritonUnreachable):  # not the models: Triton itself ("Triton at HOST:PORT unreachable")
             raise NoModelAvailable(str(self.last))
         raise NoModelAvailable(f"every available model failed; last error: {self.last}")
+
+
+def _retrieve(task: asyncio.Future[str]) -> None:
+    if not task.cancelled():
+        task.exception()

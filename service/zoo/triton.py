@@ -3,8 +3,9 @@
 Models follow the I/O convention of Triton's vLLM backend: `text_input` (BYTES), optional `stream` (BOOL)
 and `sampling_parameters` (BYTES, JSON), output `text_output` (BYTES). Decoupled models (vLLM and the demo
 zoo) are called with the bidirectional streaming RPC, one stream per generation; others with plain `infer`.
-Each model's config (decoupled or not, which optional inputs it declares) is read once and cached; inputs a
-model does not declare are not sent, so `sampling` is dropped for a model without `sampling_parameters`.
+Each model's config (decoupled or not, which optional inputs it declares) is read once and cached, and read
+again after the model fails a call (a model reloaded in place with another config is called once more as it is
+now); inputs a model does not declare are not sent, so `sampling` is dropped for a model without `sampling_parameters`.
 `sampling` is a dict (sent as JSON) or a JSON string passed through unchanged.
 
 Every Triton call has a deadline. Failures raise one of:
@@ -40,7 +41,8 @@ RECONNECT_BACKOFF_MS = (250, 1000)  # the first and the longest wait between att
 
 def channel_args() -> list[tuple[str, int]]:
     """The gRPC channel options of a Triton client: tritonclient's own (message sizes, keepalive) and a reconnect
-    backoff of at most RECONNECT_BACKOFF_MS[1]. gRPC's default grows to 120 s while nothing listens, and a
+    backoff of at most RECONNECT_BACKOFF_MS[1] (gRPC's minimum connect timeout, 20 s, stays: it is also how long
+    one connection attempt may take). gRPC's default grows to 120 s while nothing listens, and a
     readiness call between attempts fails at once: a Triton back after a 30 s outage was seen 11.7 s late, and
     Route and Generate refused calls all that time."""
     keep = grpcclient.KeepAliveOptions()
@@ -51,8 +53,7 @@ def channel_args() -> list[tuple[str, int]]:
             ("grpc.keepalive_timeout_ms", keep.keepalive_timeout_ms),
             ("grpc.keepalive_permit_without_calls", int(keep.keepalive_permit_without_calls)),
             ("grpc.http2.max_pings_without_data", keep.http2_max_pings_without_data),
-            ("grpc.initial_reconnect_backoff_ms", first), ("grpc.min_reconnect_backoff_ms", first),
-            ("grpc.max_reconnect_backoff_ms", longest)]
+            ("grpc.initial_reconnect_backoff_ms", first), ("grpc.max_reconnect_backoff_ms", longest)]
 
 
 class ZooError(Exception):
@@ -232,20 +233,30 @@ class TritonZoo:
         """Text chunks of the answer as the model produces them; the whole call ends within timeout_s."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        info = await self._info(triton_model, min(self.control_timeout_s, timeout_s))
-        inputs = self._inputs(info, prompt, sampling, stream)
-        remaining = max(deadline - loop.time(), 0.001)
-        try:
-            if info.decoupled:
-                async for chunk in self._stream(triton_model, inputs, remaining):
-                    yield chunk
-            else:
-                result = await self._client.infer(triton_model, inputs, client_timeout=remaining)
-                yield _text(result)
-        except (InferenceServerException, grpc.RpcError) as exc:
-            error = classify(triton_model, exc, timeout_s, self.url)
-            if isinstance(error, ModelUnavailable):
-                self._models.pop(triton_model, None)  # it may come back with another config
+        for attempt in (1, 2):
+            info = await self._info(triton_model, max(min(self.control_timeout_s, deadline - loop.time()), 0.001))
+            inputs = self._inputs(info, prompt, sampling, stream)
+            remaining = max(deadline - loop.time(), 0.001)
+            answered = False
+            try:
+                if info.decoupled:
+                    async for chunk in self._stream(triton_model, inputs, remaining):
+                        answered = True
+                        yield chunk
+                else:
+                    result = await self._client.infer(triton_model, inputs, client_timeout=remaining)
+                    answered = True
+                    yield _text(result)
+                return
+            except (InferenceServerException, grpc.RpcError) as exc:
+                error = classify(triton_model, exc, timeout_s, self.url)
+            if isinstance(error, ModelUnavailable | ModelFailed):
+                self._models.pop(triton_model, None)  # it may have been (re)loaded with another config
+            # a model reloaded in place with another config (now decoupled, other inputs) fails the call made for
+            # the old one: read its config again and, if it changed, call it once more as it is now
+            if (attempt == 1 and not answered and isinstance(error, ModelFailed) and deadline - loop.time() > 0.01
+                    and await self._reloaded(triton_model, info, deadline - loop.time())):
+                continue
             raise error from None
 
     async def _stream(self, model: str, inputs: list, timeout_s: float) -> AsyncIterator[str]:
@@ -285,6 +296,13 @@ class TritonZoo:
         finally:
             queue.put_nowait(None)
 
+    async def _reloaded(self, model: str, old: _ModelInfo, timeout_s: float) -> bool:
+        """Whether the model's config now differs from `old` (False when it cannot be read)."""
+        try:
+            return await self._info(model, min(self.control_timeout_s, timeout_s)) != old
+        except ZooError:
+            return False
+
     async def _info(self, model: str, timeout_s: float) -> _ModelInfo:
         info = self._models.get(model)
         if info is None:
@@ -292,6 +310,8 @@ class TritonZoo:
                 reply = await self._client.get_model_config(model, client_timeout=timeout_s)
             except (InferenceServerException, grpc.RpcError) as exc:
                 error = classify(model, exc, timeout_s, self.url)
+                if isinstance(error, ModelTimeout):  # a control call unanswered: Triton hangs, not the model
+                    raise TritonUnreachable(model, self.url, "timeout", f"no answer within {timeout_s:.3g} s") from None
                 raise (ModelUnavailable(model, error.message) if isinstance(error, ModelFailed) else error) from None
             config = reply.config
             info = _ModelInfo(config.model_transaction_policy.decoupled, frozenset(i.name for i in config.input))

@@ -23,7 +23,7 @@ from messplus.service.demo.repository import (
     triton_model_name,
 )
 from messplus.service.zoo.embedded import TritonServer, TritonStartError, free_port
-from messplus.service.zoo.triton import ModelFailed, ModelTimeout, ModelUnavailable, TritonZoo
+from messplus.service.zoo.triton import ModelFailed, ModelTimeout, ModelUnavailable, TritonUnreachable, TritonZoo
 
 T = TypeVar("T")
 
@@ -267,6 +267,54 @@ def test_a_model_that_is_not_decoupled_is_called_with_plain_infer(slow_server) -
     chunks, whole = run(body, slow_server.grpc_url)
     assert chunks == [whole]
     assert whole.startswith("[replay of mistralai/mistral-7b-chat] no recorded outcome")
+
+
+@pytest.mark.triton
+def test_a_model_reloaded_with_another_config_is_called_as_it_is_now(slow_server) -> None:
+    """The zoo caches each model's config; a model reloaded in place as decoupled made every later call fail
+    ("ModelInfer RPC doesn't support models with decoupled transaction policy") until the router restarted."""
+    config = slow_server.model_repository / "mistral-7b-chat" / "config.pbtxt"
+    plain = config.read_text()
+    assert "decoupled: false" in plain
+
+    async def body(zoo: TritonZoo) -> tuple[str, list[str]]:
+        before = await zoo.complete("mistral-7b-chat", "hello")  # caches the plain config
+        config.write_text(plain.replace("decoupled: false", "decoupled: true"))
+        await asyncio.to_thread(slow_server.load_model, "mistral-7b-chat")  # reloaded in place, never unavailable
+        after = await zoo.complete("mistral-7b-chat", "hello")
+        chunks = [c async for c in zoo.generate("mistral-7b-chat", "one two three four five")]
+        assert after == before
+        return after, chunks
+
+    try:
+        _, chunks = run(body, slow_server.grpc_url)
+    finally:
+        config.write_text(plain)
+        slow_server.load_model("mistral-7b-chat")
+    assert len(chunks) > 1  # streamed now that the model is decoupled
+
+
+@pytest.mark.triton
+def test_a_hung_triton_is_unreachable_not_a_slow_model() -> None:
+    """A Triton that accepts connections and never answers fails the config lookup: that is Triton, not the
+    model (a model timeout kept the model available and made every fallback wait again)."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        async def body() -> None:
+            async with TritonZoo(url) as zoo:  # control calls: 2 s
+                for model in ("m1", "m2"):  # the call's deadline ends before gRPC's connection attempt gives up
+                    with pytest.raises(TritonUnreachable, match=f"Triton at {url} unreachable") as err:
+                        await zoo.complete(model, "hello", timeout_s=5)
+                    # "timeout" when the lookup's 2 s end first (a ModelTimeout before), "unreachable" when gRPC's
+                    # wait for the server's first HTTP/2 frame does
+                    assert err.value.kind in ("timeout", "unreachable"), err.value
+
+        asyncio.run(body())
 
 
 @pytest.mark.triton
