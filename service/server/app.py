@@ -57,6 +57,7 @@ LIVENESS = "messplus.liveness"
 # STATE is SERVING while the state store commits: NOT_SERVING says Feedback is refused (UNAVAILABLE) and Route
 # buffers its records (a PostgreSQL that went away), while Route itself keeps serving.
 STATE = "messplus.state"
+TRITON_RESTART_S = (1.0, 60.0)  # the embedded Triton is restarted after 1 s, 2 s, 4 s, ... at most 60 s while it fails
 Progress = Callable[[str], None]
 
 
@@ -92,6 +93,7 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._state_error = ""
+        self._triton_backoff, self._triton_retry_at = 0.0, 0.0  # the embedded Triton's restarts (_watch_triton)
 
     def _prepare(self) -> None:
         cfg = self.cfg
@@ -190,11 +192,30 @@ class App:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.triton.ready_poll_s)
-            for poll in (self._poll_zoo, self._poll_state):  # a failing one does not starve the other
+            for poll in (self._watch_triton, self._poll_zoo, self._poll_state):  # a failing one does not starve the others
                 try:
                     await poll()
                 except Exception:  # noqa: BLE001 - the poller must outlive a bad round
                     log.exception("%s failed", poll.__name__.strip("_").replace("_", " "))
+
+    async def _watch_triton(self) -> None:
+        """The embedded Triton exited by itself (a crash, the OOM killer): say why, with its log's tail, and start
+        it again on the same port, at most every TRITON_RESTART_S[1] seconds while it keeps failing."""
+        triton = self.triton
+        if triton is None or self._stopping or triton.running() or time.monotonic() < self._triton_retry_at:
+            return
+        code = triton.exit_code()
+        log.error("the embedded Triton exited (code %s); restarting it. Its log (%s) ends:\n%s", code,
+                  triton.log_path, triton.log_tail(20))
+        wait = min(max(2 * self._triton_backoff, TRITON_RESTART_S[0]), TRITON_RESTART_S[1])
+        try:
+            await asyncio.to_thread(triton.restart)
+        except Exception as exc:  # noqa: BLE001 - logged; tried again after the backoff
+            self._triton_backoff, self._triton_retry_at = wait, time.monotonic() + wait
+            log.error("the embedded Triton did not come back (%s); trying again in %.0f s", exc, wait)
+            return
+        self._triton_backoff = 0.0
+        log.warning("the embedded Triton is back on %s after %.1f s", triton.grpc_url, triton.startup_s or 0.0)
 
     async def _poll_state(self) -> None:
         """Health `messplus.state` follows the store; one log line on each change, with the reason."""

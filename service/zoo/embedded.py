@@ -158,6 +158,19 @@ class TritonServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def exit_code(self) -> int | None:
+        """tritonserver's exit code once it has exited by itself (None while it runs or when never started)."""
+        return None if self._process is None else self._process.poll()
+
+    def restart(self) -> TritonServer:
+        """Start it again after it exited by itself (a crash, the OOM killer), on the same ports, so its clients
+        reconnect to the same address; raise TritonStartError when it does not come back."""
+        self._terminate()  # reaps what is left of the old process group
+        for kind, port in (("grpc", self.grpc_port), ("http", self.http_port), ("metrics", self.metrics_port)):
+            if port is not None:
+                self._ports[kind] = port
+        return self.start()
+
     def start(self) -> TritonServer:
         """Start the server and return once it answers ready over gRPC; raise TritonStartError otherwise."""
         if self.running():

@@ -103,3 +103,39 @@ def test_a_start_ends_the_triton_an_earlier_router_left_and_serves(tmp_path: Pat
         assert r.stop() == 0, r.log_tail()
     assert not tritons_of(state) and not (state / "triton" / "tritonserver.pid").exists()
     orphan.stop()  # reaps the killed watchdog; its group is gone already
+
+
+def test_an_embedded_triton_that_dies_is_restarted_and_serves_again(tmp_path: Path, encoder_onnx: Path) -> None:
+    """kill -9 of tritonserver itself (what the OOM killer does): the router says so with the exit code and the
+    log's tail, starts it again on the same port, and Generate works again; before, readiness stayed NOT_SERVING
+    until someone restarted the router."""
+    state = tmp_path / "state"
+    r = embedded_router(tmp_path, encoder_onnx, "router").start()
+    try:
+        pgid = int((state / "triton" / "tritonserver.pid").read_text())
+        (server,) = [pid for pid, cmd in tritons_of(state, pgid).items() if cmd.split()[0].endswith("/tritonserver")]
+        os.kill(server, signal.SIGKILL)
+        began = time.monotonic()
+        with grpc.insecure_channel(r.address) as ch:
+            stub = pb_grpc.RoutingServiceStub(ch)
+            while True:
+                assert time.monotonic() - began < 90, r.log_tail()
+                try:
+                    events = [m.WhichOneof("event") for m in stub.Generate(
+                        pb.GenerateRequest(tenant="default", text="Say hello."), timeout=30)]
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                    time.sleep(0.2)
+                    continue
+                if events[-1] == "done" and time.monotonic() - began > 0.5:
+                    break
+        log = r.log_text()
+        assert "the embedded Triton exited (code 137); restarting it" in log, r.log_tail()
+        assert "the embedded Triton is back on" in log
+        new_pgid = int((state / "triton" / "tritonserver.pid").read_text())
+        old_group = [pid for pid, (pgrp, _) in live_processes().items() if pgrp == pgid]
+        assert new_pgid != pgid and not old_group and tritons_of(state, new_pgid)
+    finally:
+        assert r.stop() == 0, r.log_tail()
+    assert not tritons_of(state)
+    print(f"Generate served again {time.monotonic() - began:.1f} s after kill -9 of tritonserver")
