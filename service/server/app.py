@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ from ..routing.registry import get_policy
 from ..routing.router import Router
 from ..routing.types import RouteItem, Routed
 from ..state import open_store
-from ..zoo.embedded import start_embedded_triton
+from ..zoo.embedded import StartInterrupted, start_embedded_triton
 from ..zoo.monitor import TritonMonitor
 from ..zoo.triton import TritonZoo
 from .batcher import MicroBatcher
@@ -94,21 +95,24 @@ class App:
         self._stopping = False
         self._state_error = ""
         self._triton_backoff, self._triton_retry_at = 0.0, 0.0  # the embedded Triton's restarts (_watch_triton)
+        self.abort = threading.Event()  # set: the start is called off (serve() got SIGTERM or SIGINT during it)
 
     def _prepare(self) -> None:
         cfg = self.cfg
         self.policy = get_policy(cfg.routing.policy)  # an unknown name stops the start (ConfigError)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         if cfg.embedded_triton:
-            self.triton, demo_models = start_embedded_triton(cfg.state_dir, self.progress)
+            self.triton, demo_models = start_embedded_triton(cfg.state_dir, self.progress, self.abort)
             cfg = config_mod.with_defaults(cfg, demo_models)
             triton_url = self.triton.grpc_url
         else:
             cfg = config_mod.with_defaults(cfg, ())
             triton_url = "" if cfg.route_only else cfg.triton.url
         self.cfg = cfg
+        self._go_on()
         self.progress("loading the predictor (ONNX Runtime)")
         encoder = load_encoder(cfg, self.progress)
+        self._go_on()
         took = kernels.warmup()
         self.progress(f"kernels ready in {took:.2f}s; predictor on {', '.join(encoder.providers)}")
         heads = Heads([m.name for m in cfg.zoo.models], encoder.dim, prior_var=cfg.predictor.prior_var,
@@ -118,6 +122,10 @@ class App:
                              snapshot_every=cfg.state.snapshot_every_labels, policy=self.policy)
         self.encoder = encoder
         self.triton_url = triton_url
+
+    def _go_on(self) -> None:
+        if self.abort.is_set():
+            raise StartInterrupted("the start was interrupted")
 
     def _route_batch(self, items: list[tuple[str, RouteItem]]) -> list[Routed | Exception]:
         emb = self.encoder.encode([text for text, _ in items])
@@ -288,11 +296,29 @@ async def serve(cfg: Config, *, port_file: str | None = None) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with App(cfg) as app:
-        if port_file:
-            if app.metrics_port:
-                _write_atomic(port_file + ".metrics", str(app.metrics_port))
-            _write_atomic(port_file, str(app.port))
-        await stop.wait()
-        app.progress("stopping: draining in-flight calls")
+    app = App(cfg)
+    # the start runs beside the signal: one during it calls it off (Triton's start is waited for up to
+    # triton.startup_timeout_s, and a stop used to wait that out, then start the server, then drain it)
+    starting, signalled = asyncio.ensure_future(app.__aenter__()), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            app.progress("stopping: interrupted during start-up")
+            app.abort.set()
+        try:
+            await starting  # a failed or interrupted start has stopped what it had started (App.__aenter__)
+        except StartInterrupted:
+            app.progress("stopped")
+            return
+        try:
+            if port_file:
+                if app.metrics_port:
+                    _write_atomic(port_file + ".metrics", str(app.metrics_port))
+                _write_atomic(port_file, str(app.port))
+            await signalled
+            app.progress("stopping: draining in-flight calls")
+        finally:
+            await app.__aexit__()
+    finally:
+        signalled.cancel()
     app.progress("stopped")

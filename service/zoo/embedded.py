@@ -26,6 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -45,6 +46,10 @@ _BIND_ERRORS = ("address already in use", "failed to start grpc", "failed to sta
 
 class TritonStartError(RuntimeError):
     """Triton did not become ready; the message ends with the tail of its log."""
+
+
+class StartInterrupted(TritonStartError):
+    """The start was called off (the router was asked to stop while Triton was starting); Triton is stopped."""
 
 
 def triton_dist() -> Path:
@@ -171,8 +176,9 @@ class TritonServer:
                 self._ports[kind] = port
         return self.start()
 
-    def start(self) -> TritonServer:
-        """Start the server and return once it answers ready over gRPC; raise TritonStartError otherwise."""
+    def start(self, abort: threading.Event | None = None) -> TritonServer:
+        """Start the server and return once it answers ready over gRPC; raise TritonStartError otherwise, and
+        StartInterrupted (the server stopped) as soon as `abort` is set."""
         if self.running():
             return self
         if not self.model_repository.is_dir():
@@ -186,7 +192,7 @@ class TritonServer:
         for attempt in range(attempts):
             self._launch(backends)
             try:
-                self._wait_ready(began + self.startup_timeout_s)
+                self._wait_ready(began + self.startup_timeout_s, abort)
                 break
             except TritonStartError as exc:
                 self._terminate()
@@ -241,9 +247,11 @@ class TritonServer:
         self._finalizer = weakref.finalize(self, _kill_group, self._process.pid, signal.SIGKILL)
         write_pid_file(self.work_dir, self._process.pid)
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _wait_ready(self, deadline: float, abort: threading.Event | None = None) -> None:
         with grpcclient.InferenceServerClient(self.grpc_url, channel_args=channel_args()) as client:
             while time.monotonic() < deadline:
+                if abort is not None and abort.is_set():
+                    raise StartInterrupted("the start was interrupted before Triton was ready")
                 if self._process is None or self._process.poll() is not None:
                     code = None if self._process is None else self._process.returncode
                     raise TritonStartError(f"tritonserver exited with code {code} during start-up\n{self.log_tail()}")
@@ -311,10 +319,10 @@ class TritonServer:
         self.stop()
 
 
-def start_embedded_triton(state_dir: Path,
-                          progress: Callable[[str], None]) -> tuple[TritonServer, tuple[ModelConfig, ...]]:
+def start_embedded_triton(state_dir: Path, progress: Callable[[str], None],
+                          abort: threading.Event | None = None) -> tuple[TritonServer, tuple[ModelConfig, ...]]:
     """Build the demo repository under `state_dir` if missing and start a local tritonserver on it; returns the
-    server and the demo zoo's models with their price list."""
+    server and the demo zoo's models with their price list. Setting `abort` ends the start (StartInterrupted)."""
     from ..demo.repository import DEFAULT_TRACE, build_demo_repository
     from ..trace import load_trace
 
@@ -322,7 +330,7 @@ def start_embedded_triton(state_dir: Path,
     progress(f"writing the demo zoo's Triton model repository to {repo}")
     demo = build_demo_repository(repo)
     progress("starting the embedded Triton server (tritonserver from nvidia-pytriton)")
-    server = TritonServer(repo, work_dir=state_dir / "triton").start()
+    server = TritonServer(repo, work_dir=state_dir / "triton").start(abort)
     progress(f"Triton ready on {server.grpc_url} in {server.startup_s:.1f}s with {len(demo)} models")
     try:  # the demo zoo's price list: per request and per input token, fitted to the trace its models replay
         per_request, per_token = load_trace(DEFAULT_TRACE).select_models([d.trace_name for d in demo]).price_list()

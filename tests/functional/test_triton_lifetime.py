@@ -139,3 +139,24 @@ def test_an_embedded_triton_that_dies_is_restarted_and_serves_again(tmp_path: Pa
         assert r.stop() == 0, r.log_tail()
     assert not tritons_of(state)
     print(f"Generate served again {time.monotonic() - began:.1f} s after kill -9 of tritonserver")
+
+
+def test_sigterm_while_triton_starts_calls_the_start_off(tmp_path: Path, encoder_onnx: Path) -> None:
+    """SIGTERM while the embedded Triton is starting: the start is called off at once (Triton stopped, nothing
+    listens); before, the router waited for Triton to be ready (up to a minute for a hung one), started serving,
+    and only then drained."""
+    state = tmp_path / "state"
+    r = embedded_router(tmp_path, encoder_onnx, "router").launch()
+    try:
+        began = time.monotonic()
+        while "starting the embedded Triton server" not in r.log_text():
+            assert r.running() and time.monotonic() - began < 60, r.log_tail()
+            time.sleep(0.02)
+        r.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        code = r.proc.wait(30)  # type: ignore[union-attr]
+    finally:
+        r.kill()
+    log = r.log_text()
+    assert code == 0, log
+    assert "stopping: interrupted during start-up" in log and "listening on" not in log, log
+    assert not tritons_of(state) and not (state / "triton" / "tritonserver.pid").exists()

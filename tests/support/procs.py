@@ -49,11 +49,9 @@ class ServerProcess(Target):
 
     def start(self, timeout_s: float = 180.0, ready: str = "") -> ServerProcess:
         """Start and wait until the health name `ready` ("" = overall readiness) says SERVING."""
-        self.port_file.unlink(missing_ok=True)
         began = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                         cwd=self.workdir, start_new_session=True)
+        self.launch()
+        assert self.proc is not None
         deadline = began + timeout_s
         while not self.port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -67,6 +65,14 @@ class ServerProcess(Target):
             self.kill()
             raise
         self.start_s = time.monotonic() - began
+        return self
+
+    def launch(self) -> ServerProcess:
+        """Start the process and return at once (start() also waits until it serves)."""
+        self.port_file.unlink(missing_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         cwd=self.workdir, start_new_session=True)
         return self
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
