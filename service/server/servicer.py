@@ -17,7 +17,7 @@ from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
 from ..config import ROUTE_ONLY
-from ..errors import AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelAvailable, Unsupported
+from ..errors import AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelAvailable, Overloaded, Unsupported
 from ..routing.pricing import input_tokens
 from ..routing.router import Router
 from ..routing.types import Decision, RouteItem, Routed
@@ -113,8 +113,9 @@ def remaining(context: grpc.aio.ServicerContext, default: float) -> float:
 class RoutingServicer(pb_grpc.RoutingServiceServicer):
     def __init__(self, router: Router, batcher: MicroBatcher[tuple[str, RouteItem], Routed | Exception],
                  zoo: TritonZoo | None, *, max_prompt_chars: int, triton_timeout_s: float, cost_unit: str,
-                 metrics: Metrics | None = None, triton: TritonMonitor | None = None) -> None:
+                 metrics: Metrics | None = None, triton: TritonMonitor | None = None, max_streams: int = 0) -> None:
         self.metrics = metrics or Metrics()
+        self.max_streams = max_streams  # Triton streams open beyond which Generate is refused (0: no limit)
         self.triton = triton
         self.router = router
         self.batcher = batcher
@@ -187,6 +188,11 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
             raise Unsupported("this router runs Route-only (triton.url = \"none\"): call Route, serve the routed "
                               "model yourself, then send Feedback")
         sampling = sampling_parameters(request.sampling)  # a refused call is not routed: nothing counted
+        if self.max_streams and self.zoo.open_streams >= self.max_streams:
+            # a cancelled Generate frees its admission slot while its Triton stream is read to its end (zoo._pump):
+            # without this bound, callers that cancel at once kept any number of generations running
+            raise Overloaded(f"{self.zoo.open_streams} Triton streams are open (server.max_inflight: "
+                             f"{self.max_streams}), abandoned calls' answers among them; retry with backoff")
         text, routed = await self._route(request)
         d = routed.decision
         try:

@@ -64,6 +64,39 @@ def test_the_routers_own_triton_timeout_is_unavailable_not_the_callers_deadline(
     assert "did not answer within" in err.value.details()  # the model's own error, for the operator
 
 
+def test_abandoned_generates_cannot_pile_up_triton_streams(start_zoo: Callable[..., DemoZoo],
+                                                            router_app: Callable[..., AppThread]) -> None:
+    """A cancelled Generate gives back its admission slot while its Triton stream is read to its end (Triton
+    2.51 leaks an instance on a cancelled stream): past server.max_inflight open streams Generate is refused,
+    so callers that cancel at once cannot keep any number of generations running."""
+    zoo = start_zoo(latency_ms=1500)
+    r = router_app(zoo=zoo, server={"max_inflight": 3})
+    never = pb.RouteOverrides(exploration=pb.EXPLORATION_MODE_NEVER)
+    with r.channel() as ch:
+        stub = pb_grpc.RoutingServiceStub(ch)
+        for i in range(3):
+            call = stub.Generate(pb.GenerateRequest(tenant="acme", text=f"abandoned {i}", overrides=never))
+            assert next(call).WhichOneof("event") == "route"
+            time.sleep(0.2)  # the Triton call has started
+            call.cancel()
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Generate(pb.GenerateRequest(tenant="acme", text="one more", overrides=never), timeout=10))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+        assert "3 Triton streams are open (server.max_inflight: 3)" in err.value.details()
+        assert stub.SlaStatus(pb.SlaStatusRequest(tenant="acme"), timeout=5).requests == 0  # none was recorded
+        while True:  # the abandoned answers end after the model's 1.5 s; then Generate is admitted again
+            assert time.monotonic() - began < 20
+            try:
+                events = [m.WhichOneof("event") for m in stub.Generate(
+                    pb.GenerateRequest(tenant="acme", text="later", overrides=never), timeout=10)]
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                time.sleep(0.2)
+    assert events[-1] == "done"
+
+
 async def open_loop(address: str, rate: float, seconds: float) -> list[tuple[str, float]]:
     """Generate calls started at a fixed rate whatever the answers (open loop): [(status, latency_s)]."""
     async with grpc.aio.insecure_channel(address) as ch:
