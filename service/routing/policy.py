@@ -129,7 +129,6 @@ class Policy:
         c = np.array([c.c for c in cfgs], np.float64)
         kappa = np.array([c.optimism for c in cfgs], np.float64)
         streams = np.array([st.index for st in states], np.uint64)
-        seed = np.uint64(cfgs[0].seed if states else 0)
         var = in_flight(batch.var, batch.flight)  # labels on their way count as if they had arrived
         p_dec = optimistic(batch.p_hat, batch.var, kappa, var)
         margin = np.array([c.margin for c in cfgs], np.float64)
@@ -145,7 +144,7 @@ class Policy:
         # optimistic choice is predicted below alpha: the router pays for satisfaction it does not expect to get
         stuck = (pressure > np.maximum(batch.expected, 0.0)) & (p_dec[np.arange(B), np.maximum(choice, 0)] < alpha)
         c = np.where(stuck, c * STUCK_EXPLORE, c)
-        explore = kernels.draw_explore_batch(seed, streams, batch.t, c) if B else np.zeros(0, np.bool_)
+        explore = draw_explore(np.array([c.seed for c in cfgs], np.uint64), streams, batch.t, c)
         out: list[Plan | None] = []
         for b in range(B):
             if choice[b] < 0:
@@ -262,16 +261,29 @@ def cautious_choice(p_dec: np.ndarray, costs: np.ndarray, mask: np.ndarray) -> i
     return int(np.argmax(score))
 
 
+def draw_explore(seeds: np.ndarray, streams: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Each row's exploration coin (kernels.draw_explore_batch) with its own tenant's seed: a batch mixes tenants,
+    and drawing every row with the first row's seed made a tenant's draws depend on who shared its batch."""
+    out = np.zeros(len(seeds), np.bool_)
+    for seed in np.unique(seeds):
+        rows = np.flatnonzero(seeds == seed)
+        out[rows] = kernels.draw_explore_batch(np.uint64(seed), np.ascontiguousarray(streams[rows]),
+                                               np.ascontiguousarray(t[rows]), np.ascontiguousarray(c[rows]))
+    return out
+
+
 def optimistic(p: np.ndarray, var: np.ndarray, kappa: np.ndarray, bonus_var: np.ndarray | None = None) -> np.ndarray:
-    """sigmoid(mu + kappa * sqrt(bonus_var)) per row, mu recovered from the heads' moderated prediction
-    p = sigmoid(mu / sqrt(1 + pi var / 8)); bonus_var (default var) is the variance the bonus is taken at, smaller
-    where labels on their way count (in_flight): the mean stays the heads'."""
+    """sigmoid(mu + kappa * sqrt(bonus_var)) per row with kappa > 0, mu recovered from the heads' moderated
+    prediction p = sigmoid(mu / sqrt(1 + pi var / 8)); bonus_var (default var) is the variance the bonus is taken
+    at, smaller where labels on their way count (in_flight): the mean stays the heads'. A row with kappa 0 is p
+    itself, whatever the other rows of the batch are."""
     if not p.size or not kappa.any():
         return np.ascontiguousarray(p, dtype=np.float64)
     q = np.clip(p, 1e-12, 1 - 1e-12)
     mu = (np.log(q) - np.log1p(-q)) * np.sqrt(1 + np.pi * var / 8)
-    bonus = np.sqrt(var if bonus_var is None else bonus_var)
-    return np.ascontiguousarray(1 / (1 + np.exp(-(mu + kappa[:, None] * bonus))))
+    bonus = np.sqrt(np.maximum(var if bonus_var is None else bonus_var, 0.0))
+    up = 1 / (1 + np.exp(-(mu + kappa[:, None] * bonus)))
+    return np.ascontiguousarray(np.where(kappa[:, None] > 0, up, p), dtype=np.float64)
 
 
 def in_flight(var: np.ndarray, awaiting: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..config import ModelConfig, TenantConfig
-from ..errors import InvalidArgument, NoModelAvailable, NotFound, shown
+from ..errors import Conflict, InvalidArgument, NoModelAvailable, NotFound, shown
 from ..state.base import FeedbackCommit, LabelEvent, RequestRow, Store, TenantRow, then
 from .feedback import validated_labels
 from .heads import Heads
@@ -76,12 +76,13 @@ class Router:
             st.explore_cost_raw = row.explore_cost_raw
             st.next_t = row.requests + 1
             st.queue_seq = self._counted_through
-        for name, e in self.store.expectations().items():
+        for name, e in self.store.expectations(self.names).items():
             if name in self.tenants:
                 st = self.tenants[name]
                 if not self.store.shared:  # shared: the unlabelled requests this replica routes, from now on
                     st.pending_sum, st.pending_n = e.pending_sum, e.pending_n
                 st.resid_sum, st.resid_sq, st.resid_n = e.resid_sum, e.resid_sq, e.resid_n
+                st.next_t = max(st.next_t, e.last_t + 1)  # t moved for decisions never recorded too: never reused
         for (tenant, model), (served, invoked) in self.store.model_counts().items():
             if tenant in self.tenants and model in self.index:
                 self.tenants[tenant].served[self.index[model]] = served
@@ -227,6 +228,8 @@ class Router:
             if self._cache.get(request_id) is pending:
                 del self._cache[request_id]
                 counted.add(st, -1)
+                if st.flight is not None:
+                    st.flight.drop(request_id)
 
     def _remember(self, request_id: str, pending: Pending) -> None:
         self._cache[request_id] = pending
@@ -260,6 +263,9 @@ class Router:
         pending = self._cache.get(request_id)
         if pending is None:
             row = self.store.request(request_id)
+            if row is not None and row.tenant == tenant and row.served_model not in self.index:
+                raise Conflict(f"request_id {shown(request_id)} was served by model {row.served_model!r}, which is "
+                               "no longer in the zoo: its feedback cannot be applied")
             if row is not None and row.served_model in self.index:
                 emb = np.frombuffer(row.embedding or b"", dtype=np.float32)
                 pending = Pending(row.tenant, self.index[row.served_model],

@@ -73,9 +73,16 @@ class Flight:
         return self.delay_sum / self.delay_n if self.delay_n else -1.0
 
     def add(self, request_id: str, t: int, model: int) -> None:
+        self.drop(request_id)  # an id routed again after its record was refused counts once
         self.order.append((t, request_id))
         self.live[request_id] = (t, model)
         self.counts[model] += 1
+
+    def drop(self, request_id: str) -> None:
+        """Forget an answer that will never be labelled here (its record was not stored)."""
+        x = self.live.pop(request_id, None)
+        if x is not None:
+            self.counts[x[1]] -= 1
 
     def landed(self, request_id: str, now: int) -> None:
         """The served answer's label of `request_id` came back while `now` was the tenant's latest request."""

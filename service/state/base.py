@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
@@ -55,13 +55,15 @@ class RequestRow:
 class Expectation:
     """A tenant's expected-queue terms: over requests whose served answer has no label yet, the sum of
     target - p_served and their count; over those whose has, the sum of satisfaction - p_served, of its
-    square, and their count."""
+    square, and their count. `last_t`: the highest request index t stored for the tenant (t also moves for
+    requests that were decided and not recorded: no model answered, the call was cancelled)."""
 
     pending_sum: float = 0.0
     pending_n: int = 0
     resid_sum: float = 0.0
     resid_sq: float = 0.0
     resid_n: int = 0
+    last_t: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,7 +162,9 @@ class Store(abc.ABC):
         """The tenants' rows and the last label seq they include, read together (one snapshot)."""
 
     @abc.abstractmethod
-    def expectations(self) -> dict[str, Expectation]: ...
+    def expectations(self, models: Sequence[str]) -> dict[str, Expectation]:
+        """Per tenant; the unlabelled requests only of those served by `models` (the zoo's: the label of an
+        answer of a model no longer in the zoo cannot be applied)."""
 
     @abc.abstractmethod
     def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:

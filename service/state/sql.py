@@ -8,7 +8,7 @@ adapter), inside the transaction the caller opened.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import Conflict, NotFound, shown
@@ -34,19 +34,25 @@ def label_seq(conn: Any) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM labels", ()).fetchone()[0])
 
 
-def expectations(conn: Any) -> dict[str, Expectation]:
+def expectations(conn: Any, models: Sequence[str]) -> dict[str, Expectation]:
     out: dict[str, dict[str, float]] = {}
-    for tenant, total, n in conn.execute(
-            "SELECT r.tenant, SUM(r.target - r.p_served), COUNT(*) FROM requests r WHERE r.p_served IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id AND "
-            "l.model = r.served_model) GROUP BY r.tenant", ()).fetchall():
-        out.setdefault(tenant, {}).update(pending_sum=float(total), pending_n=int(n))
+    zoo = set(models)
+    for tenant, model, total, n in conn.execute(
+            "SELECT r.tenant, r.served_model, SUM(r.target - r.p_served), COUNT(*) FROM requests r "
+            "WHERE r.p_served IS NOT NULL AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id "
+            "AND l.model = r.served_model) GROUP BY r.tenant, r.served_model", ()).fetchall():
+        if model in zoo:
+            e = out.setdefault(tenant, {"pending_sum": 0.0, "pending_n": 0})
+            e["pending_sum"] += float(total)
+            e["pending_n"] += int(n)
     for tenant, total, sq, n in conn.execute(
             "SELECT r.tenant, SUM(l.satisfaction - r.p_served), "
             "SUM((l.satisfaction - r.p_served) * (l.satisfaction - r.p_served)), COUNT(*) FROM requests r "
             "JOIN labels l ON l.request_id = r.request_id AND l.model = r.served_model "
             "WHERE r.p_served IS NOT NULL GROUP BY r.tenant", ()).fetchall():
         out.setdefault(tenant, {}).update(resid_sum=float(total), resid_sq=float(sq), resid_n=int(n))
+    for tenant, last in conn.execute("SELECT tenant, MAX(t) FROM requests GROUP BY tenant", ()).fetchall():
+        out.setdefault(tenant, {}).update(last_t=int(last))
     return {k: Expectation(**v) for k, v in out.items()}  # type: ignore[arg-type]
 
 
@@ -92,8 +98,8 @@ class SqlReads:
     def tenants(self) -> dict[str, TenantRow]:
         return self._read(tenants)  # type: ignore[no-any-return]
 
-    def expectations(self) -> dict[str, Expectation]:
-        return self._read(expectations)  # type: ignore[no-any-return]
+    def expectations(self, models: Sequence[str]) -> dict[str, Expectation]:
+        return self._read(expectations, models)  # type: ignore[no-any-return]
 
     def model_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
         return self._read(model_counts)  # type: ignore[no-any-return]

@@ -60,3 +60,24 @@ def test_a_snapshot_takes_the_heads_and_their_seq_together(tmp_path: Path) -> No
     assert seq == r.heads.last_seq == 5 and len(heads) == len(ZOO)
     assert all(math.isfinite(float(np.frombuffer(w).sum())) for w, _ in heads)
     r.store.close()
+
+
+def test_a_request_of_a_model_that_left_the_zoo_is_not_awaited_and_its_feedback_says_why(tmp_path: Path) -> None:
+    """Requests served by a model no longer in the zoo stayed in the expected queue for good (their label cannot
+    be applied), and their Feedback answered NOT_FOUND "not a request of tenant 'acme'"."""
+    import pytest
+
+    from messplus.service.errors import Conflict
+
+    path = tmp_path / "state.sqlite3"
+    r = start(path, ZOO[2:])  # "big" alone serves
+    (routed,) = r.route([RouteItem(tenant="acme")], np.ones((1, DIM), np.float32) / math.sqrt(DIM))
+    assert isinstance(routed.decision, Decision)
+    r.record(routed.decision, routed.embedding).result()
+    assert r.tenants["acme"].pending_n == 1
+    r.store.close()
+    r = start(path, ZOO[:2])  # "big" leaves the zoo
+    assert r.tenants["acme"].pending_n == 0 and r.tenants["acme"].requests == 1
+    with pytest.raises(Conflict, match="served by model 'big', which is no longer in the zoo"):
+        r.feedback("acme", routed.decision.request_id, 1.0, [])
+    r.store.close()

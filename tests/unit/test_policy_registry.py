@@ -90,3 +90,35 @@ def test_routing_policy_is_a_config_key_checked_at_start(tmp_path, capsys) -> No
     bad.write_text('[routing]\npolicy = "nope"\n')
     assert main(["check-config", "--config", str(bad)]) == 2
     assert "config key 'routing.policy': unknown policy 'nope'" in capsys.readouterr().err
+
+
+def test_a_tenants_decisions_do_not_depend_on_who_shares_its_batch() -> None:
+    """The router batches requests of every tenant; a tenant's exploration draws were taken with the first row's
+    seed, and a tenant with optimism 0 was decided on another number when an optimistic tenant shared the batch."""
+    three = (*MODELS[:1], ModelConfig(name="mid", triton_model="mid", cost_per_request=3.0), MODELS[1])
+    tenants = (TenantConfig(name="acme", alpha=0.8, c=0.6, seed=0),
+               TenantConfig(name="beta", alpha=0.6, c=0.6, seed=98765),
+               TenantConfig(name="zero", alpha=0.75, c=0.0, optimism=0.0, margin=0.0, debt_gain=0.0),
+               TenantConfig(name="opt", alpha=0.75, c=0.0, optimism=1.0))
+
+    def router() -> Router:
+        return Router(three, tenants, Heads([m.name for m in three], 8), SqliteStore(":memory:", inline=True))
+
+    alone, mixed = router(), router()
+    p, var = np.array([[0.5, 0.7, 0.9]]), np.zeros((1, 3))
+    draws = []
+    for _ in range(60):
+        (a,) = alone.decide([RouteItem(tenant="beta")], p, var)
+        _, b = mixed.decide([RouteItem(tenant="acme"), RouteItem(tenant="beta")], np.repeat(p, 2, 0),
+                            np.repeat(var, 2, 0))
+        assert isinstance(a, Decision) and isinstance(b, Decision)
+        draws.append((a.exploration, b.exploration))
+    assert all(x == y for x, y in draws) and any(x for x, _ in draws)
+
+    p, var = np.array([[0.5, 0.6, 0.7]]), np.array([[0.01, 0.01, 6.0]])
+    for r in (alone, mixed):
+        r.tenants["zero"].queue = 2.0
+    (a,) = alone.decide([RouteItem(tenant="zero")], p, var)
+    b, _ = mixed.decide([RouteItem(tenant="zero"), RouteItem(tenant="opt")], np.repeat(p, 2, 0), np.repeat(var, 2, 0))
+    assert isinstance(a, Decision) and isinstance(b, Decision)
+    assert (a.served, a.exploration) == (b.served, b.exploration)

@@ -110,8 +110,13 @@ def test_a_request_whose_record_did_not_commit_gets_not_found_not_internal(route
     with pytest.raises(Exception, match="could not commit"):
         router.record(d, EMB).result(10)
     assert books(router, "acme") == (0, 0, 0.0)
+    flight = router.tenants["acme"].flight
+    assert flight is not None and not flight.counts.any(), "a forgotten answer still counts as awaiting its label"
     with pytest.raises(NotFound):
         router.feedback("acme", d.request_id, 1.0, []).result(10)
+    router.record(decide(router, request_id=d.request_id), EMB).result(10)  # the caller retries under its id
+    router.feedback("acme", d.request_id, 1.0, []).result(10)
+    assert not flight.counts.any() and flight.delay_n == 1
 
 
 def test_the_store_applies_labels_only_to_a_request_it_holds_for_that_tenant(router: Router) -> None:
@@ -147,10 +152,10 @@ def test_a_replica_counts_labels_committed_while_it_was_starting(replicas: Calla
         a.record(d, EMB).result()
     real = PostgresStore.expectations
 
-    def labels_land_meanwhile(self: PostgresStore) -> Any:  # between reading the tenants and the label log
+    def labels_land_meanwhile(self: PostgresStore, models: Any) -> Any:  # between the tenants and the label log
         for d in ds:
             a.feedback("acme", d.request_id, 1.0, []).result(10)
-        return real(self)
+        return real(self, models)
 
     monkeypatch.setattr(PostgresStore, "expectations", labels_land_meanwhile)
     b = replicas()

@@ -337,6 +337,26 @@ def test_restart_keeps_queues_counts_and_heads(tmp_path: Path) -> None:
     r2.store.close()
 
 
+def test_the_request_index_never_goes_back_after_a_restart(tmp_path: Path) -> None:
+    """t moves for every decision, recorded or not (no model available, a cancelled or failed Generate); a
+    restart resumed at requests + 1, so stored requests shared a t (and its exploration coin)."""
+    path = tmp_path / "state.sqlite3"
+    r = make_router(path)
+    for k in range(3):
+        r.set_available(k, False)
+    for _ in range(3):
+        (err,) = r.decide([RouteItem(tenant="acme")], np.full((1, 3), 0.5), np.zeros((1, 3)))
+        assert not isinstance(err, Decision)
+    for k in range(3):
+        r.set_available(k, True)
+    first = route(r)
+    r.store.close()
+    r2 = make_router(path)
+    second = route(r2)
+    assert (first.t, second.t) == (4, 5)
+    r2.store.close()
+
+
 def test_queue_equals_recomputation_from_the_label_log(router: Router) -> None:
     rng = np.random.default_rng(0)
     for _ in range(50):

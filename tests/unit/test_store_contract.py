@@ -104,10 +104,12 @@ def test_expectations_split_labelled_and_pending_requests(store: Store) -> None:
     store.insert_request(row("r1", p=0.6)).result()
     store.insert_request(row("r2", p=0.7)).result()
     store.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0}, step).result()
-    e = store.expectations()["acme"]
-    assert (e.pending_n, e.resid_n) == (1, 1)
+    store.insert_request(row("r3", served="gone", invoked=("gone",), p=0.1)).result()
+    e = store.expectations(("cheap", "big"))["acme"]
+    assert (e.pending_n, e.resid_n) == (1, 1)  # r3's model left the zoo: its label cannot come in
     assert e.pending_sum == pytest.approx(0.9 - 0.7) and e.resid_sum == pytest.approx(0.4)
     assert e.resid_sq == pytest.approx(0.16)
+    assert store.expectations(("cheap", "big", "gone"))["acme"].pending_n == 2
 
 
 def test_head_snapshots_round_trip_and_pretrained_heads_sit_before_every_later_label(store: Store) -> None:
