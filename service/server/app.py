@@ -154,7 +154,8 @@ class App:
             maximum_concurrent_rpcs=cfg.server.max_inflight + 256)  # a backstop; the guard refuses first
         servicer = RoutingServicer(self.router, self.batcher, self.zoo, max_prompt_chars=cfg.server.max_prompt_chars,
                                    triton_timeout_s=cfg.triton.timeout_s, cost_unit=cfg.zoo.cost_unit,
-                                   metrics=self.metrics, triton=self.monitor, max_streams=cfg.server.max_inflight)
+                                   metrics=self.metrics, triton=self.monitor, max_streams=cfg.server.max_inflight,
+                                   record_wait_s=cfg.state.record_wait_s)
         routing_pb2_grpc.add_RoutingServiceServicer_to_server(servicer, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import grpc
@@ -17,10 +18,11 @@ from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
 from ..config import ROUTE_ONLY
-from ..errors import AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelAvailable, Overloaded, Unsupported
+from ..errors import (AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelAvailable, NotFound, Overloaded,
+                      Unsupported)
 from ..routing.pricing import input_tokens
 from ..routing.router import Router
-from ..routing.types import Decision, RouteItem, Routed
+from ..routing.types import Decision, FeedbackResult, RouteItem, Routed
 from ..zoo.monitor import TritonMonitor
 from ..zoo.triton import TritonZoo
 from .batcher import MicroBatcher
@@ -113,9 +115,11 @@ def remaining(context: grpc.aio.ServicerContext, default: float) -> float:
 class RoutingServicer(pb_grpc.RoutingServiceServicer):
     def __init__(self, router: Router, batcher: MicroBatcher[tuple[str, RouteItem], Routed | Exception],
                  zoo: TritonZoo | None, *, max_prompt_chars: int, triton_timeout_s: float, cost_unit: str,
-                 metrics: Metrics | None = None, triton: TritonMonitor | None = None, max_streams: int = 0) -> None:
+                 metrics: Metrics | None = None, triton: TritonMonitor | None = None, max_streams: int = 0,
+                 record_wait_s: float = 0.0) -> None:
         self.metrics = metrics or Metrics()
         self.max_streams = max_streams  # Triton streams open beyond which Generate is refused (0: no limit)
+        self.record_wait_s = record_wait_s  # shared store: how long Feedback looks for another replica's record
         self.triton = triton
         self.router = router
         self.batcher = batcher
@@ -149,15 +153,32 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         satisfaction = request.satisfaction if request.HasField("satisfaction") else None
         labels = [(x.model, x.satisfaction) for x in request.labels]
         args = (request.tenant, request.request_id, satisfaction, labels)
-        # a shared store may be asked for another replica's record: off the event loop (state/postgres.py)
-        fut = await asyncio.to_thread(self.router.feedback, *args) if self.router.store.shared \
-            else self.router.feedback(*args)
+        if self.router.store.shared:
+            left = context.time_remaining()
+            fut = await self._feedback_shared(args, self.record_wait_s if left is None else min(left, self.record_wait_s))
+        else:
+            fut = self.router.feedback(*args)
         result = await asyncio.wrap_future(fut)
         if result.applied:
             self.metrics.labelled(request.request_id, satisfaction, labels)
         return pb.FeedbackReply(request_id=result.request_id, duplicate=result.applied == 0,
                                 labels_applied=result.applied, labels_duplicate=result.duplicate,
                                 queue=result.queue, queue_updated=result.queue_updated)
+
+    async def _feedback_shared(self, args: tuple, budget: float) -> Future[FeedbackResult]:
+        """Router.feedback with a shared store: its reads off the event loop, and a record another replica may
+        still be committing looked for again for up to record_wait_s (within the caller's deadline), the waits
+        between reads (20 ms doubling to 200 ms) on the event loop, not on a thread."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + min(self.record_wait_s, budget), 0.02
+        while True:
+            try:
+                return await asyncio.to_thread(self.router.feedback, *args)
+            except NotFound:
+                if loop.time() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.2)
 
     async def SlaStatus(self, request: pb.SlaStatusRequest, context: grpc.aio.ServicerContext) -> pb.SlaStatusReply:
         self.router.tenant(request.tenant)  # an unknown tenant is refused before any database read

@@ -39,7 +39,6 @@ log = logging.getLogger("messplus.store")
 CHANNEL = "messplus_labels"
 LOG_LOCK = 0x6D6573735F6C6F67  # advisory lock keys ("mess_log", "mess_mig")
 MIGRATE_LOCK = 0x6D6573735F6D6967
-RECORD_WAITERS = 2  # lookups of a missing record that wait for another replica's commit at once (request())
 MIGRATIONS = (
     # version 1: the SQLite schema's tables, in PostgreSQL's types
     """
@@ -116,7 +115,6 @@ class PostgresStore(sql.SqlReads, Store):
         self._kw: dict[str, Any] = {"password": password} if password else {}
         self._url, self.poll_s = url, poll_s
         self.retention_s, self.record_wait_s = retention_s, record_wait_s
-        self._waiters = threading.BoundedSemaphore(RECORD_WAITERS)
         with psycopg.connect(url, autocommit=True, **self._kw) as conn:
             self.schema_version = migrate(conn)
         self._pool = ConnectionPool(url, kwargs={"autocommit": True, **self._kw}, min_size=1, max_size=4,
@@ -303,24 +301,11 @@ class PostgresStore(sql.SqlReads, Store):
                 return sql.tenants(_Qmark(conn)), sql.label_seq(_Qmark(conn))
 
     def request(self, request_id: str) -> RequestRow | None:
-        """The request's record; one routed by another replica a moment ago may still be in its group commit,
-        so a missing record is looked for again for up to record_wait_s, at growing intervals (20 ms to 200 ms).
-
-        At most RECORD_WAITERS lookups wait at a time; others read once. Each wait holds a thread of the event
-        loop's default executor (cores + 4 threads), so a flood of Feedback for ids that exist nowhere held
-        them all for record_wait_s each, and Feedback and SlaStatus for real requests queued behind it."""
-        row = self._read(sql.request, request_id)
-        if row is not None or self.record_wait_s <= 0 or not self._waiters.acquire(blocking=False):
-            return row  # type: ignore[no-any-return]
-        try:
-            deadline, pause = time.monotonic() + self.record_wait_s, 0.02
-            while row is None and (left := deadline - time.monotonic()) > 0:
-                time.sleep(min(pause, left))
-                pause = min(2 * pause, 0.2)
-                row = self._read(sql.request, request_id)
-            return row  # type: ignore[no-any-return]
-        finally:
-            self._waiters.release()
+        """The request's record, one read. One routed by another replica a moment ago may still be in its group
+        commit: the Feedback handler looks again for up to record_wait_s, waiting on the event loop between reads
+        (a wait on a thread held one of the loop's few executor threads per lookup: a flood of Feedback for ids
+        that exist nowhere blocked every Feedback and SlaStatus behind it)."""
+        return self._read(sql.request, request_id)  # type: ignore[no-any-return]
 
 
 

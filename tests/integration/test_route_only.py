@@ -64,3 +64,43 @@ def test_route_and_feedback_serve_without_any_triton(tmp_path: Path, encoder_onn
         assert not any("Triton" in line for line in app.progress), app.progress
     finally:
         app.stop()
+
+
+def test_feedback_looks_for_another_replicas_record_without_holding_a_thread(
+        tmp_path: Path, encoder_onnx: Path, postgres_url: str) -> None:
+    """With a shared PostgreSQL state, Feedback for a record another replica is still committing looks again
+    for up to state.record_wait_s. Those waits held a thread of the event loop's executor each (cores + 4 of
+    them): a flood of Feedback for ids that exist nowhere stalled SlaStatus and every other Feedback."""
+    import threading
+    import time
+
+    from messplus.service.state.base import RequestRow
+    from messplus.service.state.postgres import PostgresStore
+
+    env = {"MESSPLUS_STATE_BACKEND": "postgres", "MESSPLUS_STATE_URL": postgres_url,
+           "MESSPLUS_STATE_RECORD_WAIT_S": "4"}
+    app = AppThread(tmp_path / "app", route_only_toml(tmp_path / "state", encoder_onnx), env=env).start()
+    other = PostgresStore(postgres_url)  # the replica that routed "late-1"
+    try:
+        with app.channel() as ch:
+            stub = app.stub(ch)
+            flood = [stub.Feedback.future(pb.FeedbackRequest(tenant="acme", request_id=f"nowhere-{i}",
+                                                             satisfaction=1.0), timeout=20) for i in range(30)]
+            late = stub.Feedback.future(pb.FeedbackRequest(tenant="acme", request_id="late-1", satisfaction=1.0),
+                                        timeout=20)
+            time.sleep(0.5)
+            began = time.monotonic()
+            status = stub.SlaStatus(pb.SlaStatusRequest(tenant="acme"), timeout=3)  # 30 waits hold no thread
+            assert status.tenant == "acme" and time.monotonic() - began < 3
+            threading.Timer(0.5, lambda: other.insert_request(RequestRow(
+                request_id="late-1", tenant="acme", t=1, served_model="small", invoked=("small",),
+                exploration=False, cost=0.1, cost_raw=1.0, alpha=0.75, embedding=b"", explore_cost_raw=0.0,
+                p_served=0.5, target=0.9)).result(10)).start()
+            assert late.result().labels_applied == 1  # found once the other replica committed it
+            for f in flood:
+                with pytest.raises(grpc.RpcError) as err:
+                    f.result()
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        other.close()
+        app.stop()

@@ -43,7 +43,7 @@ def route(r: Router, rng: np.random.Generator, **kw: object) -> Decision:
     emb = rng.standard_normal((1, DIM)).astype(np.float32)
     (routed,) = r.route([RouteItem(tenant="acme", **kw)], emb / np.linalg.norm(emb))  # type: ignore[arg-type]
     assert not isinstance(routed, Exception)
-    r.record(routed.decision, routed.embedding)
+    r.record(routed.decision, routed.embedding).result(10)  # committed: another router may label it at once
     return routed.decision
 
 
@@ -140,42 +140,3 @@ def test_a_request_labelled_at_another_router_leaves_the_expectation_of_the_rout
     a.store.flush()
     late = routers()  # a replica that starts now counts only the requests it routes itself, not a's
     assert late.tenants["acme"].pending_n == 0 and a.tenants["acme"].pending_n == 1
-
-
-def test_lookups_of_unknown_ids_wait_only_a_few_at_a_time(postgres_url: str) -> None:
-    """A Feedback for a record another replica is committing waits for it (record_wait_s); a flood of ids that
-    exist nowhere must not hold every thread for that long: past RECORD_WAITERS waiting lookups, one read."""
-    import threading
-
-    from messplus.service.state import postgres
-    from messplus.service.state.base import RequestRow
-
-    waiting = PostgresStore(postgres_url, record_wait_s=60.0)
-    writer = PostgresStore(postgres_url)
-    found: dict[str, object] = {}
-    ids = [f"late-{i}" for i in range(postgres.RECORD_WAITERS)]
-    threads = [threading.Thread(target=lambda i=i: found.update({i: waiting.request(i)})) for i in ids]
-    try:
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 20
-        while waiting._waiters._value and time.monotonic() < deadline:  # every waiting slot taken
-            time.sleep(0.01)
-        assert waiting._waiters._value == 0
-        lone = threading.Thread(target=lambda: found.update({"nowhere": waiting.request("nowhere")}))
-        lone.start()
-        lone.join(20)  # with a slot it would wait the full 60 s
-        assert not lone.is_alive() and found["nowhere"] is None
-        writer.ensure_tenants(("acme",)).result(10)
-        for i in ids:  # the records the waiting lookups look for land: each finds its own
-            writer.insert_request(RequestRow(request_id=i, tenant="acme", t=1, served_model="cheap",
-                                             invoked=("cheap",), exploration=False, cost=0.1, cost_raw=1.0,
-                                             alpha=0.8, embedding=b"", explore_cost_raw=0.0, p_served=0.5,
-                                             target=0.9)).result(10)
-        for t in threads:
-            t.join(20)
-            assert not t.is_alive()
-        assert all(getattr(found[i], "request_id", None) == i for i in ids)
-    finally:
-        writer.close()
-        waiting.close()
