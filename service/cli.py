@@ -33,11 +33,12 @@ def _export(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from . import config
     from .routing.registry import get_policy
-    from .server.security import load_tokens
+    from .server.security import check_grants, load_tokens
 
     cfg = config.load(args.config)
     get_policy(cfg.routing.policy)
-    load_tokens(cfg.security)  # what serve reads once Triton is up: a bad token entry is found here, not there
+    # what serve reads once Triton is up: a bad token entry is found here, not there
+    check_grants(load_tokens(cfg.security), [t.name for t in (cfg.tenants or config.DEFAULT_TENANTS)])
     print(f"ok: {len(cfg.zoo.models) or 'demo'} models, {len(cfg.tenants) or 'default'} tenants, "
           f"listen {cfg.server.listen}")
     return 0

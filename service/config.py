@@ -49,6 +49,7 @@ K8S_SERVICE_LINK = re.compile(r"MESSPLUS(?:_[A-Z0-9_]+?)?_(?:SERVICE_HOST|SERVIC
                               r"|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)")
 log = logging.getLogger("messplus.config")
 ROUTE_ONLY = "none"  # triton.url of a router without Triton
+SECRET_KEYS = frozenset({"tokens", "password"})  # configuration values never repeated in an error message
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +69,7 @@ class SecurityConfig:
     tls_cert: str = ""  # PEM server certificate (chain); with tls_key: the gRPC port speaks TLS
     tls_key: str = ""
     tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mutual TLS)
-    tokens: str = ""  # "TOKEN=tenant1,tenant2;TOKEN2=*" (better: tokens_file or $MESSPLUS_SECURITY_TOKENS)
+    tokens: str = field(default="", repr=False)  # "TOKEN=tenant1,tenant2;TOKEN2=*" (better: tokens_file or $MESSPLUS_SECURITY_TOKENS)
     tokens_file: str = ""  # one "TOKEN tenant1,tenant2" per line ('*' = every tenant; '#' starts a comment)
     rate_limit_rps: float = 0.0  # per tenant, sustained requests per second; 0 = no limit
     rate_limit_burst: float = 0.0  # bucket size; 0 = max(1, rate_limit_rps)
@@ -251,7 +252,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 raise ValueError(value)
             return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(key, f"expected {typ}, got {value!r}") from None
+        shown = f"a {type(value).__name__}" if key.rsplit(".", 1)[-1] in SECRET_KEYS else repr(value)
+        raise ConfigError(key, f"expected {typ}, got {shown}") from None
     raise ConfigError(key, f"unsupported type {typ}")
 
 

@@ -43,9 +43,9 @@ from ..zoo.embedded import StartInterrupted, start_embedded_triton
 from ..zoo.monitor import TritonMonitor
 from ..zoo.triton import TritonZoo
 from .batcher import MicroBatcher
-from .guard import Admission, GuardInterceptor
+from .guard import SIDE_STREAMS, Admission, GuardInterceptor, SideStreamCap
 from .metrics import Metrics
-from .security import RateLimiter, TokenAuth, load_tokens, server_credentials
+from .security import RateLimiter, TokenAuth, check_grants, load_tokens, server_credentials
 from .servicer import RoutingServicer
 from .status import ErrorInterceptor
 
@@ -144,14 +144,18 @@ class App:
                                     gather=cfg.predictor.batch_gather)
         size = cfg.server.max_message_bytes
         self.metrics.watch(self.router)
-        guard = GuardInterceptor(auth=TokenAuth(load_tokens(cfg.security)),
+        tokens = load_tokens(cfg.security)
+        check_grants(tokens, self.router.tenants)
+        guard = GuardInterceptor(auth=TokenAuth(tokens),
                                  admission=Admission(cfg.server.max_inflight),
                                  limiter=RateLimiter(cfg.security.rate_limit_rps, cfg.security.rate_limit_burst),
                                  metrics=self.metrics, tenants=self.router.tenants)
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(), guard],  # the error mapping wraps the guard: its refusals get statuses
+            # the error mapping wraps the guard: its refusals get statuses; health and reflection streams are capped
+            interceptors=[ErrorInterceptor(), guard, SideStreamCap()],
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
-            maximum_concurrent_rpcs=cfg.server.max_inflight + 256)  # a backstop; the guard refuses first
+            # a backstop the guard and the cap keep below: every slot they leave to health Check and the like
+            maximum_concurrent_rpcs=cfg.server.max_inflight + SIDE_STREAMS + 256)
         servicer = RoutingServicer(self.router, self.batcher, self.zoo, max_prompt_chars=cfg.server.max_prompt_chars,
                                    triton_timeout_s=cfg.triton.timeout_s, cost_unit=cfg.zoo.cost_unit,
                                    metrics=self.metrics, triton=self.monitor, max_streams=cfg.server.max_inflight,

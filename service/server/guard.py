@@ -1,9 +1,11 @@
 """The gate in front of every RoutingService call: authentication, tenant authorisation, per-tenant rate limits,
 admission control, then latency metrics and one access-log line with the request id.
 
-Order per call: bearer token (UNAUTHENTICATED) -> the RPC's declared tenant scope -> the token's tenants
-(PERMISSION_DENIED) -> the tenant's rate limit (RESOURCE_EXHAUSTED) -> a free in-flight slot (RESOURCE_EXHAUSTED,
-answered at once: no queue builds up, so admitted calls keep their latency under overload) -> the handler. Health
+Order per call: bearer token (UNAUTHENTICATED) -> bytes that do not parse (INVALID_ARGUMENT) -> the RPC's
+declared tenant scope -> the token's tenants (PERMISSION_DENIED) -> a free in-flight slot (RESOURCE_EXHAUSTED,
+answered at once: no queue builds up, so admitted calls keep their latency under overload) -> the tenant's rate
+limit (RESOURCE_EXHAUSTED; after admission, so a call refused for overload costs the tenant nothing) -> the
+handler. Health
 and reflection bypass the gate: probes work without credentials and during overload. Errors are raised as domain
 errors; ErrorInterceptor (server/status.py), outside this one, turns them into statuses.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
@@ -26,11 +29,11 @@ from typing import Any
 
 import grpc
 
-from ..errors import MessplusError, Overloaded
+from ..errors import SHOWN_MAX, InvalidArgument, MessplusError, Overloaded, shown
 from ..logs import request_id_var
 from .metrics import Metrics
 from .security import RateLimiter, TokenAuth
-from .status import SERVICE, code_of, wrap_handler
+from .status import SERVICE, Undecodable, code_of, wrap_handler
 
 log = logging.getLogger("messplus.access")
 GUARDED_SERVICE = SERVICE
@@ -103,22 +106,27 @@ class _Call:
 
     def __init__(self, guard: GuardInterceptor, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         self.guard, self.method, self.request, self.context = guard, method, request, context
-        self.tenant = str(getattr(request, "tenant", ""))  # for the log line; admit() checks the declared scope
+        # for the log line (admit() checks the declared scope), as a caller wrote them: escaped and cut, since an
+        # unauthenticated caller's newline forged log lines and a 1 MB tenant wrote 1 MB per refused call
+        self.tenant = loggable(str(getattr(request, "tenant", "")))
         self.started = time.perf_counter()
         self.admitted = False
         self.code = "OK"
-        request_id_var.set(str(getattr(request, "request_id", "")))  # each call runs in a task of its own
+        request_id_var.set(loggable(str(getattr(request, "request_id", ""))))  # each call runs in a task of its own
 
     def admit(self) -> None:
         g = self.guard
         grant = g.auth.grant(self.context.invocation_metadata())
+        if isinstance(self.request, Undecodable):  # after the token: a caller without one learns nothing of it
+            log.warning("refused a request that does not parse: %s", self.request.problem)
+            raise InvalidArgument("request", self.request.problem)
         tenant = tenant_of(self.method, self.request)
         if tenant is not None:
             g.auth.authorize(grant, tenant)
-            if tenant in g.tenants:
-                g.limiter.take(tenant)
         g.admission.enter()
         self.admitted = True
+        if tenant is not None and tenant in g.tenants:  # after admission: a call refused as overload costs no token
+            g.limiter.take(tenant)
 
     def saw(self, reply: Any) -> None:
         rid = getattr(reply, "request_id", "") or getattr(getattr(reply, "route", None), "request_id", "")
@@ -142,6 +150,11 @@ class _Call:
         log.info("%s %s %.1f ms tenant=%s request_id=%s", self.method, self.code, took * 1e3, self.tenant,
                  request_id_var.get(), extra={"rpc": self.method, "code": self.code, "ms": round(took * 1e3, 3),
                                               "tenant": self.tenant})
+
+
+def loggable(value: str) -> str:
+    """A caller's value as the access log writes it: as is when short and printable, else quoted and cut."""
+    return value if len(value) <= SHOWN_MAX and value.isprintable() else shown(value)
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
@@ -181,3 +194,65 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                     yield reply
 
         return handler
+
+
+SIDE_STREAMS = 64  # health Watch and reflection streams open at once, whoever the caller (they need no token)
+
+
+class SideStreamCap(grpc.aio.ServerInterceptor):
+    """At most SIDE_STREAMS streaming calls of the services outside the gate (health Watch, reflection) at once;
+    the next is refused RESOURCE_EXHAUSTED. They need no token, and they counted against gRPC's server-wide
+    maximum_concurrent_rpcs: a caller without a token holding enough Watch streams made every call refused,
+    the liveness probe's health Check included. Unary calls (health Check) are never counted."""
+
+    def __init__(self, limit: int = SIDE_STREAMS) -> None:
+        self.admission = Admission(limit)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(GUARDED_SERVICE):
+            return handler
+        kw = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(self._capped(handler.unary_stream), **kw)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(self._capped(handler.stream_stream), **kw)
+        return handler
+
+    def _capped(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        admission = self.admission
+
+        async def refuse(context: grpc.aio.ServicerContext, exc: Overloaded) -> None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc).replace("calls", "health and "
+                                "reflection streams"))
+
+        if inspect.isasyncgenfunction(fn):
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    admission.enter()
+                except Overloaded as exc:
+                    await refuse(context, exc)
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                finally:
+                    admission.leave()
+
+            return stream
+
+        async def written(request: Any, context: grpc.aio.ServicerContext) -> Any:  # writes with context.write
+            try:
+                admission.enter()
+            except Overloaded as exc:
+                await refuse(context, exc)
+            try:
+                return await fn(request, context)
+            finally:
+                admission.leave()
+
+        return written

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +46,23 @@ class Grant:
 
 
 def _parse_entry(entry: str, key: str, sep: str) -> tuple[bytes, Grant]:
-    token, _, tenants = entry.strip().partition(sep)
+    # "TOKEN=tenants" splits at the last "=" (a base64 token ends in "="), "TOKEN tenants" at the first space
+    token, _, tenants = entry.strip().rpartition(sep) if sep == "=" else entry.strip().partition(sep)
     names = frozenset(t.strip() for t in tenants.split(",") if t.strip())
     if not token.strip() or not names:
         raise ConfigError(key, "each token needs at least one tenant (form: TOKEN=tenant1,tenant2 or TOKEN=*)")
     if len(token.strip()) < 16:
         raise ConfigError(key, "a token must be at least 16 characters long")
     return token.strip().encode(), Grant(names)
+
+
+def check_grants(tokens: list[tuple[bytes, Grant]], tenants: Collection[str]) -> None:
+    """A token granting a tenant that is not configured is a mistake (a typo, or a token split wrongly): say so at
+    start instead of answering that token PERMISSION_DENIED. The tenants are named, the tokens never."""
+    unknown = sorted({t for _, g in tokens for t in g.tenants if t != ANY_TENANT} - set(tenants))
+    if unknown:
+        raise ConfigError("security.tokens", f"a token grants tenant(s) {unknown} that are not configured "
+                          f"(tenants: {sorted(tenants)})")
 
 
 def load_tokens(sec: SecurityConfig) -> list[tuple[bytes, Grant]]:

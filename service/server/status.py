@@ -77,21 +77,22 @@ def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return parse
 
 
-def _undecodable(request: Any) -> None:
-    if isinstance(request, Undecodable):
-        log.warning("refused a request that does not parse: %s", request.problem)
-        raise InvalidArgument("request", request.problem)
+def _unparsed(request: Any, exc: Exception) -> Exception:
+    """The error to answer: INVALID_ARGUMENT for a request that does not parse whatever a handler made of it
+    (a server without the guard, which refuses such requests after the token, hands it on as it is)."""
+    if isinstance(request, Undecodable) and not isinstance(exc, MessplusError):
+        return InvalidArgument("request", request.problem)
+    return exc
 
 
 def _wrap_unary(fn: Unary) -> Unary:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            _undecodable(request)
-            return await fn(request, context)
+            return await fn(request, context)  # the guard refuses bytes that do not parse, after the token
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - domain errors get their status, every other failure INTERNAL
-            code, message = status_of(exc)
+            code, message = status_of(_unparsed(request, exc))
         await context.abort(code, message)
 
     return handler
@@ -100,14 +101,13 @@ def _wrap_unary(fn: Unary) -> Unary:
 def _wrap_stream(fn: Streaming) -> Streaming:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            _undecodable(request)
             async for item in fn(request, context):
                 yield item
             return
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - as in _wrap_unary
-            code, message = status_of(exc)
+            code, message = status_of(_unparsed(request, exc))
         await context.abort(code, message)
 
     return handler

@@ -171,3 +171,35 @@ def test_a_tenant_over_its_rate_limit_gets_resource_exhausted_and_others_do_not(
     assert acme["OK"] <= 5 + 5 * took + 1 and acme["RESOURCE_EXHAUSTED"] >= 40 - (5 + 5 * took + 1)
     assert set(acme) == {"OK", "RESOURCE_EXHAUSTED"}
     assert beta == {"OK": 5} and later == {"OK": 4}
+
+
+def test_health_and_reflection_streams_without_a_token_cannot_lock_callers_out(
+        router_app: Callable[..., AppThread]) -> None:
+    """Health and reflection need no token, and their streams counted against gRPC's server-wide limit
+    (server.max_inflight + 256): enough open health Watch streams from a caller without a token made every call
+    refused, the liveness probe's health Check included. They are capped (guard.SIDE_STREAMS) below that."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from messplus.service.server.guard import SIDE_STREAMS
+
+    r = router_app(server={"max_inflight": 2}, env={"MESSPLUS_SECURITY_TOKENS": f"{TOKEN_ACME}=acme"})
+    acme = (("authorization", f"Bearer {TOKEN_ACME}"),)
+    with r.channel() as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(2 + 256 + 4)]
+        try:
+            refused = 0
+            for w in watches:  # each stream's first message, or its refusal
+                try:
+                    assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+                    assert "health and reflection streams" in str(err.details())
+                    refused += 1
+            assert refused == len(watches) - SIDE_STREAMS
+            check = health.Check(health_pb2.HealthCheckRequest(service="messplus.liveness"), timeout=5)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING  # the liveness probe still answers
+            assert pb_grpc.RoutingServiceStub(ch).ListModels(pb.ListModelsRequest(), timeout=5, metadata=acme).models
+        finally:
+            for w in watches:
+                w.cancel()

@@ -141,3 +141,69 @@ def test_a_tenant_scoped_rpc_whose_request_has_no_tenant_is_refused(caplog: pyte
 def test_a_new_rpc_without_a_declaration_would_be_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guard, "SCOPES", {k: v for k, v in SCOPES.items() if k != "ListModels"})
     assert call("ListModels", pb.ListModelsRequest()) == (S.INTERNAL, INTERNAL_MESSAGE)
+
+
+def gate_calls(gate: GuardInterceptor, requests: list[Any], token: str | None = ACME,
+               method: str = "Route") -> list[tuple[grpc.StatusCode, str]]:
+    """Serve each request through ErrorInterceptor(gate(handler)) with one gate (its limiter and admission)."""
+    async def inner(details: Any) -> grpc.RpcMethodHandler:
+        return _handler(False)
+
+    async def guarded(details: Any) -> grpc.RpcMethodHandler:
+        return await gate.intercept_service(inner, details)
+
+    async def run() -> list[tuple[grpc.StatusCode, str]]:
+        out = []
+        for request in requests:
+            handler = await ErrorInterceptor().intercept_service(guarded, Details(method))
+            try:
+                await handler.unary_unary(request, Context(token))
+                out.append((S.OK, ""))
+            except Aborted as exc:
+                out.append((exc.code, exc.details))
+        return out
+
+    return asyncio.run(run())
+
+
+def test_a_call_refused_for_overload_costs_the_tenant_no_rate_limit_token() -> None:
+    """The rate limit is taken after admission: three calls refused because the server was full left acme's
+    bucket empty, and its next call was refused for a rate limit it had not used."""
+    auth = TokenAuth([(ACME.encode(), Grant(frozenset({"acme"})))])
+    gate = GuardInterceptor(auth=auth, limiter=RateLimiter(0.001, burst=3), admission=Admission(0),
+                            metrics=Metrics(), tenants={"acme"})
+    assert [c for c, _ in gate_calls(gate, [pb.RouteRequest(tenant="acme")] * 3)] == [S.RESOURCE_EXHAUSTED] * 3
+    gate.admission.limit = 4
+    got = gate_calls(gate, [pb.RouteRequest(tenant="acme")] * 4)
+    assert [c for c, _ in got] == [S.OK] * 3 + [S.RESOURCE_EXHAUSTED] and "rate limit" in got[-1][1]
+
+
+def test_bytes_that_do_not_parse_are_refused_after_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    """A caller without a token learned how its bytes parsed (INVALID_ARGUMENT before UNAUTHENTICATED), and
+    such a call left no access record."""
+    from messplus.service.server.status import Undecodable
+
+    junk = Undecodable(ValueError("truncated message"))
+    auth = TokenAuth([(ACME.encode(), Grant(frozenset({"acme"})))])
+    gate = GuardInterceptor(auth=auth, limiter=RateLimiter(0.0), admission=Admission(4), metrics=Metrics(),
+                            tenants={"acme"})
+    with caplog.at_level(logging.INFO, logger="messplus.access"):
+        (anonymous,) = gate_calls(gate, [junk], token=None)
+        (known,) = gate_calls(gate, [junk])
+    assert anonymous[0] == S.UNAUTHENTICATED
+    assert known[0] == S.INVALID_ARGUMENT and known[1].startswith("request: the request's bytes do not parse")
+    assert [r.code for r in caplog.records if hasattr(r, "rpc")] == ["UNAUTHENTICATED", "INVALID_ARGUMENT"]
+
+
+def test_the_access_line_quotes_and_cuts_a_callers_values(caplog: pytest.LogCaptureFixture) -> None:
+    """An unauthenticated caller's tenant with a newline forged a second log line; a 1 MB one wrote 1 MB."""
+    gate = GuardInterceptor(auth=TokenAuth([(ACME.encode(), Grant(frozenset({"acme"})))]), limiter=RateLimiter(0.0),
+                            admission=Admission(4), metrics=Metrics(), tenants={"acme"})
+    forged = "acme 0.1 ms tenant=acme request_id=x\nRoute OK 0.1 ms tenant=acme request_id=forged"
+    with caplog.at_level(logging.INFO, logger="messplus.access"):
+        gate_calls(gate, [pb.RouteRequest(tenant=forged, request_id="r" * 100_000),
+                          pb.RouteRequest(tenant="acme", request_id="plain-1")], token=None)
+    first, second = (r for r in caplog.records if r.name == "messplus.access")
+    assert "\n" not in first.getMessage() and len(first.getMessage()) < 400 and "characters)" in first.getMessage()
+    assert "\n" not in first.tenant  # type: ignore[attr-defined]
+    assert second.getMessage().endswith("tenant=acme request_id=plain-1")

@@ -70,3 +70,33 @@ def test_security_config_is_checked_at_start_up(tmp_path: Path) -> None:
     env = {"MESSPLUS_SECURITY_TOKENS": f"{A}=acme", "MESSPLUS_SECURITY_RATE_LIMIT_RPS": "5"}
     cfg = config.from_mapping({}, env=env)
     assert cfg.security.tokens == f"{A}=acme" and cfg.security.rate_limit_rps == 5.0
+
+
+def test_a_base64_token_keeps_its_trailing_equals_signs() -> None:
+    """"TOKEN=tenants" split at the first "=": a token ending in "==" became its head, granting tenant "=acme"."""
+    b64 = "c2VjcmV0LXRva2VuLWJ5dGVzLTAxMjM0NTY3=="
+    assert load_tokens(config.SecurityConfig(tokens=f"{b64}=acme,beta")) == \
+        [(b64.encode(), Grant(frozenset({"acme", "beta"})))]
+
+
+def test_a_grant_of_a_tenant_that_is_not_configured_stops_the_start(tmp_path: Path, capsys) -> None:
+    from messplus.service.cli import main
+    from messplus.service.server.security import check_grants
+
+    tokens = load_tokens(config.SecurityConfig(tokens=f"{A}=acme,acmee;{B}=*"))
+    with pytest.raises(ConfigError, match=r"grants tenant\(s\) \['acmee'\] that are not configured") as err:
+        check_grants(tokens, ["acme", "beta"])
+    assert A not in str(err.value)  # the token itself is never named
+    check_grants(tokens[1:], ["acme"])  # "*" grants whatever is configured
+    cfg = tmp_path / "messplus.toml"
+    cfg.write_text(f'[security]\ntokens = "{A}=acmee"\n[[tenants]]\nname = "acme"\nalpha = 0.7\n'
+                   '[triton]\nurl = "none"\n[[zoo.models]]\nname = "m"\ntriton_model = "m"\ncost_per_request = 1.0\n')
+    assert main(["check-config", "--config", str(cfg)]) == 2
+    assert "acmee" in capsys.readouterr().err
+
+
+def test_a_token_of_the_wrong_type_is_not_repeated_in_the_error() -> None:
+    with pytest.raises(ConfigError, match="security.tokens'?: expected str, got a list") as err:
+        config.from_mapping({"security": {"tokens": [f"{A}=acme"]}}, env={})
+    assert A not in str(err.value)
+    assert A not in repr(config.from_mapping({"security": {"tokens": f"{A}=acme"}}, env={}))
