@@ -69,7 +69,8 @@ class SecurityConfig:
     tls_cert: str = ""  # PEM server certificate (chain); with tls_key: the gRPC port speaks TLS
     tls_key: str = ""
     tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mutual TLS)
-    tokens: str = field(default="", repr=False)  # "TOKEN=tenant1,tenant2;TOKEN2=*" (better: tokens_file or $MESSPLUS_SECURITY_TOKENS)
+    # "TOKEN=tenant1,tenant2;TOKEN2=*" (better: tokens_file or $MESSPLUS_SECURITY_TOKENS); never logged
+    tokens: str = field(default="", repr=False)
     tokens_file: str = ""  # one "TOKEN tenant1,tenant2" per line ('*' = every tenant; '#' starts a comment)
     rate_limit_rps: float = 0.0  # per tenant, sustained requests per second; 0 = no limit
     rate_limit_burst: float = 0.0  # bucket size; 0 = max(1, rate_limit_rps)

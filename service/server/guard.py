@@ -5,9 +5,9 @@ Order per call: bearer token (UNAUTHENTICATED) -> bytes that do not parse (INVAL
 declared tenant scope -> the token's tenants (PERMISSION_DENIED) -> a free in-flight slot (RESOURCE_EXHAUSTED,
 answered at once: no queue builds up, so admitted calls keep their latency under overload) -> the tenant's rate
 limit (RESOURCE_EXHAUSTED; after admission, so a call refused for overload costs the tenant nothing) -> the
-handler. Health
-and reflection bypass the gate: probes work without credentials and during overload. Errors are raised as domain
-errors; ErrorInterceptor (server/status.py), outside this one, turns them into statuses.
+handler. Health and reflection bypass the gate: probes work without credentials and during overload; their
+streams (health Watch, reflection) are capped apart (SideStreamCap). Errors are raised as domain errors;
+ErrorInterceptor (server/status.py), outside this one, turns them into statuses.
 
 Every RPC of the service declares its tenant scope in `SCOPES`: TENANT (the request's `tenant` field is checked
 against the token's grant and rate-limited) or NONE (any authenticated caller). An RPC missing from `SCOPES`, or
