@@ -14,6 +14,7 @@ configuration.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from collections.abc import Sequence
@@ -54,6 +55,17 @@ def local_address(listen: str) -> str:
     return f"{host}:{port}"
 
 
+def loopback(address: str) -> bool:
+    """Whether HOST:PORT names this machine (a bearer token may travel in plaintext only there)."""
+    host = address.rpartition(":")[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _channel(address: str, ca: bytes | None, client: tuple[bytes, bytes] | None = None) -> grpc.Channel:
     if not ca:
         return grpc.insecure_channel(address)
@@ -92,6 +104,11 @@ def report(address: str, tenants: Sequence[str], *, ca: bytes | None = None, cli
            token: str = "", timeout_s: float = 5.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Print the Triton line and one SLA line per tenant; return the exit status. `client`: (key, certificate)."""
     metadata = (("authorization", f"Bearer {token}"),) if token else None
+    if token and not ca and not loopback(address):
+        print(f"messplus status: refusing to send $MESSPLUS_TOKEN in plaintext to {address}, which is not this "
+              "machine: give --tls-ca (or a config with security.tls_cert), or reach the router over loopback",
+              file=err)
+        return 2
     status = 0
     with _channel(address, ca, client) as ch:
         stub = pb_grpc.RoutingServiceStub(ch)

@@ -100,3 +100,16 @@ def test_a_token_of_the_wrong_type_is_not_repeated_in_the_error() -> None:
         config.from_mapping({"security": {"tokens": [f"{A}=acme"]}}, env={})
     assert A not in str(err.value)
     assert A not in repr(config.from_mapping({"security": {"tokens": f"{A}=acme"}}, env={}))
+
+
+def test_messplus_status_never_sends_a_token_in_plaintext_off_this_machine() -> None:
+    import io
+
+    from messplus.service.statuscmd import loopback, report
+
+    assert all(loopback(a) for a in ("127.0.0.1:50051", "localhost:1", "[::1]:50051", "127.8.9.1:2"))
+    assert not any(loopback(a) for a in ("10.1.2.3:50051", "router.internal:50051", "[2001:db8::1]:1", ":50051"))
+    out, err = io.StringIO(), io.StringIO()
+    assert report("10.1.2.3:50051", ["acme"], token=A, out=out, err=err, timeout_s=0.1) == 2
+    assert "refusing to send $MESSPLUS_TOKEN in plaintext to 10.1.2.3:50051" in err.getvalue() and not out.getvalue()
+    assert A not in err.getvalue()
