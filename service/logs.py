@@ -28,7 +28,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": round(record.created, 6), "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
                "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
-        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
+        out.update({k: v for k, v in vars(record).items()
+                    if k not in _STANDARD and k not in out and not k.startswith("_")})  # extras never replace these
         if not out.get("request_id"):
             out.pop("request_id", None)
         if record.exc_info:

@@ -6,6 +6,7 @@ caller its row. On a 2-core box one MiniLM call on 8 short prompts costs far les
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -52,12 +53,16 @@ class MicroBatcher(Generic[T, R]):
         self.came_during = 0  # items that came while a batch ran (with N <= batch_max callers: missed their batch)
         self._expect = 1  # items to wait for: backlog when the last batch finished + the callers it answered
         self._free_since = 0.0  # when the last batch finished
+        self._closed = False
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
+        if self._closed:
+            raise RuntimeError("the micro-batcher is closed (the router is stopping)")
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
-            self._task = loop.create_task(self._run())
+            # a context of its own: the first caller's (its request id in the logs) would outlive that call
+            self._task = loop.create_task(self._run(), context=contextvars.Context())
         fut: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, fut, time.monotonic()))
         assert self._wakeup is not None
@@ -70,12 +75,13 @@ class MicroBatcher(Generic[T, R]):
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            gone = self._prune()  # cancelled callers take no slot, but they count as having come back
             if not self._queue:
                 continue
             first = max(self._queue[0][2], self._free_since)
             cap = first + max(self._max_delay, self._gather * self._last_run)
             enough = min(self._max_batch, self._expect)
-            while len(self._queue) < enough:
+            while len(self._queue) + gone < enough:
                 deadline = min(max(first, self._queue[-1][2]) + self._max_delay, cap)
                 if (left := deadline - time.monotonic()) <= 0:
                     break
@@ -84,6 +90,8 @@ class MicroBatcher(Generic[T, R]):
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except asyncio.TimeoutError:
                     continue  # the deadline moves when an item came in the meantime
+                finally:
+                    gone += self._prune()
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
             if self._queue:
                 self._wakeup.set()
@@ -95,6 +103,12 @@ class MicroBatcher(Generic[T, R]):
             await asyncio.sleep(0)  # let the answered callers' handlers send their replies before the clock starts
             self._free_since = time.monotonic()
 
+    def _prune(self) -> int:
+        """Drop the callers that went away while queued; how many."""
+        n = len(self._queue)
+        self._queue = [e for e in self._queue if not e[1].done()]
+        return n - len(self._queue)
+
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         live = [(item, fut) for item, fut in batch if not fut.done()]
         if not live:
@@ -104,18 +118,17 @@ class MicroBatcher(Generic[T, R]):
         self.sizes[len(live)] += 1
         try:
             results = await loop.run_in_executor(self._executor, self._fn, [item for item, _ in live])
-        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
-            for _, fut in live:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for (_, fut), res in zip(live, results):
-            if fut.done():
-                continue
-            if isinstance(res, BaseException):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
+            for (_, fut), res in zip(live, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error (a short result too)
+            _fail(live, exc)
+        finally:  # cancelled (close()): no caller of the batch is left waiting
+            _fail(live, RuntimeError("the micro-batcher was closed while this request's batch ran"))
 
     def summary(self) -> str:
         """One line for the log: batches, items, mean and largest batch."""
@@ -126,10 +139,21 @@ class MicroBatcher(Generic[T, R]):
                 "ran")
 
     async def close(self) -> None:
+        """Stop batching: every caller still waiting gets an error (none is left hanging), and the predictor's
+        thread is joined off the event loop."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
-        self._executor.shutdown(wait=True)
+        _fail([(item, fut) for item, fut, _ in self._queue], RuntimeError("the micro-batcher is closed"))
+        self._queue = []
+        await asyncio.to_thread(self._executor.shutdown, True)
+
+
+def _fail(items: list[tuple[T, asyncio.Future[R]]], exc: BaseException) -> None:
+    for _, fut in items:
+        if not fut.done():
+            fut.set_exception(exc)

@@ -127,3 +127,15 @@ def test_a_result_nobody_waits_for_any_more_is_dropped_quietly(caplog: pytest.Lo
     failing = then(done := Future(), lambda x: 1 / x)  # a failing fn reaches the waiter, not the writer's log
     done.set_result(0)
     assert isinstance(failing.exception(timeout=1), ZeroDivisionError)
+
+
+def test_a_json_log_records_extras_never_replace_its_own_fields() -> None:
+    import json
+    import logging
+
+    from messplus.service.logs import JsonFormatter
+
+    record = logging.LogRecord("messplus.access", logging.INFO, __file__, 1, "Route OK", None, None)
+    record.__dict__.update({"level": "FAKE", "ts": 0, "logger": "spoof", "tenant": "acme"})
+    out = json.loads(JsonFormatter().format(record))
+    assert (out["level"], out["logger"], out["tenant"]) == ("INFO", "messplus.access", "acme") and out["ts"] > 0

@@ -190,3 +190,81 @@ def test_gathering_stops_at_its_fraction_of_the_last_batch() -> None:
     run(main())
     assert fn.calls[0] == list(range(10))
     assert fn.calls[1] == [10, 11, 12], fn.calls
+
+
+def test_callers_cancelled_while_queued_take_no_slot_of_the_next_batch() -> None:
+    """Three of six callers queued behind a running batch give up: the three left make one batch of max_batch 4
+    (the cancelled ones took slots, and one live caller waited for a batch more)."""
+    import threading
+
+    calls: list[list[int]] = []
+    release = threading.Event()
+
+    def fn(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if items == [-1]:
+            release.wait(5)
+        return items
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch=4, max_delay_s=0.02)
+        try:
+            first = asyncio.ensure_future(b.submit(-1))
+            await asyncio.sleep(0.05)  # the first batch runs
+            queued = [asyncio.ensure_future(b.submit(i)) for i in range(6)]
+            await asyncio.sleep(0.01)
+            for t in queued[:3]:
+                t.cancel()
+            await asyncio.sleep(0.01)
+            release.set()
+            assert await first == -1 and await asyncio.gather(*queued[3:]) == [3, 4, 5]
+        finally:
+            await b.close()
+
+    run(main())
+    assert calls == [[-1], [3, 4, 5]]
+
+
+def test_close_answers_every_waiting_caller_and_keeps_the_loop_running() -> None:
+    """close() while a batch runs and more callers wait: each gets an error (they hung), and the event loop is
+    not blocked while the predictor's thread finishes its batch."""
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def fn(items: list[int]) -> list[int]:
+        release.wait(5)
+        return items
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch=2, max_delay_s=0.001)
+        running = [asyncio.ensure_future(b.submit(i)) for i in range(2)]
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(b.submit(i)) for i in range(2, 4)]
+        await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(b.close())
+        began = time.monotonic()
+        await asyncio.sleep(0.05)  # the loop runs while close() waits for the predictor's thread
+        assert time.monotonic() - began < 1.0 and not closing.done()
+        release.set()
+        await closing
+        for t in running + waiting:
+            with pytest.raises(RuntimeError, match="micro-batcher"):
+                await t
+        with pytest.raises(RuntimeError, match="closed"):
+            await b.submit(9)
+
+    run(main())
+
+
+def test_a_result_short_of_its_batch_fails_every_caller_instead_of_hanging_some() -> None:
+    async def main() -> None:
+        b = MicroBatcher(lambda items: items[:1], max_batch=3, max_delay_s=0.05)
+        try:
+            got = await asyncio.gather(*(b.submit(i) for i in range(3)), return_exceptions=True)
+        finally:
+            await b.close()
+        assert all(isinstance(g, ValueError) for g in got[1:]), got
+
+    run(main())
