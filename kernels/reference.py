@@ -123,7 +123,8 @@ def head_update_many_np(X, y, k, W, S):
 def window_satisfaction_np(q, p, cost, avail, lam):
     """Mean p of each row's choice argmin cost - lam * q (ties: lower cost, then lower index) over the rows with
     an available model; NaN if none has one."""
-    score = np.where(avail, cost - lam * q, np.inf)
+    score = cost - lam * q
+    score = np.where(avail & ~np.isnan(score), score, np.inf)  # a NaN rating rules its model out, as in the kernel
     best = score.min(axis=1, initial=np.inf)
     cand = avail & (score == best[:, None])
     cheapest = np.where(cand, cost, np.inf).min(axis=1, initial=np.inf)

@@ -278,3 +278,13 @@ def test_draw_explore_batch_extremes() -> None:
     assert not kernels.draw_explore_batch(np.uint64(1), stream, t, np.zeros(50)).any()
     with pytest.raises(ValueError):
         kernels.draw_explore_batch(np.uint64(1), stream, t[:3].copy(), np.zeros(50))
+
+
+def test_a_nan_rating_rules_its_model_out_in_the_kernel_and_its_reference_alike() -> None:
+    """The reference dropped a whole row of the window when one model's rating was NaN (the kernel skips that
+    model): the price floor's oracle disagreed with the kernel it checks."""
+    q = np.array([[np.nan, 0.9], [0.5, 0.6]])
+    p, cost, avail = np.array([[0.2, 0.9], [0.5, 0.6]]), np.array([[0.1, 1.0], [0.1, 1.0]]), np.ones((2, 2), bool)
+    for lam in (0.0, 10.0):
+        assert kernels.window_satisfaction(q, p, cost, avail, lam) == ref.window_satisfaction_np(q, p, cost, avail, lam)
+    assert kernels.price_for_target(q, p, cost, avail, 0.7, 1e4) == ref.price_for_target_np(q, p, cost, avail, 0.7, 1e4)
