@@ -1,6 +1,7 @@
 """The gRPC ceiling of this host: a trivial RoutingService served the way `messplus serve` serves the real one.
 
-Same grpc.aio server, options, interceptor and health service as service/server/app.py; Route answers at once with a
+A grpc.aio server with the router's error mapping and health service (not its guard, the side-stream cap or its
+maximum_concurrent_rpcs: the ceiling is gRPC's own); Route answers at once with a
 reply shaped like the real one (five model predictions), Generate streams a route, three text chunks and done.
 Nothing is computed, so its throughput under the load generator is the most any Python gRPC servicer reaches
 on this machine with this client.

@@ -512,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", default=str(ROOT / "docs" / "ROUTING.md"))
     ap.add_argument("--limits-doc", default=str(ROOT / "docs" / "ROUTING-LIMITS.md"),
                     help="the page of the limits and task-headroom tables")
-    ap.add_argument("--table-only", action="store_true", help="regenerate the doc's table from OUT, run nothing")
+    ap.add_argument("--table-only", action="store_true",
+                    help="regenerate the docs from the summaries in OUT without replaying them (the limits and "
+                         "task-headroom tables are still computed, a few minutes)")
     ap.add_argument("--ablations", action="store_true", help="also run each ABLATIONS policy under its condition on every trace")
     ap.add_argument("--ablation-seeds", type=int, default=2)
     ap.add_argument("--plots-to", default=str(ROOT / "docs" / "img"), help="copy the cold-start plots here")
