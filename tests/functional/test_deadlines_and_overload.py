@@ -69,7 +69,7 @@ def test_abandoned_generates_cannot_pile_up_triton_streams(start_zoo: Callable[.
     """A cancelled Generate gives back its admission slot while its Triton stream is read to its end (Triton
     2.51 leaks an instance on a cancelled stream): past server.max_inflight open streams Generate is refused,
     so callers that cancel at once cannot keep any number of generations running."""
-    zoo = start_zoo(latency_ms=1500)
+    zoo = start_zoo(latency_ms=4000)  # the abandoned streams outlast the calls that open them, on a busy machine too
     r = router_app(zoo=zoo, server={"max_inflight": 3})
     never = pb.RouteOverrides(exploration=pb.EXPLORATION_MODE_NEVER)
     with r.channel() as ch:
@@ -85,8 +85,8 @@ def test_abandoned_generates_cannot_pile_up_triton_streams(start_zoo: Callable[.
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
         assert "3 Triton streams are open (server.max_inflight: 3)" in err.value.details()
         assert stub.SlaStatus(pb.SlaStatusRequest(tenant="acme"), timeout=5).requests == 0  # none was recorded
-        while True:  # the abandoned answers end after the model's 1.5 s; then Generate is admitted again
-            assert time.monotonic() - began < 20
+        while True:  # the abandoned answers end after the model's 4 s; then Generate is admitted again
+            assert time.monotonic() - began < 30
             try:
                 events = [m.WhichOneof("event") for m in stub.Generate(
                     pb.GenerateRequest(tenant="acme", text="later", overrides=never), timeout=10)]
