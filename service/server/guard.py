@@ -224,35 +224,29 @@ class SideStreamCap(grpc.aio.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(self._capped(handler.stream_stream), **kw)
         return handler
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        try:
+            self.admission.enter()
+        except Overloaded:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.admission.limit} health and reflection "
+                                "streams are open, the most this server keeps; retry with backoff")
+        try:
+            yield
+        finally:
+            self.admission.leave()
+
     def _capped(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        admission = self.admission
-
-        async def refuse(context: grpc.aio.ServicerContext, exc: Overloaded) -> None:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc).replace("calls", "health and "
-                                "reflection streams"))
-
         if inspect.isasyncgenfunction(fn):
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    admission.enter()
-                except Overloaded as exc:
-                    await refuse(context, exc)
-                try:
+                async with self._slot(context):
                     async for item in fn(request, context):
                         yield item
-                finally:
-                    admission.leave()
 
             return stream
 
         async def written(request: Any, context: grpc.aio.ServicerContext) -> Any:  # writes with context.write
-            try:
-                admission.enter()
-            except Overloaded as exc:
-                await refuse(context, exc)
-            try:
+            async with self._slot(context):
                 return await fn(request, context)
-            finally:
-                admission.leave()
 
         return written
