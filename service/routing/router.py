@@ -50,6 +50,9 @@ class Router:
         self.available = np.ones(len(self.models), dtype=np.bool_)
         self.tenants = {t.name: TenantState(cfg=self.policy.tenant(t), index=i) for i, t in enumerate(tenants)}
         self._cache: OrderedDict[str, Pending] = OrderedDict()
+        # this process's name on the requests it stores: with a shared store, a label leaves the expected-queue
+        # terms of the router that routed its request (new at every start: a restarted one counts from then)
+        self.replica = uuid.uuid4().hex
         self._reserved: set[str] = set()  # caller-chosen ids of requests being routed, not yet recorded
         self._cache_size = cache_size
         self.learner = Learner(heads, self.models, store, self.policy, snapshot_every)
@@ -204,7 +207,7 @@ class Router:
         row = RequestRow(request_id=d.request_id, tenant=d.tenant, t=d.t, served_model=self.names[served],
                          invoked=tuple(self.names[k] for k in invoked), exploration=d.exploration, cost=cost,
                          cost_raw=cost_raw, alpha=d.alpha, embedding=emb.tobytes(), explore_cost_raw=extra,
-                         p_served=p_served, target=target)
+                         p_served=p_served, target=target, replica=self.replica)
         try:
             fut = self.store.insert_request(row)  # first: a store that cannot take it refuses the request here
         finally:
@@ -298,12 +301,8 @@ class Router:
     def _applied(self, pending: Pending, commit: FeedbackCommit) -> None:
         """Memory follows a committed feedback transaction (on the store's writer thread, in commit order): the
         tenant's counters at once; the heads at once too when this process is the only writer, else when the
-        label log brings these labels in order (apply_log). With a shared store, a request another replica routed
-        leaves that replica's expected-queue terms, not this one's: only a request this replica routed (its cache)
-        does."""
-        if self.store.shared and commit.events and commit.events[0].request_id not in self._cache:
-            pending = replace(pending, p_served=None, target=None)
-        self._count(commit.events, pending)
+        label log brings these labels in order (apply_log)."""
+        self._count(commit.events)
         if self.store.shared:
             self._counted.update(ev.seq for ev in commit.events)
         else:
@@ -317,7 +316,7 @@ class Router:
             if ev.seq in self._counted:
                 self._counted.discard(ev.seq)
             elif ev.seq > self._counted_through:  # the tenants' rows this process loaded did not have it
-                self._count((ev,), self._cache.get(ev.request_id))
+                self._count((ev,))
         self.learner.learn(events)
 
     def _shared_counts(self, rows: dict[str, TenantRow]) -> None:
@@ -329,9 +328,11 @@ class Router:
                 if st is not None and row.requests + 1 > st.next_t:
                     st.next_t = row.requests + 1
 
-    def _count(self, events: Sequence[LabelEvent], pending: Pending | None) -> None:
+    def _count(self, events: Sequence[LabelEvent]) -> None:
         """A label's effect on its tenant: the queue (as the transaction left it), labelled, satisfaction, and
-        the expected-queue terms of the request (when this process routed it and still knows it)."""
+        the expected-queue terms of the request. With a shared store only the router that routed the request
+        counted it there (its `replica` on the stored request), so only that one lets it go, whichever replica
+        took the Feedback and however long ago the request left its cache."""
         with self.lock:
             for ev in events:
                 st, k = self.tenants.get(ev.tenant), self.index.get(ev.model)
@@ -346,8 +347,9 @@ class Router:
                     st.queue, st.queue_seq = ev.queue_after, ev.seq
                 st.labelled += 1
                 st.sat_sum += s
-                p, target = (pending.p_served, pending.target) if pending is not None else (None, None)
-                if p is not None and target is not None:  # it leaves the pending expectation for the queue
+                mine = not self.store.shared or ev.replica == self.replica
+                p, target = ev.p_served, ev.target
+                if mine and p is not None and target is not None:  # it leaves the pending expectation for the queue
                     st.pending_sum -= target - p
                     st.pending_n -= 1
                     st.resid_sum += s - p

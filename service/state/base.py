@@ -49,6 +49,7 @@ class RequestRow:
     explore_cost_raw: float = 0.0  # the exploration step's models beyond the exploit choice
     p_served: float | None = None  # the predicted satisfaction of the served model when routed
     target: float | None = None    # what its label will be held to: alpha plus the margin at its index
+    replica: str | None = None     # the id of the router process that routed it (Router.replica)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +78,8 @@ class HeadRow:
 @dataclass(frozen=True, kw_only=True)
 class LabelEvent:
     """One entry of the label log, with what a router needs to apply it: the tenant's queue after it (when it
-    moved the queue) and the request's exploration flag and embedding (to learn from it)."""
+    moved the queue), the request's exploration flag and embedding (to learn from it), and which router routed
+    it with what prediction (that router's expected-queue terms let it go)."""
 
     seq: int
     tenant: str
@@ -88,6 +90,9 @@ class LabelEvent:
     queue_after: float | None
     exploration: bool
     embedding: bytes | None
+    replica: str | None = None
+    p_served: float | None = None
+    target: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -64,6 +64,8 @@ MIGRATIONS = (
         model TEXT PRIMARY KEY, dim INTEGER NOT NULL, last_label_seq BIGINT NOT NULL, W BYTEA NOT NULL,
         S BYTEA NOT NULL, updated DOUBLE PRECISION NOT NULL);
     """,
+    # version 2: which router process routed each request (its label leaves that router's expected-queue terms)
+    "ALTER TABLE requests ADD COLUMN replica TEXT",
 )
 
 

@@ -15,10 +15,10 @@ from ..errors import Conflict, NotFound, shown
 from .base import Expectation, FeedbackCommit, HeadRow, LabelEvent, QueueStep, RequestRow, TenantRow, now
 
 _REQUEST = ("SELECT request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, alpha, embedding, "
-            "p_served, target FROM requests WHERE request_id = ?")
+            "p_served, target, replica FROM requests WHERE request_id = ?")
 _EVENTS = ("SELECT l.seq, r.tenant, l.request_id, l.model, l.satisfaction, l.moves_queue, l.queue_after, "
-           "r.exploration, r.embedding FROM labels l JOIN requests r ON r.request_id = l.request_id "
-           "WHERE l.seq > ? ORDER BY l.seq")
+           "r.exploration, r.embedding, r.replica, r.p_served, r.target FROM labels l JOIN requests r "
+           "ON r.request_id = l.request_id WHERE l.seq > ? ORDER BY l.seq")
 
 
 # -- reads ---------------------------------------------------------------------------------------------------------
@@ -67,7 +67,8 @@ def request(conn: Any, request_id: str) -> RequestRow | None:
         return None
     return RequestRow(request_id=r[0], tenant=r[1], t=r[2], served_model=r[3],
                       invoked=tuple(m for m in r[4].split("\n") if m), exploration=bool(r[5]), cost=r[6],
-                      cost_raw=r[7], alpha=r[8], embedding=_bytes(r[9]), p_served=r[10], target=r[11])
+                      cost_raw=r[7], alpha=r[8], embedding=_bytes(r[9]), p_served=r[10], target=r[11],
+                      replica=r[12])
 
 
 def request_exists(conn: Any, request_id: str) -> bool:
@@ -81,7 +82,8 @@ def head(conn: Any, model: str) -> HeadRow | None:
 
 def label_events(conn: Any, after: int) -> list[LabelEvent]:
     return [LabelEvent(seq=int(r[0]), tenant=r[1], request_id=r[2], model=r[3], satisfaction=r[4],
-                       moves_queue=bool(r[5]), queue_after=r[6], exploration=bool(r[7]), embedding=_bytes(r[8]))
+                       moves_queue=bool(r[5]), queue_after=r[6], exploration=bool(r[7]), embedding=_bytes(r[8]),
+                       replica=r[9], p_served=r[10], target=r[11])
             for r in conn.execute(_EVENTS, (after,)).fetchall()]
 
 
@@ -127,10 +129,11 @@ def insert_request(conn: Any, row: RequestRow) -> None:
     if row.served_model not in row.invoked:
         raise ValueError("served model must be among the invoked ones")
     conn.execute("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw,"
-                 " alpha, embedding, created, p_served, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 " alpha, embedding, created, p_served, target, replica)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked),
                   int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now(), row.p_served,
-                  row.target))
+                  row.target, row.replica))
     conn.execute("UPDATE tenants SET requests = requests + 1, cost_sum = cost_sum + ?, "
                  "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ?, "
                  "explore_cost_raw = explore_cost_raw + ? WHERE name = ?",
@@ -149,11 +152,11 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
         lock_log(conn)
     # the router checked its memory; the database decides: a record another replica stored under the same id,
     # or one whose commit failed, must not take this caller's labels
-    req = conn.execute("SELECT tenant, served_model, exploration, embedding FROM requests WHERE request_id = ?",
-                       (request_id,)).fetchone()
+    req = conn.execute("SELECT tenant, served_model, exploration, embedding, replica, p_served, target FROM requests "
+                       "WHERE request_id = ?", (request_id,)).fetchone()
     if req is None or req[0] != tenant or req[1] != served_model:
         raise NotFound(f"request_id {shown(request_id)} is not a stored request of tenant {tenant!r}")
-    exploration, embedding = req[2], req[3]
+    exploration, embedding, replica, p_served, target = req[2:7]
     stored = dict(conn.execute("SELECT model, satisfaction FROM labels WHERE request_id = ?", (request_id,)).fetchall())
     new: dict[str, float] = {}
     for model, s in labels.items():
@@ -177,7 +180,8 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
                               (request_id, model, s, int(served), queue if served else None, now())).fetchone()
         events.append(LabelEvent(seq=int(seq), tenant=tenant, request_id=request_id, model=model, satisfaction=s,
                                  moves_queue=served, queue_after=queue if served else None,
-                                 exploration=bool(exploration), embedding=_bytes(embedding)))
+                                 exploration=bool(exploration), embedding=_bytes(embedding), replica=replica,
+                                 p_served=p_served, target=target))
     return FeedbackCommit(new=new, given=len(labels), queue=float(queue), moved=moves, events=tuple(events))
 
 

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS requests (
     embedding BLOB,
     created REAL NOT NULL,
     p_served REAL,
-    target REAL
+    target REAL,
+    replica TEXT
 );
 CREATE TABLE IF NOT EXISTS labels (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,9 +90,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "explore_cost_raw" not in have:
         conn.execute("ALTER TABLE tenants ADD COLUMN explore_cost_raw REAL NOT NULL DEFAULT 0")
     have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
-    for column in ("p_served", "target"):
+    for column, kind in (("p_served", "REAL"), ("target", "REAL"), ("replica", "TEXT")):
         if column not in have:
-            conn.execute(f"ALTER TABLE requests ADD COLUMN {column} REAL")
+            conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
 
 
 def connect(path: Path, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:

@@ -28,9 +28,9 @@ TENANT = TenantConfig(name="acme", alpha=0.8, c=0.0)
 def routers(postgres_url: str) -> Iterator[Callable[[], Router]]:
     made: list[Router] = []
 
-    def make() -> Router:
+    def make(**kw: int) -> Router:
         store = PostgresStore(postgres_url, poll_s=0.05)
-        r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], DIM), store, snapshot_every=7)
+        r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], DIM), store, snapshot_every=7, **kw)
         made.append(r)
         return r
 
@@ -140,3 +140,26 @@ def test_a_request_labelled_at_another_router_leaves_the_expectation_of_the_rout
     a.store.flush()
     late = routers()  # a replica that starts now counts only the requests it routes itself, not a's
     assert late.tenants["acme"].pending_n == 0 and a.tenants["acme"].pending_n == 1
+
+
+def test_a_label_long_after_its_request_left_the_cache_still_leaves_the_expectation(routers) -> None:
+    """A router remembers its latest `cache_size` requests; a label that comes later (a tenant that sends its
+    feedback in a daily batch) must still take its request out of the expected queue of the router that routed
+    it, whether that router or another one takes the Feedback. Judged by the stored request's router, not by
+    the cache, which once left such requests in the expectation for good."""
+    a, b = routers(cache_size=3), routers(cache_size=3)
+    rng = np.random.default_rng(5)
+    mine = [route(a, rng) for _ in range(8)]
+    theirs = [route(b, rng) for _ in range(8)]
+    assert a.tenants["acme"].pending_n == 8 and b.tenants["acme"].pending_n == 8
+    a.store.flush()
+    b.store.flush()
+    for d in mine[:4] + theirs[:4]:  # evicted at both routers: each takes labels of its own and of the other's
+        a.feedback("acme", d.request_id, 1.0, []).result(10)
+    for d in mine[4:] + theirs[4:]:
+        b.feedback("acme", d.request_id, 0.0, []).result(10)
+    caught_up(a, b)
+    for r in (a, b):
+        st = r.tenants["acme"]
+        assert (st.pending_n, st.resid_n) == (0, 8)
+        assert st.pending_sum == pytest.approx(0.0, abs=1e-9)
