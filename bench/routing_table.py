@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -501,7 +502,7 @@ def write_doc(doc: Path, limits_doc: Path, out: Path, seeds: int, command: str, 
     text = _replace(text, "routing-table", table(out, seeds), command)
     text = _replace(text, "routing-horizons", horizons_table(out), command)
     text = _replace(text, "routing-caution", caution_table(out), command)
-    text = _replace(text, "routing-ablations", ablation_table(out), command.replace("--seeds", "--ablation-seeds"))
+    text = _replace(text, "routing-ablations", ablation_table(out), command)
     limits = limits_doc.read_text(encoding="utf-8")
     limits = _replace(limits, "routing-limits", per_source_limits(emb_cache), command)
     limits = _replace(limits, "routing-task", task_headroom(out, seeds), command)
@@ -553,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         src = out / f"{case.key}-cold"
         for png in sorted(src.glob("*.png")):
             shutil.copyfile(png, img / f"{case.key}-{png.name}")
-    command = "python bench/routing_table.py --ablations" + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
+    # the stamp is the command as run: a page re-rendered with --table-only, or from --only runs, says so
+    command = " ".join(["python bench/routing_table.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     write_doc(Path(args.doc), Path(args.limits_doc), out, args.seeds, command, Path(args.cache_dir))
     print(table(out, args.seeds))
     return 0
