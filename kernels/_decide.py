@@ -43,19 +43,34 @@ def decide_batch(p_hat, cost, avail, queue, alpha, V):
         for k in range(n_models):  # branch-free, so it vectorises; +inf where unavailable
             s = vb * cost[b, k] + qb * (ab - p_hat[b, k])
             score[k] = s if avail[b, k] else np.inf
-        even, odd = np.inf, np.inf  # min(score) as two interleaved chains, which halves the compare latency
-        for k in range(0, n_models - 1, 2):
-            s0, s1 = score[k], score[k + 1]
-            even = s0 if s0 < even else even
-            odd = s1 if s1 < odd else odd
-        if n_models % 2 == 1:
-            s0 = score[n_models - 1]
-            even = s0 if s0 < even else even
-        best = odd if odd < even else even
+        # min(score) as four interleaved chains: a compare's latency, not the loop, bounds one chain
+        m0, m1, m2, m3 = np.inf, np.inf, np.inf, np.inf
+        k = 0
+        while k + 3 < n_models:
+            s0, s1, s2, s3 = score[k], score[k + 1], score[k + 2], score[k + 3]
+            m0 = s0 if s0 < m0 else m0
+            m1 = s1 if s1 < m1 else m1
+            m2 = s2 if s2 < m2 else m2
+            m3 = s3 if s3 < m3 else m3
+            k += 4
+        while k < n_models:
+            s0 = score[k]
+            m0 = s0 if s0 < m0 else m0
+            k += 1
+        m0 = m1 if m1 < m0 else m0
+        m2 = m3 if m3 < m2 else m2
+        best = m2 if m2 < m0 else m0
         limit = best + TIE_RTOL * abs(best)
         choice, cheapest = -1, np.inf  # the cheapest, then first, available model within the tie band
-        for k in range(n_models):
-            if score[k] <= limit and avail[b, k] and (choice < 0 or cost[b, k] < cheapest):
-                choice, cheapest = k, cost[b, k]
+        if best < np.inf:  # a finite band: an unavailable model (+inf) is never in it, so avail is not read again
+            for k in range(n_models):
+                if score[k] <= limit:
+                    c = cost[b, k]
+                    if choice < 0 or c < cheapest:
+                        choice, cheapest = k, c
+        else:  # every available score is +inf or NaN (or none is available): the band is +inf
+            for k in range(n_models):
+                if score[k] <= limit and avail[b, k] and (choice < 0 or cost[b, k] < cheapest):
+                    choice, cheapest = k, cost[b, k]
         out[b] = choice
     return out

@@ -70,6 +70,23 @@ def test_decide_batch_matches_numpy_twin(args: tuple[np.ndarray, ...]) -> None:
     np.testing.assert_array_equal(got, ref.decide_batch_np(*args))
 
 
+ODD = st.sampled_from([np.inf, -np.inf, np.nan, 1e308, 0.5])
+
+
+@fuzz
+@given(decide_inputs(), st.data())
+def test_decide_batch_matches_numpy_twin_on_non_finite_values(args: tuple[np.ndarray, ...], data: st.DataObject) -> None:
+    """Infinite and NaN predictions or prices (a row whose band is +inf takes the other branch of the kernel)."""
+    p_hat, cost = args[0].copy(), args[1].copy()
+    for a in (p_hat, cost):
+        for _ in range(data.draw(st.integers(0, a.size))):
+            a[data.draw(st.integers(0, a.shape[0] - 1)), data.draw(st.integers(0, a.shape[1] - 1))] = data.draw(ODD)
+    args = (p_hat, cost, *args[2:])
+    with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 and inf - inf in the twin: NaN, as in the kernel
+        want = ref.decide_batch_np(*args)
+    np.testing.assert_array_equal(kernels.decide_batch(*args), want)
+
+
 @fuzz
 @given(decide_inputs())
 def test_decide_batch_picks_an_available_minimum(args: tuple[np.ndarray, ...]) -> None:
