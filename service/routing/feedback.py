@@ -23,7 +23,9 @@ def validated_labels(index: Mapping[str, int], pending: Pending, satisfaction: f
         if k is None:
             raise InvalidArgument(f"{fld}.model", f"unknown model {shown(model)} (zoo: {', '.join(index)})")
         if k not in pending.invoked:
-            raise InvalidArgument(f"{fld}.model", f"model {model!r} was not invoked for this request")
+            raise InvalidArgument(f"{fld}.model", f"model {model!r} gave no answer for this request: it was not "
+                                  "invoked, or its call failed (Generate's `answer` with an error); label only "
+                                  "the models that answered")
         check_satisfaction(f"{fld}.satisfaction", s)
         if k in out and out[k] != s:
             raise InvalidArgument(f"{fld}.satisfaction", f"contradicts another label for {model!r} in this call")

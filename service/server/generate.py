@@ -45,6 +45,7 @@ class Calls:
         self.budget, self.callers_deadline = budget, callers_deadline  # whose limit the budget is
         self.last: ZooError | None = None  # the served model's (or a fallback's) last failure
         self.counted: set[int] = set()  # models whose failure is in triton_errors already
+        self.errors: dict[int, str] = {}  # each failed model's error, for its `answer`
         self.invoked: set[int] = set()
         self.latency_ms: dict[int, float] = {}
         self.served = -1
@@ -67,6 +68,7 @@ class Calls:
 
     def _failed(self, k: int, exc: ZooError) -> None:
         self.last = exc
+        self.errors.setdefault(k, str(exc))
         if k in self.counted:  # an explored model's failure, seen by the fallback and again by the answers
             return
         self.counted.add(k)
@@ -91,6 +93,10 @@ class Calls:
         try:
             async for reply in self._serve(order, others):
                 yield reply
+            if self.served != d.served and d.exploration:  # the routed model failed before its first chunk
+                yield pb.GenerateReply(answer=pb.ModelAnswer(model=self.router.names[d.served], text="",
+                                                             error=self.errors.get(d.served, ""),
+                                                             latency_ms=self.latency_ms.get(d.served, 0.0)))
             for k, task in others.items():
                 if k == self.served:
                     continue

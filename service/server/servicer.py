@@ -73,13 +73,13 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router, te
                      excluded=tuple(ov.excluded_models), exploration=int(ov.exploration),
                      input_tokens=input_tokens(text))
     router.tenant(item.tenant)
-    left = set(item.allowed or router.names) - set(item.excluded)
-    if not left:
-        raise InvalidArgument("overrides.excluded_models", "the overrides exclude every model they allow")
-    try:
+    try:  # first: an unknown name is the problem to report, whatever else the overrides say
         mask = router.mask(item)
     except InvalidArgument as exc:
         raise InvalidArgument(REQUEST_FIELDS.get(exc.field, exc.field), exc.problem) from None
+    left = set(item.allowed or router.names) - set(item.excluded)
+    if not left:
+        raise InvalidArgument("overrides.excluded_models", "the overrides exclude every model they allow")
     if not mask.any():
         if not router.available.any():  # the cause is Triton, not the request
             raise NoModelAvailable(triton_problem or "no zoo model is ready on Triton now")

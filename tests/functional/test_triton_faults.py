@@ -165,3 +165,34 @@ def test_triton_killed_gives_unavailable_quickly_and_health_not_serving(
     figures.update(generate_unavailable_s=round(generate_s, 3), route_unavailable_s=round(route_s, 3),
                    health_not_serving_after_s=round(health_s, 3))
     assert generate_s < 2.0 and route_s < 1.0 and health_s < POLL_S + 3.0
+
+
+def test_a_routed_model_that_fails_before_answering_gets_its_answer_event_and_cannot_be_labelled(
+        start_zoo: Callable[..., DemoZoo], router_app: Callable[..., AppThread]) -> None:
+    """An exploration step whose routed model fails before its first chunk (unloaded on Triton, before the
+    router's poll has seen it): another explored model serves, the stream still carries one `answer` per other
+    explored model (the routed one's with its error), and Feedback for the failed model says why it is refused."""
+    zoo = start_zoo()
+    r = router_app(zoo=zoo, triton={"ready_poll_s": 3600.0})  # the router will not notice the unload by polling
+    (cheap, _), (dear, _) = sorted(zoo.priced, key=lambda m: m[1])[::len(zoo.priced) - 1]
+    zoo.server.unload_model(dear)
+    with r.channel() as ch:
+        stub = pb_grpc.RoutingServiceStub(ch)
+        events = list(stub.Generate(pb.GenerateRequest(
+            tenant="beta", text="Name a colour.",
+            overrides=pb.RouteOverrides(allowed_models=[cheap, dear], exploration=pb.EXPLORATION_MODE_ALWAYS)),
+            timeout=30))
+        route = events[0].route
+        # a new tenant's models are all rated alike, and an exploration step serves the dearer of a tie
+        assert (route.model, sorted(route.explored_models)) == (dear, sorted([cheap, dear]))
+        answers = [e.answer for e in events if e.WhichOneof("event") == "answer"]
+        assert [(a.model, a.text) for a in answers] == [(dear, "")] and "unavailable" in answers[0].error
+        assert events[-1].done.served_model == cheap
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Feedback(pb.FeedbackRequest(tenant="beta", request_id=route.request_id, satisfaction=1.0,
+                                             labels=[pb.ModelSatisfaction(model=dear, satisfaction=0.0)]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"labels[0].model: model {dear!r} gave no answer for this request" in (err.value.details() or "")
+        fb = stub.Feedback(pb.FeedbackRequest(tenant="beta", request_id=route.request_id, satisfaction=1.0),
+                           timeout=10)
+        assert fb.queue_updated

@@ -64,6 +64,10 @@ ROUTE_CASES = [
      "overrides.allowed_models: unknown model 'gpt-9'"),
     (pb.RouteRequest(tenant="acme", text="hi", overrides=pb.RouteOverrides(excluded_models=["nope"])), INVALID,
      "overrides.excluded_models"),
+    # an unknown name is the problem, not that it excludes what it allows
+    (pb.RouteRequest(tenant="acme", text="hi", overrides=pb.RouteOverrides(allowed_models=["gpt-9"],
+                                                                          excluded_models=["gpt-9"])), INVALID,
+     "overrides.allowed_models: unknown model 'gpt-9'"),
 ]
 
 
@@ -131,7 +135,7 @@ def feedback_cases(r: pb.RouteReply) -> list[tuple[pb.FeedbackRequest, grpc.Stat
          INVALID, "labels[0].model: unknown model 'gpt-9'"),
         (pb.FeedbackRequest(tenant="acme", request_id=rid, labels=[pb.ModelSatisfaction(model=other,
                                                                                        satisfaction=1)]),
-         INVALID, "labels[0].model: model"),
+         INVALID, "labels[0].model: model " + repr(other) + " gave no answer for this request"),
         (pb.FeedbackRequest(tenant="acme", request_id=rid, labels=[pb.ModelSatisfaction(model=r.model,
                                                                                        satisfaction=2)]),
          INVALID, "labels[0].satisfaction"),

@@ -17,7 +17,7 @@ import pytest
 from messplus.service.demo.repository import DEFAULT_TRACE, DemoModel, build_demo_repository
 from messplus.service.zoo.embedded import INSTALL_HINT, TritonServer
 
-from .config import TEST_SERVER, TEST_TENANTS, serve_toml
+from .config import TEST_SERVER, TEST_TENANTS, TEST_TRITON, serve_toml
 from .inprocess import AppThread
 from .procs import ServerProcess, messplus_serve
 
@@ -39,12 +39,12 @@ class DemoZoo:
 
 def router_toml(state_dir: Path, zoo: DemoZoo, onnx: Path, *, triton_url: str | None = None,
                 server: Mapping[str, Any] | None = None, security: Mapping[str, Any] | None = None,
-                tenants: Sequence[Mapping[str, Any]] = ()) -> str:
+                tenants: Sequence[Mapping[str, Any]] = (), triton: Mapping[str, Any] | None = None) -> str:
     """The tests' router config: `zoo` on its Triton (or at `triton_url`), the tests' tenants plus `tenants`,
-    `server` and `security` keys on top of the tests' defaults."""
+    `server`, `security` and `triton` keys on top of the tests' defaults."""
     return serve_toml(state_dir, triton_url or zoo.server.grpc_url, onnx, zoo.priced,
                       server={**TEST_SERVER, **(server or {})}, security=security,
-                      tenants=[*TEST_TENANTS, *tenants])
+                      tenants=[*TEST_TENANTS, *tenants], triton={**TEST_TRITON, **(triton or {})})
 
 
 @pytest.fixture(scope="session")
@@ -79,9 +79,9 @@ def router_app(tmp_path: Path, demo_zoo: DemoZoo, encoder_onnx: Path) -> Iterato
              state_dir: Path | None = None, server: Mapping[str, Any] | None = None,
              security: Mapping[str, Any] | None = None, tenants: Sequence[Mapping[str, Any]] = (),
              env: dict[str, str] | None = None, client_tls: grpc.ChannelCredentials | None = None,
-             ready: str = "") -> AppThread:
+             ready: str = "", triton: Mapping[str, Any] | None = None) -> AppThread:
         text = router_toml(state_dir or tmp_path / "state", zoo or demo_zoo, encoder_onnx, triton_url=triton_url,
-                           server=server, security=security, tenants=tenants)
+                           server=server, security=security, tenants=tenants, triton=triton)
         app = AppThread(tmp_path / name, text, env=env, client_tls=client_tls)
         started.append(app)
         try:
