@@ -29,7 +29,7 @@ from .learner import Learner
 from .policy import Batch, Plan, Policy
 from .pricing import Pricing
 from .tenant import Counted, Flight, TenantState, label_target, queue_step
-from .types import Decision, FeedbackResult, Pending, RouteItem, Routed
+from .types import REQUEST_ID, Decision, FeedbackResult, Pending, RouteItem, Routed
 
 log = logging.getLogger("messplus.router")
 
@@ -264,7 +264,8 @@ class Router:
         if not request_id:
             raise InvalidArgument("request_id", "must not be empty")
         pending = self._cache.get(request_id)
-        if pending is None:
+        # an id no request can have is not looked up (a NUL in it was an INTERNAL error on PostgreSQL)
+        if pending is None and REQUEST_ID.fullmatch(request_id):
             row = self.store.request(request_id)
             if row is not None and row.tenant == tenant and row.served_model not in self.index:
                 raise Conflict(f"request_id {shown(request_id)} was served by model {row.served_model!r}, which is "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a caller's request id: 1-128 printable ASCII, no spaces
 
 EXPLORE_DEFAULT, EXPLORE_NEVER, EXPLORE_ALWAYS = 0, 1, 2
 

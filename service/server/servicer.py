@@ -7,7 +7,6 @@ its fields as its own API does (`allowed`, `excluded`); `REQUEST_FIELDS` turns t
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -22,14 +21,13 @@ from ..errors import (AlreadyExists, DeadlineTooShort, InvalidArgument, NoModelA
                       Unsupported)
 from ..routing.pricing import input_tokens
 from ..routing.router import Router
-from ..routing.types import Decision, FeedbackResult, RouteItem, Routed
+from ..routing.types import REQUEST_ID, Decision, FeedbackResult, RouteItem, Routed
 from ..zoo.monitor import TritonMonitor
 from ..zoo.triton import TritonZoo
 from .batcher import MicroBatcher
 from .generate import Calls, sampling_parameters
 from .metrics import Metrics
 
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 REQUEST_FIELDS = {"allowed": "overrides.allowed_models", "excluded": "overrides.excluded_models"}
 
 
@@ -64,7 +62,7 @@ def route_item(request: pb.RouteRequest | pb.GenerateRequest, router: Router, te
     """The request as the router takes it; `triton_problem` is why Triton cannot serve now ("" if it can), the
     error's text when no model at all is available."""
     rid = request.request_id
-    if rid and not _REQUEST_ID.fullmatch(rid):
+    if rid and not REQUEST_ID.fullmatch(rid):
         raise InvalidArgument("request_id", "must be 1-128 printable ASCII characters without spaces")
     ov = request.overrides
     if ov.exploration not in (pb.EXPLORATION_MODE_DEFAULT, pb.EXPLORATION_MODE_NEVER, pb.EXPLORATION_MODE_ALWAYS):

@@ -69,6 +69,18 @@ MIGRATIONS = (
 )
 
 
+LOCK_TIMEOUT_S = 30.0
+# a peer that stops answering (a black-holed link) is given up after about 30 s instead of the kernel's ~15 min;
+# the URL's own values win
+TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                "tcp_user_timeout": 30_000}
+
+
+def _tcp_defaults(url: str) -> dict[str, Any]:
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    return {k: v for k, v in TCP_DEFAULTS.items() if k not in given}
+
+
 class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer messplus: this one must not write to it."""
 
@@ -114,7 +126,7 @@ class PostgresStore(sql.SqlReads, Store):
 
     def __init__(self, url: str, *, password: str = "", buffer_records: int = 10_000, poll_s: float = 0.5,
                  retention_s: float = 30 * 86400.0, record_wait_s: float = 2.0, max_batch: int = 512) -> None:
-        self._kw: dict[str, Any] = {"password": password} if password else {}
+        self._kw: dict[str, Any] = {**_tcp_defaults(url), **({"password": password} if password else {})}
         self._url, self.poll_s = url, poll_s
         self.retention_s, self.record_wait_s = retention_s, record_wait_s
         with psycopg.connect(url, autocommit=True, **self._kw) as conn:
@@ -135,17 +147,23 @@ class PostgresStore(sql.SqlReads, Store):
         self._writer = GroupCommit(self._connect, begin="BEGIN ISOLATION LEVEL READ COMMITTED; "
                                                         f"SELECT pg_advisory_xact_lock({LOG_LOCK})",
                                    max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
-                                   on_rollback=self._rolled_back)
+                                   on_rollback=self._rolled_back,
+                                   transient=lambda exc: isinstance(exc, psycopg.OperationalError))
         self._stop = threading.Event()
         self._tail = threading.Thread(target=self._run_tail, name="messplus-state-tail", daemon=True)
 
     def _connect(self) -> _Qmark:
-        return _Qmark(psycopg.connect(self._url, autocommit=True, connect_timeout=5, **self._kw))
+        conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5, **self._kw)
+        # a lock held elsewhere (a row, the log lock) fails the batch after LOCK_TIMEOUT_S, and it is retried; a
+        # statement timeout would also cut a long read of the label log (a replica catching up)
+        conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
+        return _Qmark(conn)
 
     @property
     def error(self) -> str:
-        """Why the database cannot be written now, or the label log not followed ("" when all is well)."""
-        return self._writer.error or self._tail_error
+        """Why the database cannot be written now, or the label log not followed, or a commit has been waiting on
+        it for STALL_S ("" when all is well)."""
+        return self._writer.error or self._tail_error or self._writer.stall()
 
     # -- the label log ----------------------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[list[LabelEvent]], None], after: int = 0,
@@ -224,10 +242,14 @@ class PostgresStore(sql.SqlReads, Store):
                     raise
 
     def _expire(self, conn: Any) -> None:
-        """Drop request records older than the retention whose labels every head snapshot has learned."""
-        conn.execute("DELETE FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM labels l WHERE "
-                     "l.request_id = requests.request_id AND l.seq > (SELECT COALESCE(MIN(last_label_seq), 0) "
-                     "FROM heads))", (time.time() - self.retention_s,))
+        """Drop request records older than the retention whose labels every head snapshot has learned, and their
+        labels with them (a label of no request only grew the log, and answered a reused id's Feedback as a
+        duplicate). A head not snapshotted within the retention (a model that left the zoo) is not waited for."""
+        cutoff = time.time() - self.retention_s
+        conn.execute("WITH gone AS (DELETE FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM labels l "
+                     "WHERE l.request_id = requests.request_id AND l.seq > (SELECT COALESCE(MIN(last_label_seq), 0) "
+                     "FROM heads WHERE updated >= ?))  RETURNING request_id) "
+                     "DELETE FROM labels WHERE request_id IN (SELECT request_id FROM gone)", (cutoff, cutoff))
 
     # -- writes ------------------------------------------------------------------------------------------------
     def ensure_tenants(self, names: tuple[str, ...]) -> Future[None]:

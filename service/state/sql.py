@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import Conflict, NotFound, shown
+from ..errors import AlreadyExists, Conflict, NotFound, shown
 from .base import Expectation, FeedbackCommit, HeadRow, LabelEvent, QueueStep, RequestRow, TenantRow, now
 
 _REQUEST = ("SELECT request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, alpha, embedding, "
@@ -126,14 +126,23 @@ def ensure_tenants(conn: Any, names: tuple[str, ...]) -> None:
 
 
 def insert_request(conn: Any, row: RequestRow) -> None:
+    """Store a routed request and count it. The write is retried after a failed commit, and a commit can succeed
+    with its reply lost: the same record found stored (the same router, tenant and t) is that commit, counted
+    already. Another request under the id is refused (AlreadyExists)."""
     if row.served_model not in row.invoked:
         raise ValueError("served model must be among the invoked ones")
-    conn.execute("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw,"
-                 " alpha, embedding, created, p_served, target, replica)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked),
-                  int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now(), row.p_served,
-                  row.target, row.replica))
+    stored = conn.execute("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, "
+                          "cost_raw, alpha, embedding, created, p_served, target, replica)"
+                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
+                          " RETURNING request_id",
+                          (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked),
+                           int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now(),
+                           row.p_served, row.target, row.replica)).fetchone()
+    if stored is None:
+        have = conn.execute("SELECT replica, tenant, t FROM requests WHERE request_id = ?", (row.request_id,)).fetchone()
+        if row.replica is not None and have is not None and tuple(have) == (row.replica, row.tenant, row.t):
+            return
+        raise AlreadyExists(f"request_id {shown(row.request_id)} is stored already, for another request")
     conn.execute("UPDATE tenants SET requests = requests + 1, cost_sum = cost_sum + ?, "
                  "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ?, "
                  "explore_cost_raw = explore_cost_raw + ? WHERE name = ?",

@@ -95,6 +95,14 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
 
 
+_STORAGE = ("database is locked", "database or disk is full", "disk i/o error", "unable to open database file")
+
+
+def _storage_failure(exc: BaseException) -> bool:
+    """An error of the file, not of the job (a job's own errors are Conflict, NotFound, a constraint)."""
+    return isinstance(exc, sqlite3.OperationalError) and str(exc).lower().startswith(_STORAGE)
+
+
 def connect(path: Path, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
     """A connection with the project's pragmas (WAL, the given sync mode, a busy timeout)."""
     if readonly:
@@ -123,14 +131,15 @@ class SqliteStore(sql.SqlReads, Store):
         writer = connect(self.path, sync)
         writer.executescript(SCHEMA)
         _migrate(writer)
-        self._writer = GroupCommit(lambda: writer, begin="BEGIN IMMEDIATE", max_batch=max_batch, inline=inline)
+        self._writer = GroupCommit(lambda: writer, begin="BEGIN IMMEDIATE", max_batch=max_batch, inline=inline,
+                                   transient=_storage_failure)
         self._reader = writer if inline else connect(self.path, sync)
         self._reader_lock = threading.Lock()
         self._closed = False
 
     @property
     def error(self) -> str:
-        return self._writer.error
+        return self._writer.error or self._writer.stall()
 
     # -- writing -------------------------------------------------------------------------------------------
     def submit(self, job: Job, after_commit: Callable[[Any], None] | None = None) -> Future[Any]:

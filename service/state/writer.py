@@ -8,7 +8,10 @@ where in-memory state follows the durable state, in commit order.
 When the commit itself fails (disk full, I/O error, the database unreachable), every job of the batch fails with
 errors.StorageUnavailable and nothing is applied, except jobs submitted with `retry=True`: those (a routed
 request's record) are kept, in order, and committed when the database answers again (`reconnect`: a fresh
-connection for each try). At most `max_buffered` of them wait; past that, `submit` refuses at once.
+connection for each try). At most `max_buffered` of them wait; past that, `submit` refuses at once. A job that
+fails with an error of the database rather than of the job (`transient(exc)`: a lock or statement timeout, a
+full disk, the connection lost mid-batch) fails the batch the same way: a record is kept, a Feedback answers
+UNAVAILABLE, instead of the job alone failing with the driver's error.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from ..errors import StorageUnavailable
 
 log = logging.getLogger("messplus.store")
 Job = Callable[[Any], Any]
+STALL_S = 10.0  # a commit waiting this long on the database is reported (the store's error: health, metrics)
 
 
 @dataclass
@@ -41,9 +46,11 @@ class GroupCommit:
     def __init__(self, connect: Callable[[], Any], *, begin: str = "BEGIN", max_batch: int = 512,
                  inline: bool = False, reconnect: bool = False, max_buffered: int = 0,
                  retry_delay_s: float = 0.5, on_rollback: Callable[[], None] | None = None,
+                 transient: Callable[[BaseException], bool] = lambda exc: False,
                  name: str = "messplus-store-writer") -> None:
         self._connect, self._begin, self._max_batch = connect, begin, max_batch
-        self._on_rollback = on_rollback
+        self._on_rollback, self._transient = on_rollback, transient
+        self._busy_since = 0.0  # when the batch being committed began (0: none is)
         self.inline, self._reconnect, self._max_buffered = inline, reconnect, max_buffered
         self._retry_delay_s = retry_delay_s
         self.conn = connect()
@@ -104,6 +111,7 @@ class GroupCommit:
         """Commit one batch; returns the retry jobs to try again when the commit failed."""
         conn = self.conn
         results: list[tuple[Any, BaseException | None]] = []
+        self._busy_since = time.monotonic()
         try:
             conn.execute(self._begin)
             for item in batch:
@@ -111,13 +119,17 @@ class GroupCommit:
                 try:
                     results.append((item.job(conn), None))
                     conn.execute("RELEASE SAVEPOINT job")
-                except Exception as exc:  # noqa: BLE001 - a failing job must not take its batch down
+                except Exception as exc:  # noqa: BLE001 - a failing job must not take its batch down ...
+                    if self._transient(exc):  # ... unless the database failed it: then the batch fails
+                        raise
                     conn.execute("ROLLBACK TO SAVEPOINT job")
                     conn.execute("RELEASE SAVEPOINT job")
                     results.append((None, exc))
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the commit itself failed (disk full, I/O error, no database)
             return self._failed_commit(batch, exc)
+        finally:
+            self._busy_since = 0.0
         if self.error:
             log.warning("state store: commits succeed again")
             self.error = ""
@@ -139,6 +151,14 @@ class GroupCommit:
         self._fail([item for item in batch if item not in kept],
                    f"the state store could not commit ({exc}); nothing was applied: retry")
         return kept
+
+    def stall(self) -> str:
+        """Why the writer is stuck: the batch being committed has waited STALL_S or more on the database ("" if
+        not). A database that hangs (a server that stopped answering, a lock held elsewhere) fails nothing by
+        itself while it hangs."""
+        since = self._busy_since
+        waited = time.monotonic() - since if since else 0.0
+        return f"a commit has waited {waited:.0f} s on the state database" if waited >= STALL_S else ""
 
     def _resolve(self, item: _Item, res: Any, err: BaseException | None) -> None:
         if item.retry:

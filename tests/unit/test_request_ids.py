@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from messplus.service.config import ModelConfig, TenantConfig
-from messplus.service.errors import NotFound
+from messplus.service.errors import AlreadyExists, NotFound
 from messplus.service.routing.heads import Heads
 from messplus.service.routing.router import Router
 from messplus.service.routing.types import Decision, RouteItem
@@ -77,7 +77,7 @@ def test_an_id_in_flight_is_refused_to_a_second_call_until_it_is_recorded_or_rel
 def test_a_record_the_store_refuses_is_forgotten_and_its_feedback_not_found(router: Router) -> None:
     router.record(decide(router, "acme", request_id="dup"), EMB).result()
     before = books(router, "beta")
-    with pytest.raises(sqlite3.IntegrityError):  # the same id for another tenant, past the reservation
+    with pytest.raises(AlreadyExists, match="stored already"):  # the same id for another tenant, past the reservation
         router.record(decide(router, "beta", request_id="dup"), EMB).result()
     assert books(router, "beta") == before, "a request the database does not hold is still counted"
     with pytest.raises(NotFound, match="tenant 'beta'"):
@@ -133,7 +133,7 @@ def test_one_id_routed_at_two_replicas_labels_neither_tenant_wrongly(replicas: C
     """A shared store skips the database check at Route; the second replica's record is refused by the key."""
     a, b = replicas(), replicas()
     a.record(decide(a, "acme", request_id="dup"), EMB).result()
-    with pytest.raises(psycopg.errors.UniqueViolation):
+    with pytest.raises(AlreadyExists, match="stored already"):
         b.record(decide(b, "beta", request_id="dup"), EMB).result()
     with pytest.raises(NotFound, match="tenant 'beta'"):
         b.feedback("beta", "dup", 0.0, []).result(10)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import psycopg
 import pytest
 
 from messplus.service.config import ModelConfig, TenantConfig
@@ -163,3 +164,38 @@ def test_a_label_long_after_its_request_left_the_cache_still_leaves_the_expectat
         st = r.tenants["acme"]
         assert (st.pending_n, st.resid_n) == (0, 8)
         assert st.pending_sum == pytest.approx(0.0, abs=1e-9)
+
+
+def test_feedback_for_an_id_no_request_can_have_is_not_found(routers) -> None:
+    """PostgreSQL text cannot hold a NUL: the lookup raised psycopg's DataError, an INTERNAL error."""
+    from messplus.service.errors import NotFound
+
+    a = routers()
+    for rid in ("bad\x00id", "with space", "é", "x" * 129):
+        with pytest.raises(NotFound, match="is not a request of tenant 'acme'"):
+            a.feedback("acme", rid, 1.0, []).result(10)
+
+
+def test_expiry_drops_old_requests_with_their_labels_past_a_removed_models_stale_head(routers) -> None:
+    """Records older than the retention go once every head snapshot has learned their labels, and their labels
+    go with them. A model that left the zoo keeps its last snapshot, which once held every later record back
+    for good (the minimum over all heads); and a label left without its request answered the Feedback of a
+    request that reused the id as a duplicate, applying nothing."""
+    a = routers()
+    rng = np.random.default_rng(6)
+    ids = [route(a, rng, request_id=f"order-{i}").request_id for i in range(4)]
+    for rid in ids:
+        a.feedback("acme", rid, 1.0, []).result(10)
+    a.snapshot().result(10)
+    with psycopg.connect(a.store._url, autocommit=True) as conn:  # type: ignore[attr-defined]
+        conn.execute("INSERT INTO heads (model, dim, last_label_seq, W, S, updated) SELECT 'gone', dim, 1, W, S, 0 "
+                     "FROM heads LIMIT 1")  # a removed model's snapshot, last written long ago
+        conn.execute("UPDATE requests SET created = 0")
+    a.store.retention_s = 3600.0  # type: ignore[attr-defined]
+    a.store._writer.submit(a.store._expire).result(10)  # type: ignore[attr-defined]
+    with psycopg.connect(a.store._url, autocommit=True) as conn:  # type: ignore[attr-defined]
+        assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("requests", "labels")] == [0, 0]
+    b = routers()  # a replica that never saw the old request takes its id for a new one
+    d = route(b, rng, request_id="order-0")
+    assert b.feedback("acme", d.request_id, 0.0, []).result(10).applied == 1
+    assert b.store.tenants()["acme"].labelled == 5

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,3 +113,123 @@ def test_replicas_writing_rows_in_different_orders_never_deadlock(postgres_url: 
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_lock_held_elsewhere_fails_the_batch_as_an_outage_and_the_record_is_kept(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement that waits on a lock past the writer's lock_timeout fails inside one job, not at COMMIT: it
+    must count as the database failing (Feedback UNAVAILABLE, retry), and a routed request's record must wait and
+    commit once the lock is gone. Before, the job alone failed with psycopg's LockNotAvailable: Feedback answered
+    INTERNAL and the record was thrown away (its Feedback NOT_FOUND for good). A commit stuck on the lock makes
+    the store report an error meanwhile (health, messplus_state_up)."""
+    import psycopg
+
+    import messplus.service.state.postgres as pg_mod
+    import messplus.service.state.writer as writer_mod
+
+    monkeypatch.setattr(pg_mod, "LOCK_TIMEOUT_S", 1.5)
+    monkeypatch.setattr(writer_mod, "STALL_S", 0.5)
+    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(postgres_url, poll_s=0.05))
+    try:
+        emb = np.ones((1, 8), np.float32) / np.sqrt(8)
+        (first,) = r.route([RouteItem(tenant="acme")], emb)
+        assert not isinstance(first, Exception)
+        r.record(first.decision, first.embedding).result(10)
+        with psycopg.connect(postgres_url, autocommit=True) as holder:
+            with holder.transaction():
+                holder.execute("SELECT * FROM tenants WHERE name = 'acme' FOR UPDATE")
+                (second,) = r.route([RouteItem(tenant="acme")], emb)
+                assert not isinstance(second, Exception)
+                stored = r.record(second.decision, second.embedding)
+                until(lambda: "a commit has waited" in r.store.error, 5, "the stuck commit was never reported")
+                with pytest.raises(StorageUnavailable):
+                    r.feedback("acme", first.decision.request_id, 1.0, []).result(10)
+                assert not stored.done() and r.store._writer.buffered >= 1  # type: ignore[attr-defined]
+        stored.result(15)  # the lock is gone: the kept record commits
+        assert r.store.request(second.decision.request_id) is not None
+        r.feedback("acme", first.decision.request_id, 1.0, []).result(10)
+        r.feedback("acme", second.decision.request_id, 1.0, []).result(10)
+        assert r.store.tenants()["acme"].labelled == 2 and r.tenants["acme"].requests == 2
+        until(lambda: not r.store.error, 5, "the store kept reporting an error after committing again")
+    finally:
+        r.store.close()
+
+
+class LostCommitReply:
+    """The writer's connection, whose next COMMIT is carried out by the server and its reply lost (the link
+    drops right after): the writer sees a failed commit of a batch that is in fact stored."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn, self.armed = conn, True
+
+    def execute(self, query: str, params: tuple[Any, ...] = ()) -> Any:
+        out = self.conn.execute(query, params)
+        if query == "COMMIT" and self.armed:
+            self.armed = False
+            import psycopg
+
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return out
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def test_a_record_whose_commit_reply_was_lost_is_counted_once(postgres_url: str) -> None:
+    """The record is retried after the lost reply and finds itself stored: it is that commit, not another
+    request under the same id. Before, the retry failed on the key and the router forgot a stored request
+    (its counters one short), then counted its label against an expectation it no longer held (pending -1)."""
+    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(postgres_url, poll_s=0.05))
+    try:
+        writer = r.store._writer  # type: ignore[attr-defined]
+        r.store.flush()
+        writer.conn = LostCommitReply(writer.conn)
+        emb = np.ones((1, 8), np.float32) / np.sqrt(8)
+        (routed,) = r.route([RouteItem(tenant="acme")], emb)
+        assert not isinstance(routed, Exception)
+        r.record(routed.decision, routed.embedding).result(15)
+        st = r.tenants["acme"]
+        assert (st.requests, st.pending_n) == (1, 1) and r.store.tenants()["acme"].requests == 1
+        r.feedback("acme", routed.decision.request_id, 1.0, []).result(10)
+        assert (st.pending_n, st.resid_n, st.labelled) == (0, 1, 1)
+        assert st.pending_sum == pytest.approx(0.0, abs=1e-12)
+    finally:
+        r.store.close()
+
+
+def test_the_stop_runs_to_its_end_when_the_heads_snapshot_fails(server: PostgresServer,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM with the database down: the heads' snapshot fails, and the rest of the drain (the store, Triton,
+    the metrics) still runs. It was skipped, and buffered records were dropped without their log line. The
+    App's own drain on a real router and store; the parts after the store are recorded, not started."""
+    import asyncio
+    import logging
+
+    from messplus.service.server.app import App
+
+    store = PostgresStore(server.url, poll_s=0.05)
+    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), store)
+    steps: list[str] = []
+
+    class Part:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def close(self) -> None:
+            steps.append(f"{self.name}.close")
+
+        def stop(self) -> None:
+            steps.append(f"{self.name}.stop")
+
+    class MetricsPart:
+        def close(self) -> None:  # the metrics server's close is not a coroutine
+            steps.append("metrics.close")
+
+    app = App.__new__(App)
+    app.server, app._tasks, app._stopping, app.progress = None, [], False, lambda line: None
+    app.router, app.store, app.zoo, app.triton, app.metrics = r, store, Part("zoo"), Part("triton"), MetricsPart()
+    server.stop("fast")
+    with caplog.at_level(logging.ERROR, logger="messplus"):
+        asyncio.run(app.stop())
+    assert steps == ["zoo.close", "triton.stop", "metrics.close"]
+    assert "the heads' snapshot at stop failed" in caplog.text
