@@ -279,6 +279,9 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any
     sections = {"server": ServerConfig, "security": SecurityConfig, "state": StateConfig, "predictor": PredictorConfig,
                 "triton": TritonConfig, "routing": RoutingConfig, "zoo": ZooConfig}
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    if isinstance(out.get("state"), dict) and "password" in out["state"]:  # a file is no place for it
+        raise ConfigError("state.password", "is not read from the configuration file: use state.password_file "
+                                            "(a mounted secret) or $MESSPLUS_STATE_PASSWORD")
     links = []
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX) or var in ENV_NOT_CONFIG:

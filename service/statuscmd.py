@@ -14,7 +14,6 @@ configuration.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
 from . import config as config_mod
+from .client import channel, loopback
 from .config import ROUTE_ONLY
 
 HEADER = ("tenant", "alpha", "satisfaction", "SLA", "queue", "requests", "labelled", "explored", "mean cost",
@@ -53,24 +53,6 @@ def local_address(listen: str) -> str:
     if host in ("", "0.0.0.0", "[::]", "::", "*"):
         host = "127.0.0.1"
     return f"{host}:{port}"
-
-
-def loopback(address: str) -> bool:
-    """Whether HOST:PORT names this machine (a bearer token may travel in plaintext only there)."""
-    host = address.rpartition(":")[0].strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _channel(address: str, ca: bytes | None, client: tuple[bytes, bytes] | None = None) -> grpc.Channel:
-    if not ca:
-        return grpc.insecure_channel(address)
-    key, cert = client or (None, None)
-    return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert))
 
 
 def triton_line(reply: pb.ListModelsReply) -> str:
@@ -110,7 +92,7 @@ def report(address: str, tenants: Sequence[str], *, ca: bytes | None = None, cli
               file=err)
         return 2
     status = 0
-    with _channel(address, ca, client) as ch:
+    with channel(address, ca=ca, client=client) as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         try:
             models = stub.ListModels(pb.ListModelsRequest(), timeout=timeout_s, metadata=metadata)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import shown
 from .routing.pricing import input_tokens
 from .routing.types import TextEncoder
 
@@ -117,6 +118,22 @@ def _cell(text: str | None) -> float:
     return value if math.isfinite(value) else math.nan
 
 
+def _label(text: str | None) -> float:
+    """A label cell: empty (or NaN) is no label; anything else must be a number (checked for [0, 1] after).
+    Raises ValueError on text that is not a number ("True", "yes"), which would otherwise vanish as no label."""
+    if text is None or not text.strip():
+        return math.nan
+    return float(text)
+
+
+def _parses(text: str | None) -> bool:
+    try:
+        _label(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _cost_unit(path: Path) -> str:
     side = path.with_name(path.name.removesuffix(".csv") + ".models.json")
     try:
@@ -129,7 +146,7 @@ def load_trace(path: str | Path, *, limit: int = 0) -> Trace:
     """Read one trace file (its first `limit` rows when limit > 0)."""
     path = Path(path)
     csv.field_size_limit(sys.maxsize)
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the header
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         models = tuple(dict.fromkeys(h[len(CORRECT):] for h in header if h.startswith(CORRECT)))
@@ -148,7 +165,12 @@ def load_trace(path: str | Path, *, limit: int = 0) -> Trace:
             ids.append(row.get("prompt_id") or str(len(ids)))
             prompts.append(row["prompt"] or "")
             sources.append(row.get("source_benchmark") or "")
-            labels.append([_cell(row.get(CORRECT + m)) for m in models])
+            try:
+                labels.append([_label(row.get(CORRECT + m)) for m in models])
+            except ValueError:
+                m = next(m for m in models if _parses(row.get(CORRECT + m)) is False)
+                raise TraceError(f"{path}: row {len(prompts)}, model {m!r}: label {shown(row.get(CORRECT + m))} is "
+                                 "not a number (write 1/0 or a satisfaction in [0, 1]; empty for no label)") from None
             costs.append([_cell(row.get(COST + m)) for m in models])
     lab = np.array(labels, dtype=np.float64).reshape(len(prompts), len(models))
     bad = ~np.isnan(lab) & ((lab < 0) | (lab > 1))

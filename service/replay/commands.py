@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from ..checks import validate_tenant
@@ -28,15 +31,15 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("replay", help="replay routing traces through the router; baselines, summary.json, plots",
                        description=replay_run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", action="append", required=True, help="trace CSV; repeat to concatenate (drift)")
-    p.add_argument("--alpha", action="append", type=float, required=True, help="SLA target; repeat for a sweep")
+    p.add_argument("--alpha", action="append", type=_finite, required=True, help="SLA target; repeat for a sweep")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
     p.add_argument("--out", required=True, help="output folder (summary.json, runs/, *.png)")
-    p.add_argument("--feedback-rate", type=float, default=1.0, help="fraction of requests given feedback")
+    p.add_argument("--feedback-rate", type=_finite, default=1.0, help="fraction of requests given feedback")
     p.add_argument("--feedback-delay", type=int, default=0, help="feedback arrives this many requests late")
     p.add_argument("--outage", action="append", default=[], metavar="MODEL:START:END",
                    help="model unavailable in [START, END): two integers = request indices, else fractions of "
                         "the replayed stream; MODEL @cheapest = the cheapest single model meeting alpha")
-    p.add_argument("--warm-start", type=float, default=0.0, metavar="F",
+    p.add_argument("--warm-start", type=_finite, default=0.0, metavar="F",
                    help="train the heads offline on a random fraction F of the prompts, replay the rest")
     p.add_argument("--first", type=int, default=0, metavar="N",
                    help="replay only the first N requests of each seed's stream (a tenant's first day; 0: all)")
@@ -46,7 +49,7 @@ def add_commands(sub: Any) -> None:
                    help="give the router one price per model (its mean cost) instead of the trace's price list "
                         "(per request plus per input token)")
     for knob in TENANT_KNOBS:  # the tenant's knobs, as config.TenantConfig declares them
-        p.add_argument(f"--{knob.name.replace('_', '-')}", type=int if knob.type == "int" else float,
+        p.add_argument(f"--{knob.name.replace('_', '-')}", type=int if knob.type == "int" else _finite,
                        dest=knob.name, help=f"tenant {knob.name}: {knob.metadata['help']} (default {knob.default})")
     p.add_argument("--no-reference", action="store_true", help="skip the MESS+ reference runs")
     p.add_argument("--replicas", type=int, default=0, metavar="N",
@@ -57,7 +60,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--grpc", metavar="ADDR[,ADDR...]",
                    help="route through running services (Route/Feedback) at HOST:PORT; several replicas of one "
                         "shared state: Route round-robin, Feedback to a random one")
-    p.add_argument("--tenant", default="default", help="the service tenant to drive with --grpc")
+    p.add_argument("--tenant", help="the service tenant to drive with --grpc (default: default)")
+    p.add_argument("--tls-ca", metavar="PEM", help="with --grpc: the CA that signed the routers' certificates (TLS); "
+                                                   "a bearer token comes from $MESSPLUS_TOKEN")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--limit", type=int, default=0, help="only the first N rows of each trace file")
     p.add_argument("--models", help="comma-separated trace models to route among (default: all of the trace's)")
@@ -76,6 +81,14 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--limit", type=int, default=0, help="only the first N rows of each trace file")
     _encoder_args(q, cache_default=None)
     q.set_defaults(func=_cmd_pretrain)
+
+
+def _finite(text: str) -> float:
+    """argparse's float takes "inf" and "nan", which no setting means."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
 
 
 def _encoder_args(p: argparse.ArgumentParser, cache_default: str | None) -> None:
@@ -112,6 +125,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                          "first >= 0")
     if args.sync_lag and not args.replicas:
         raise SystemExit("messplus replay: --sync-lag needs --replicas")
+    if args.grpc is None and (args.tenant is not None or args.tls_ca):
+        raise SystemExit("messplus replay: --tenant and --tls-ca drive a running service: they need --grpc")
+    addrs = [a.strip() for a in (args.grpc or "").split(",") if a.strip()]
+    if args.grpc is not None and not addrs:
+        raise SystemExit("messplus replay: --grpc needs HOST:PORT (several: comma-separated)")
+    models = None
+    if args.models is not None:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        twice = sorted({m for m in models if models.count(m) > 1})
+        if not models or twice:
+            raise SystemExit("messplus replay: --models needs distinct trace model names"
+                             + (f" ({', '.join(twice)} given twice)" if twice else ""))
     cond = Condition(feedback_rate=args.feedback_rate, feedback_delay=args.feedback_delay,
                      outages=tuple(Outage.parse(o) for o in args.outage), warm_start=args.warm_start,
                      order=args.order, flat_costs=args.flat_costs, replicas=args.replicas, sync_lag=args.sync_lag,
@@ -125,13 +150,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         raise SystemExit(f"messplus replay: --{e.key.replace('_', '-')}: {e.problem}") from None
     started = time.perf_counter()
     trace = load_traces(args.trace, limit=args.limit)
-    if args.models:
-        trace = trace.select_models([m.strip() for m in args.models.split(",") if m.strip()])
+    if models is not None:
+        trace = trace.select_models(models)
     driver = None
-    if args.grpc:
+    if addrs:
         if args.warm_start or len(args.alpha) != 1 or args.seeds != 1:
             raise SystemExit("messplus replay --grpc: one alpha, one seed, no --warm-start (restart the service "
-                             "between runs; warm-start it with `messplus pretrain`)")
+                             "between runs; to warm-start it, `messplus pretrain` it on other prompts than the ones "
+                             "replayed: pretrain learns every row it is given)")
         if any(getattr(args, k) is not None for k in POLICY_KEYS):
             raise SystemExit(f"messplus replay --grpc: the policy ({', '.join(POLICY_KEYS)}) is the service tenant's; "
                              "set it in its config")
@@ -140,10 +166,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if args.replicas:
             raise SystemExit("messplus replay --grpc: the replicas are the addresses given; --replicas simulates "
                              "them in process")
-        addrs = [a.strip() for a in args.grpc.split(",") if a.strip()]
-        driver = GrpcDriver(addrs, args.tenant, trace.models)
+        tenant = args.tenant or "default"
+        try:
+            ca = Path(args.tls_ca).expanduser().read_bytes() if args.tls_ca else None
+            driver = GrpcDriver(addrs, tenant, trace.models, ca=ca, token=os.environ.get("MESSPLUS_TOKEN", ""))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"messplus replay --grpc: {exc}") from None
+        except grpc.RpcError as exc:
+            raise SystemExit(f"messplus replay --grpc: {exc.code().name}: {exc.details()}") from None
         if abs(driver.alpha - args.alpha[0]) > 1e-9:
-            raise SystemExit(f"messplus replay --grpc: tenant {args.tenant!r} has alpha {driver.alpha}, not "
+            raise SystemExit(f"messplus replay --grpc: tenant {tenant!r} has alpha {driver.alpha}, not "
                              f"{args.alpha[0]}")
         trace = trace.select_models(driver.trace_models)
     emb = None
@@ -156,6 +188,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     curves: dict[float, dict[str, Any]] = {}
     try:
         summary = replay(trace, emb, setup, grpc_driver=driver, curves=curves)
+    except grpc.RpcError as exc:  # the service refused or went away mid-stream
+        raise SystemExit(f"messplus replay --grpc: {exc.code().name}: {exc.details()}") from None
     finally:
         if driver is not None:
             driver.close()

@@ -107,8 +107,11 @@ class GrpcDriver:
     drawn at random (seeded by `seed`), as a load balancer may send it: not necessarily the one that routed."""
 
     def __init__(self, addrs: str | Sequence[str], tenant: str, trace_models: Sequence[str], *,
-                 timeout_s: float = 30.0, seed: int = 0) -> None:
+                 timeout_s: float = 30.0, seed: int = 0, ca: bytes | None = None, token: str = "") -> None:
+        """`ca`: the PEM CA of routers serving TLS; `token`: the bearer token of routers that want one."""
         import grpc
+
+        from ..client import channel
 
         from messplus.v1 import routing_pb2 as pb
         from messplus.v1 import routing_pb2_grpc as pb_grpc
@@ -117,7 +120,7 @@ class GrpcDriver:
         self.addrs = [addrs] if isinstance(addrs, str) else list(addrs)
         if not self.addrs:
             raise ValueError("GrpcDriver: no address")
-        self.channels = [grpc.insecure_channel(a) for a in self.addrs]
+        self.channels = [channel(a, ca=ca, token=token) for a in self.addrs]
         for addr, channel in zip(self.addrs, self.channels):
             try:
                 grpc.channel_ready_future(channel).result(timeout=timeout_s)

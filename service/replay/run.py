@@ -67,7 +67,7 @@ class Outage:
             s, e = float(start), float(end)
         except ValueError:
             raise ValueError(f"outage {text!r}: expected MODEL:START:END") from None
-        if not model or s < 0 or e < s or (not indices and e > 1):
+        if not model or not (math.isfinite(s) and math.isfinite(e)) or s < 0 or e < s or (not indices and e > 1):
             raise ValueError(f"outage {text!r}: need 0 <= START <= END (fractions: END <= 1)")
         return cls(model, s, e, indices)
 

@@ -111,7 +111,8 @@ def test_tls_and_mutual_tls_from_config(router_app: Callable[..., AppThread], tm
 
 
 def test_bearer_tokens_let_a_caller_act_only_for_its_own_tenants(router_app: Callable[..., AppThread],
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# token tenants\n{TOKEN_ACME} acme\n")
     r = router_app(security={"tokens_file": str(tokens)}, env={"MESSPLUS_SECURITY_TOKENS": f"{TOKEN_BETA}=beta"})
@@ -146,6 +147,20 @@ def test_bearer_tokens_let_a_caller_act_only_for_its_own_tenants(router_app: Cal
         assert stub.SlaStatus(pb.SlaStatusRequest(tenant="beta"), timeout=5, metadata=beta).queue == \
             pytest.approx(0.6 + 0.3 / 2 - 1.0)  # beta's own label moved beta's queue (default margin, no floor)
     assert r.health() == SERVING  # health needs no token
+
+    # `messplus replay --grpc` drives a secured router with $MESSPLUS_TOKEN; without it, one line, no traceback
+    from messplus.service.cli import main
+    from messplus.service.demo.repository import DEFAULT_TRACE
+
+    replay = ["replay", "--trace", str(DEFAULT_TRACE), "--limit", "4", "--alpha", "0.75", "--grpc", r.address,
+              "--tenant", "acme", "--no-reference", "--no-plots", "--quiet", "--out", str(tmp_path / "replay")]
+    with pytest.raises(SystemExit, match="messplus replay --grpc: UNAUTHENTICATED"):
+        main(replay)
+    monkeypatch.setenv("MESSPLUS_TOKEN", TOKEN_ACME)
+    assert main(replay) == 0
+    with r.channel() as ch:
+        assert pb_grpc.RoutingServiceStub(ch).SlaStatus(pb.SlaStatusRequest(tenant="acme"), timeout=5,
+                                                        metadata=acme).requests == 5  # 1 above, 4 replayed
 
 
 def test_a_tenant_over_its_rate_limit_gets_resource_exhausted_and_others_do_not(

@@ -115,6 +115,17 @@ def test_an_empty_password_file_is_a_config_error_not_an_index_error(tmp_path: P
         config.load(write(tmp_path, text), env={})
 
 
+def test_a_state_password_in_the_file_is_refused_and_the_environment_s_is_taken(tmp_path: Path) -> None:
+    """It was read from the file and used, though the docs send the password to a file or the environment."""
+    text = '[state]\nbackend = "postgres"\nurl = "postgresql://u@h/db"\npassword = "hunter2"\n'
+    with pytest.raises(ConfigError, match="state.password.*password_file") as err:
+        config.load(write(tmp_path, text), env={})
+    assert "hunter2" not in str(err.value)
+    cfg = config.load(write(tmp_path, text.replace('password = "hunter2"\n', "")),
+                      env={"MESSPLUS_STATE_PASSWORD": "s3cret"})
+    assert cfg.state.db_password() == "s3cret"
+
+
 def test_check_config_reads_the_tokens_as_serve_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from messplus.service.cli import main
 

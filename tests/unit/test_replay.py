@@ -97,6 +97,13 @@ def test_trace_errors_and_filled_costs(tmp_path: Path) -> None:
     gap.write_text("prompt_id,prompt,correct__a,cost__a\n1,hi,,2\n2,ho,1,\n3,hu,0,4\n", encoding="utf-8")
     t = load_trace(gap)
     assert list(t.costs[:, 0]) == [2.0, 3.0, 4.0] and t.filled_costs == 1 and t.accuracy[0] == 0.5
+    booleans = tmp_path / "booleans.csv"  # what pandas writes for a bool column: it vanished as "no label"
+    booleans.write_text("prompt,correct__a,cost__a\nhi,1,1\nho,True,1\n", encoding="utf-8")
+    with pytest.raises(TraceError, match=r"row 2, model 'a': label 'True' is not a number"):
+        load_trace(booleans)
+    bom = tmp_path / "bom.csv"  # saved by a spreadsheet: the mark was read as part of the first column's name
+    bom.write_text("prompt_id,prompt,correct__a,cost__a\n7,hi,1,1\n", encoding="utf-8-sig")
+    assert load_trace(bom).prompt_ids == ("7",)
 
 
 def test_price_list_is_fitted_per_request_and_per_input_token(tmp_path: Path) -> None:
@@ -462,3 +469,23 @@ def test_cli_replay_with_the_real_onnx_encoder(onnx_path: Path, tmp_path: Path,
 def test_cli_replay_refuses_knobs_the_service_would(flags: list[str], message: str, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=message):  # checked before the trace is even read
         main(["replay", "--trace", str(tmp_path / "absent.csv"), "--alpha", "0.7", "--out", str(tmp_path), *flags])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--V", "inf"], "argument --V: not a finite number: 'inf'"),
+    (["--alpha", "nan"], "argument --alpha: not a finite number: 'nan'"),
+    (["--models", "a,a"], "--models needs distinct trace model names (a given twice)"),
+    (["--models", ","], "--models needs distinct trace model names"),
+    (["--grpc", ""], "--grpc needs HOST:PORT"),
+    (["--tenant", "acme"], "--tenant and --tls-ca drive a running service: they need --grpc"),
+])
+def test_cli_replay_refuses_flags_it_would_ignore_or_misread(flags: list[str], message: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Each was accepted: inf ran with every request unrouted, a model given twice ran twice, --grpc '' ran in
+    process, --tenant without --grpc was ignored."""
+    with pytest.raises(SystemExit) as ended:  # before the trace is read
+        main(["replay", "--trace", str(tmp_path / "absent.csv"), "--alpha", "0.7", "--out", str(tmp_path), *flags])
+    assert message in f"{ended.value.code} {capsys.readouterr().err}"
+    assert main(["replay", "--trace", str(tmp_path / "absent.csv"), "--alpha", "0.7", "--out", str(tmp_path),
+                 "--outage", "a:nan:nan"]) == 2
+    assert "outage 'a:nan:nan': need 0 <= START <= END" in capsys.readouterr().err
