@@ -22,6 +22,7 @@ Every Triton call has a deadline. Failures raise one of:
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -282,14 +283,17 @@ class TritonZoo:
             yield {"model_name": model, "inputs": inputs}
 
         failed = False
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             async for result, error in self._client.stream_infer(requests(), stream_timeout=timeout_s):
                 if failed:
                     continue
                 failed = error is not None
-                text = "" if failed else _text(result)
+                text = "" if failed else _text(result, decoder)
                 if failed or text:
                     queue.put_nowait((text, error))
+            if not failed and (rest := decoder.decode(b"", final=True)):  # a character cut off at the end
+                queue.put_nowait((rest, None))
         except Exception as exc:  # delivered to the consumer, which classifies it
             if not failed:
                 queue.put_nowait(("", exc))
@@ -338,9 +342,11 @@ class TritonZoo:
         return inputs
 
 
-def _text(result: grpcclient.InferResult) -> str:
-    """The text of one response ("" for an empty final response)."""
+def _text(result: grpcclient.InferResult, decoder: codecs.IncrementalDecoder | None = None) -> str:
+    """The text of one response ("" for an empty final response). A stream's responses go through one
+    `decoder`: a character whose UTF-8 bytes a backend split across two responses is decoded whole."""
     array = result.as_numpy("text_output")
     if array is None:
         return ""
-    return "".join(v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1))
+    decode = decoder.decode if decoder is not None else (lambda b: b.decode("utf-8", errors="replace"))
+    return "".join(decode(v) if isinstance(v, bytes) else str(v) for v in array.reshape(-1))
