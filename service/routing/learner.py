@@ -19,6 +19,7 @@ from .heads import Heads
 from .policy import Policy
 
 log = logging.getLogger("messplus.learner")
+RESTORE_PAGE = 10_000  # labels read at a time when the heads replay the log at start (embeddings: ~1.5 KB each)
 
 
 class Learner:
@@ -49,7 +50,13 @@ class Learner:
             self.heads.restore(k, fresh.W[k].tobytes(), fresh.S[k].tobytes())
         seq = int(seqs.min()) if seqs.size else 0
         self.heads.last_seq = seq
-        replayed = self.learn(self.store.label_events(seq), snapshot=False, learned_to=seqs)
+        replayed, after = 0, seq
+        while True:  # in pages: a head without a snapshot (a model new to the zoo) replays the whole log
+            page = self.store.label_events(after, RESTORE_PAGE)
+            replayed += self.learn(page, snapshot=False, learned_to=seqs)
+            if len(page) < RESTORE_PAGE:
+                break
+            after = page[-1].seq
         if replayed:
             log.info("predictor heads: replayed %d labels since snapshot seq %d", replayed, seq)
 

@@ -185,8 +185,8 @@ class Store(abc.ABC):
     def head(self, model: str) -> HeadRow | None: ...
 
     @abc.abstractmethod
-    def label_events(self, after: int) -> list[LabelEvent]:
-        """Every label of the log after seq `after`, in log order."""
+    def label_events(self, after: int, limit: int = 0) -> list[LabelEvent]:
+        """The labels of the log after seq `after`, in log order: every one, or the first `limit` (> 0)."""
 
 
 def now() -> float:

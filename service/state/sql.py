@@ -19,6 +19,7 @@ _REQUEST = ("SELECT request_id, tenant, t, served_model, invoked, exploration, c
 _EVENTS = ("SELECT l.seq, r.tenant, l.request_id, l.model, l.satisfaction, l.moves_queue, l.queue_after, "
            "r.exploration, r.embedding, r.replica, r.p_served, r.target FROM labels l JOIN requests r "
            "ON r.request_id = l.request_id WHERE l.seq > ? ORDER BY l.seq")
+_EVENTS_PAGE = _EVENTS + " LIMIT ?"
 
 
 # -- reads ---------------------------------------------------------------------------------------------------------
@@ -80,11 +81,12 @@ def head(conn: Any, model: str) -> HeadRow | None:
     return HeadRow(features=r[0], last_seq=r[1], W=_bytes(r[2]), S=_bytes(r[3])) if r else None
 
 
-def label_events(conn: Any, after: int) -> list[LabelEvent]:
+def label_events(conn: Any, after: int, limit: int = 0) -> list[LabelEvent]:
+    rows = conn.execute(_EVENTS_PAGE, (after, limit)) if limit > 0 else conn.execute(_EVENTS, (after,))
     return [LabelEvent(seq=int(r[0]), tenant=r[1], request_id=r[2], model=r[3], satisfaction=r[4],
                        moves_queue=bool(r[5]), queue_after=r[6], exploration=bool(r[7]), embedding=_bytes(r[8]),
                        replica=r[9], p_served=r[10], target=r[11])
-            for r in conn.execute(_EVENTS, (after,)).fetchall()]
+            for r in rows.fetchall()]
 
 
 def _bytes(v: Any) -> bytes | None:
@@ -115,8 +117,8 @@ class SqlReads:
     def head(self, model: str) -> HeadRow | None:
         return self._read(head, model)  # type: ignore[no-any-return]
 
-    def label_events(self, after: int) -> list[LabelEvent]:
-        return self._read(label_events, after)  # type: ignore[no-any-return]
+    def label_events(self, after: int, limit: int = 0) -> list[LabelEvent]:
+        return self._read(label_events, after, limit)  # type: ignore[no-any-return]
 
 
 # -- writes ----------------------------------------------------------------------------------------------------------

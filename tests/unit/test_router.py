@@ -337,6 +337,34 @@ def test_restart_keeps_queues_counts_and_heads(tmp_path: Path) -> None:
     r2.store.close()
 
 
+def test_heads_replay_the_log_in_pages_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head without a snapshot (a model new to the zoo) replays the whole log at start: read in pages, not
+    at once (a long-running router's log, with its embeddings, would not fit in memory)."""
+    import messplus.service.routing.learner as learner_mod
+
+    path = tmp_path / "state.sqlite3"
+    r = make_router(path, snapshot_every=10_000)  # no snapshot: every label is replayed
+    for i in range(23):
+        d = route(r, exploration=EXPLORE_ALWAYS if i % 4 == 0 else 0)
+        r.feedback("acme", d.request_id, float(i % 3 == 0), []).result()
+    W, seq = r.heads.W.copy(), r.heads.last_seq
+    r.store.close()
+    pages: list[int] = []
+    read = learner_mod.Learner.learn
+
+    def learn(self, events, *args, **kw):  # type: ignore[no-untyped-def]
+        pages.append(len(events))
+        return read(self, events, *args, **kw)
+
+    monkeypatch.setattr(learner_mod, "RESTORE_PAGE", 4)
+    monkeypatch.setattr(learner_mod.Learner, "learn", learn)
+    r2 = make_router(path)
+    assert pages == [4, 4, 4, 4, 4, 3]  # the 23 labels of the log
+    np.testing.assert_allclose(r2.heads.W, W, rtol=1e-12, atol=1e-12)
+    assert r2.heads.last_seq == seq
+    r2.store.close()
+
+
 def test_the_request_index_never_goes_back_after_a_restart(tmp_path: Path) -> None:
     """t moves for every decision, recorded or not (no model available, a cancelled or failed Generate); a
     restart resumed at requests + 1, so stored requests shared a t (and its exploration coin)."""
