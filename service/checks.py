@@ -6,7 +6,7 @@ import re
 from dataclasses import Field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConfigError
 
@@ -68,10 +68,12 @@ def _validate_state(st: StateConfig) -> None:
         _check(st.url.startswith(("postgresql://", "postgres://")), "state.url",
                "postgres needs a URL like postgresql://USER@HOST:5432/DB")
     try:
-        password = urlsplit(st.url).password
+        parts = urlsplit(st.url)
+        password = parts.password
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
         raise ConfigError("state.url", f"not a URL: {exc}") from None
-    _check(password is None, "state.url",
+    in_query = any(k.strip().lower() == "password" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    _check(password is None and not in_query, "state.url",
            "must not hold the password: use state.password_file or $MESSPLUS_STATE_PASSWORD")
     _check(not st.password_file or Path(st.password_file).expanduser().is_file(), "state.password_file",
            f"file not found: {st.password_file}")

@@ -49,15 +49,18 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 
 def channel(address: str, *, ca: bytes | None = None, client: tuple[bytes, bytes] | None = None,
-            token: str = "") -> grpc.Channel:
-    """A channel to the router at HOST:PORT; `client` is (private key, certificate) PEM. Raises ValueError for a
-    token that would travel in plaintext off this machine."""
+            token: str = "", server_name: str = "") -> grpc.Channel:
+    """A channel to the router at HOST:PORT; `client` is (private key, certificate) PEM; `server_name`, the name
+    the router's certificate must carry when it is not HOST (a Service's DNS name, reached over 127.0.0.1).
+    Raises ValueError for a token that would travel in plaintext off this machine."""
     if token and not ca and not loopback(address):
         raise ValueError(f"refusing to send $MESSPLUS_TOKEN in plaintext to {address}, which is not this machine: "
                          "give a CA to reach the router over TLS, or reach it over loopback")
     if ca:
         key, cert = client or (None, None)
-        ch = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert))
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        ch = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert),
+                                 options=options)
     else:
         ch = grpc.insecure_channel(address)
     return grpc.intercept_channel(ch, _Bearer(token)) if token else ch

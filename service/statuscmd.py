@@ -43,6 +43,9 @@ def add_command(sub: Any) -> None:
     p.add_argument("--tls-ca", help="PEM CA that signed the router's certificate (default: security.tls_cert)")
     p.add_argument("--tls-cert", help="PEM client certificate, for a router with security.tls_client_ca")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-server-name", default="",
+                   help="the name the router's certificate carries, when it is not the address's host (e.g. its "
+                        "Service's DNS name while the address is 127.0.0.1)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per call (default: 5)")
     p.set_defaults(func=run)
 
@@ -83,7 +86,8 @@ def table(rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 
 def report(address: str, tenants: Sequence[str], *, ca: bytes | None = None, client: tuple[bytes, bytes] | None = None,
-           token: str = "", timeout_s: float = 5.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+           token: str = "", timeout_s: float = 5.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+           server_name: str = "") -> int:
     """Print the Triton line and one SLA line per tenant; return the exit status. `client`: (key, certificate)."""
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     if token and not ca and not loopback(address):
@@ -92,7 +96,7 @@ def report(address: str, tenants: Sequence[str], *, ca: bytes | None = None, cli
               file=err)
         return 2
     status = 0
-    with channel(address, ca=ca, client=client) as ch:
+    with channel(address, ca=ca, client=client, server_name=server_name) as ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         try:
             models = stub.ListModels(pb.ListModelsRequest(), timeout=timeout_s, metadata=metadata)
@@ -135,5 +139,8 @@ def run(args: argparse.Namespace) -> int:
     if client and not ca:
         print("messplus status: a client certificate needs TLS: give --tls-ca", file=sys.stderr)
         return 2
+    if args.tls_server_name and not ca:
+        print("messplus status: --tls-server-name needs TLS: give --tls-ca", file=sys.stderr)
+        return 2
     return report(address, tenants, ca=ca, client=client, token=os.environ.get("MESSPLUS_TOKEN", ""),
-                  timeout_s=args.timeout)
+                  timeout_s=args.timeout, server_name=args.tls_server_name)

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -115,6 +115,8 @@ class Metrics:
 
     def __init__(self, max_pending: int = 50_000) -> None:
         self.registry = CollectorRegistry()
+        # process_start_time_seconds and the rest: the alert rules tell a pod that is starting from one that broke
+        ProcessCollector(registry=self.registry)
         self.rpc = Histogram("messplus_rpc_duration_seconds", "RoutingService call latency by method and status",
                              ["method", "code"], registry=self.registry, buckets=_RPC_BUCKETS)
         self.triton = Histogram("messplus_triton_request_duration_seconds", "latency of one Triton model call",

@@ -70,10 +70,18 @@ MIGRATIONS = (
 
 
 LOCK_TIMEOUT_S = 30.0
+READ_LOCK_TIMEOUT_S = 3.0
 # a peer that stops answering (a black-holed link) is given up after about 30 s instead of the kernel's ~15 min;
 # the URL's own values win
 TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
                 "tcp_user_timeout": 30_000}
+
+
+def _reader_settings(conn: psycopg.Connection[Any]) -> None:
+    """A pooled reader waits READ_LOCK_TIMEOUT_S for a lock, no longer: a scrape of /metrics, SlaStatus and
+    Feedback's lookup then fail (StorageUnavailable) while a table is locked, instead of hanging past
+    Prometheus's scrape timeout (and messplus_state_up 0 never being stored)."""
+    conn.execute(f"SET lock_timeout = {int(READ_LOCK_TIMEOUT_S * 1000)}")
 
 
 def _tcp_defaults(url: str) -> dict[str, Any]:
@@ -132,7 +140,7 @@ class PostgresStore(sql.SqlReads, Store):
         with psycopg.connect(url, autocommit=True, **self._kw) as conn:
             self.schema_version = migrate(conn)
         self._pool = ConnectionPool(url, kwargs={"autocommit": True, **self._kw}, min_size=1, max_size=4,
-                                    open=True, name="messplus-state-read")
+                                    open=True, name="messplus-state-read", configure=_reader_settings)
         self._callbacks: list[Callable[[list[LabelEvent]], None]] = []
         self._on_tenants: Callable[[dict[str, TenantRow]], None] | None = None
         self._cursor = 0     # the last label seq handed to subscribers
@@ -305,10 +313,13 @@ class PostgresStore(sql.SqlReads, Store):
         try:
             with self._pool.connection(timeout=1.0) as conn:
                 return fn(_Qmark(conn), *args)
+        except psycopg.errors.LockNotAvailable as exc:  # the database answered: a lock is held elsewhere
+            raise StorageUnavailable(f"the state database is locked ({exc}); retry") from exc
         except psycopg.OperationalError:
             pass
         try:
             conn = self._connect()
+            _reader_settings(conn.raw)
         except psycopg.OperationalError as exc:
             raise StorageUnavailable(f"the state database cannot be reached ({exc}); retry") from exc
         try:

@@ -158,7 +158,8 @@ class GroupCommit:
         itself while it hangs."""
         since = self._busy_since
         waited = time.monotonic() - since if since else 0.0
-        return f"a commit has waited {waited:.0f} s on the state database" if waited >= STALL_S else ""
+        # the same words while it lasts: the start of a stall is logged once, not each second it grows
+        return f"a commit has waited over {STALL_S:g} s on the state database" if waited >= STALL_S else ""
 
     def _resolve(self, item: _Item, res: Any, err: BaseException | None) -> None:
         if item.retry:

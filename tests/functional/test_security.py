@@ -31,7 +31,7 @@ TOKEN_ACME, TOKEN_BETA = "acme-token-0123456789abcdef", "beta-token-fedcba987654
 
 
 def _cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-          *, ca: bool = False, server: bool = False) -> x509.Certificate:
+          *, ca: bool = False, server: bool = False, dns: str = "") -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     issuer_name, issuer_key = issuer or (subject, key)
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -39,7 +39,9 @@ def _cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, e
          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
          .not_valid_after(now + datetime.timedelta(days=1))
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if server:
+    if dns:  # a certificate for this one name only (a Service's), not for the address it is reached at
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), False)
+    elif server:
         b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
                                                          x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
     return b.sign(issuer_key, hashes.SHA256())
@@ -62,9 +64,10 @@ def make_pki(root: Path) -> dict[str, Path]:
     ca = _cert("messplus test CA", ca_key, None, ca=True)
     write("ca.pem", ca.public_bytes(serialization.Encoding.PEM))
     for name, issuer, server in (("server", (ca.subject, ca_key), True), ("client", (ca.subject, ca_key), False),
-                                 ("rogue", None, False)):
+                                 ("rogue", None, False), ("svc", (ca.subject, ca_key), True)):
         key = ec.generate_private_key(ec.SECP256R1())
-        write(f"{name}.pem", _cert(name, key, issuer, server=server).public_bytes(serialization.Encoding.PEM))
+        dns = "messplus.default.svc" if name == "svc" else ""
+        write(f"{name}.pem", _cert(name, key, issuer, server=server, dns=dns).public_bytes(serialization.Encoding.PEM))
         write(f"{name}-key.pem", pem_key(key))
     return out
 
@@ -218,3 +221,33 @@ def test_health_and_reflection_streams_without_a_token_cannot_lock_callers_out(
         finally:
             for w in watches:
                 w.cancel()
+
+
+def test_a_tls_router_is_reached_under_its_certificate_s_name(tmp_path: Path) -> None:
+    """A certificate that names the router's Service only, reached at 127.0.0.1 (`messplus status` on the pod):
+    the hostname check failed with no way around it; --tls-server-name (client.channel's server_name) is it.
+    A bare gRPC server with the health service: the name check is the channel's, not the router's."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from messplus.service.client import channel
+
+    pki = make_pki(tmp_path / "pki")
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    creds_ = grpc.ssl_server_credentials([(pki["svc-key.pem"].read_bytes(), pki["svc.pem"].read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", creds_)
+    server.start()
+    try:
+        ca = pki["ca.pem"].read_bytes()
+        for name, want in (("", grpc.StatusCode.UNAVAILABLE), ("messplus.default.svc", grpc.StatusCode.OK)):
+            with channel(f"127.0.0.1:{port}", ca=ca, server_name=name) as ch:
+                try:
+                    health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    got = grpc.StatusCode.OK
+                except grpc.RpcError as err:
+                    got = err.code()
+            assert got == want, name
+    finally:
+        server.stop(0)

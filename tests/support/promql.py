@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "messplus.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "messplus-alerts.yaml"
 TARGET_LABELS = frozenset({"instance", "job"})  # added by Prometheus to every scraped series, not by the router
+SCRAPE_SERIES = frozenset({"up"})  # what Prometheus itself records per target (1 when its scrape succeeded)
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 _SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)?\s*\{([^}]*)\}|([A-Za-z_:][\w:]*)(\s*\()?")
 _MATCHER = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
@@ -95,7 +96,10 @@ def problems(exprs: Iterable[str], have: Mapping[str, frozenset[str]]) -> list[s
     for expr in exprs:
         u = uses(expr)
         for metric, labels in u.selectors.items():
-            if metric not in have:
+            if metric in SCRAPE_SERIES:
+                if missing := labels - TARGET_LABELS:
+                    out.append(f"{metric}: no label {sorted(missing)} (in {expr})")
+            elif metric not in have:
                 out.append(f"{metric}: no such metric (in {expr})")
             elif missing := labels - have[metric] - TARGET_LABELS:
                 out.append(f"{metric}: no label {sorted(missing)} (in {expr})")

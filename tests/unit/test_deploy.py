@@ -35,7 +35,7 @@ def router_container() -> dict[str, Any]:
 
 
 # what the operator's Secret `messplus-state` holds (the manifest's header says how to create it), for the checks
-SECRET_EXAMPLE = {"url": "postgresql://messplus@db.example.internal:5432/messplus?sslmode=verify-full",
+SECRET_EXAMPLE = {"url": "postgresql://messplus@db.internal:5432/messplus?sslmode=verify-full&sslrootcert=system",
                   "password": "example"}
 
 

@@ -233,3 +233,23 @@ def test_the_stop_runs_to_its_end_when_the_heads_snapshot_fails(server: Postgres
         asyncio.run(app.stop())
     assert steps == ["zoo.close", "triton.stop", "metrics.close"]
     assert "the heads' snapshot at stop failed" in caplog.text
+
+
+def test_reads_give_up_on_a_locked_table_within_seconds(postgres_url: str) -> None:
+    """A scrape of /metrics, SlaStatus and Feedback's lookup read through the pool: they waited as long as a
+    table lock held elsewhere, past Prometheus's scrape timeout (so messplus_state_up 0 was never stored)."""
+    import psycopg
+
+    from messplus.service.state.postgres import READ_LOCK_TIMEOUT_S
+
+    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(postgres_url, poll_s=0.05))
+    try:
+        with psycopg.connect(postgres_url, autocommit=True) as holder, holder.transaction():
+            holder.execute("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+            began = time.monotonic()
+            with pytest.raises(StorageUnavailable, match="locked"):
+                r.store.tenants()
+            assert time.monotonic() - began < READ_LOCK_TIMEOUT_S + 2
+        assert "acme" in r.store.tenants()
+    finally:
+        r.store.close()
