@@ -172,12 +172,12 @@ class TenantConfig:
     name: str
     alpha: float
     V: float = _knob(0.15, "cost weight, per unit of the tenant's own mean cost per request",
-                     lambda v: v > 0, "must be > 0")
-    c: float = _knob(0.2, "exploration: P(explore at request t) = min(1, c / t^(1/4))",
+                     lambda v: 0 < v <= 1e6, "must be in (0, 1000000]")
+    c: float = _knob(0.2, "exploration: P(explore at request t) = min(1, c / t^(1/4)), 4x while stuck",
                      lambda v: v >= 0, "must be >= 0")
     explore_models: int = _knob(2, "0: exploration calls every model; N: the exploit choice + N-1 it learns most from",
                                 lambda v: v >= 0, "must be >= 0")
-    explore_budget: float = _knob(0.1, "exploration's extra models may cost up to this fraction of the tenant's spend",
+    explore_budget: float = _knob(0.1, "exploration may also afford models up to this fraction of the spend, beyond cost neighbours",
                                   lambda v: 0 <= v <= 1, "must be in [0, 1]")
     optimism: float = _knob(1.0, "decisions use the upper 1-sigma bound of each model's predicted satisfaction",
                             lambda v: v >= 0, "must be >= 0")
@@ -190,7 +190,7 @@ class TenantConfig:
     debt_gain: float = _knob(3.0, "the queue weighs this much more past half the margin's surplus (0: linear)",
                              lambda v: 0 <= v <= 100, "must be in [0, 100]")
     floor_window: int = _knob(256, "satisfaction's price is at least what the latest N requests' predictions say "
-                                   "reaches alpha (0: off)", lambda v: 0 <= v <= 4096, "must be in [0, 4096]")
+                                   "reaches the target (0: off)", lambda v: 0 <= v <= 4096, "must be in [0, 4096]")
     caution: int = _knob(0, "for its first N labels the tenant is held one standard error above its target, "
                             "favouring dearer models where no mix reaches that (0: off)",
                          lambda v: 0 <= v <= 1_000_000, "must be in [0, 1000000]")

@@ -113,8 +113,8 @@ class Policy:
         """V is per unit of the tenant's own mean cost per request so far (the zoo's median model cost for its
         first SCALE_WARMUP requests): this converts it to the units of `cost_unit`, where the dearest model is 1.
 
-        So V means the same at any alpha and in any cost unit: a model twice the tenant's going rate dearer
-        than another must be V / (Q * 2) likelier to satisfy to be chosen."""
+        So V means the same at any alpha and in any cost unit: a model dearer than another by twice the
+        tenant's going rate must be 2 V / Q likelier to satisfy to be chosen."""
         going = st.cost_raw_sum / st.requests if st.requests >= SCALE_WARMUP else 0.0
         if not (going > 0 and math.isfinite(going)):
             going = float(np.median(pricing.cost_raw))

@@ -463,7 +463,8 @@ def test_cli_replay_with_the_real_onnx_encoder(onnx_path: Path, tmp_path: Path,
 
 @pytest.mark.parametrize("flags, message", [
     (["--caution", "10", "--floor-window", "0"], "--caution: needs the price floor"),
-    (["--V", "-1"], "--V: must be > 0"),
+    (["--V", "-1"], r"--V: must be in \(0, 1000000\]"),
+    (["--V", "1e308"], r"--V: must be in \(0, 1000000\]"),  # V' overflowed: NaN scores, every request unrouted
     (["--explore-budget", "-0.5"], "--explore-budget:"),
 ])
 def test_cli_replay_refuses_knobs_the_service_would(flags: list[str], message: str, tmp_path: Path) -> None:
