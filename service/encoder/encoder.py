@@ -143,8 +143,16 @@ class Encoder:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         providers = providers if providers is not None else _default_providers()
         _preload_cuda(providers)
-        session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
-        return cls(session, Tokenizer.from_file(str(tokenizer_json)), max_tokens=max_tokens, sub_batch=sub_batch)
+        onnx_path, tokenizer_json = Path(onnx_path).expanduser(), Path(tokenizer_json).expanduser()
+        try:
+            session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime's own error types (NoSuchFile, InvalidProtobuf) are plain Exceptions
+            raise RuntimeError(f"cannot load the encoder {onnx_path}: {exc}") from None
+        try:
+            tok = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as exc:  # the tokenizers library raises plain Exceptions too ("os error 2")
+            raise RuntimeError(f"cannot load the tokenizer {tokenizer_json}: {exc}") from None
+        return cls(session, tok, max_tokens=max_tokens, sub_batch=sub_batch)
 
     def with_sub_batch(self, sub_batch: int) -> Encoder:
         """The same session and tokenizer, run in sorted sub-batches of ``sub_batch`` prompts."""

@@ -104,9 +104,12 @@ def embed_prompts(trace: Trace, onnx: Path, max_tokens: int, threads: int, cache
     from ..encoder import Encoder, default_model_dir
     from ..trace import embed_trace, file_sha256
 
-    vocab = Path(tokenizer) if tokenizer else default_model_dir() / "tokenizer.json"
+    vocab = Path(tokenizer).expanduser() if tokenizer else default_model_dir() / "tokenizer.json"
     encoder = Encoder.load(onnx, vocab, max_tokens=max_tokens, threads=threads or None)
-    return embed_trace(trace, encoder, f"{file_sha256(onnx)}:{max_tokens}", cache_dir, progress=progress)
+    key = f"{file_sha256(onnx)}:{max_tokens}"  # the package's tokenizer goes with its weights (the ONNX file's hash)
+    if tokenizer:  # another one tokenises otherwise: its embeddings are others
+        key += f":{file_sha256(vocab)}"
+    return embed_trace(trace, encoder, key, cache_dir, progress=progress)
 
 
 def _say(msg: str) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..routing.heads import Heads
 from ..routing.router import Router
-from ..state import open_store
+from ..state import lock_sqlite_state, open_store
 from ..trace import Trace, TraceError
 from .drivers import match_models
 
@@ -50,22 +50,29 @@ def pretrain(cfg: Any, trace: Trace, emb: np.ndarray, *, seed: int = 0) -> dict[
     """Warm-start the service's heads (in its state store) from every label of a trace, like `--warm-start`.
 
     The heads the service would start with (its snapshot plus the labels since) learn the trace's labels in a
-    seeded shuffled order and are written back as a snapshot. Run it while the service is stopped."""
+    seeded shuffled order and are written back as a snapshot. Run it while the service is stopped: a running
+    router's next snapshot would overwrite them (on SQLite a running router's state is refused: StateInUse)."""
     models = service_models(cfg)
     columns = match_models([(m.name, m.triton_model) for m in models], trace.models)
     if all(j < 0 for j in columns):
         raise TraceError(f"no model of the service's zoo ({', '.join(m.name for m in models)}) is in the trace "
                          f"({', '.join(trace.models)})")
-    store = open_store(cfg.state, str(cfg.state_dir / "messplus.sqlite3"))  # the service's: SQLite or PostgreSQL
+    sqlite_path = cfg.state_dir / "messplus.sqlite3"
+    lock = lock_sqlite_state(sqlite_path) if cfg.state.backend == "sqlite" else None
+    store = open_store(cfg.state, str(sqlite_path))  # the service's: SQLite or PostgreSQL
     try:
         heads = Heads([m.name for m in models], emb.shape[1], prior_var=cfg.predictor.prior_var,
                       prior_accuracy=[m.prior_accuracy for m in models])
         Router(models, (), heads, store)  # restores the heads exactly as the service would at start
         rows = np.random.default_rng([seed, 1]).permutation(len(trace))
         n = train_heads(heads, emb, trace.labels, rows, columns)
+        if n == 0:
+            raise TraceError("the trace has no label for the service's models: nothing to learn, nothing written")
         snaps = [(n, *heads.snapshot(k)) for k, n in enumerate(heads.models)]
         seq = store.write_pretrained(snaps, heads.features, heads.last_seq).result()
     finally:
         store.close()
+        if lock is not None:
+            lock.close()
     return {"labels": n, "snapshot_seq": seq, "models": {m.name: (trace.models[j] if j >= 0 else None)
                                                          for m, j in zip(models, columns)}}

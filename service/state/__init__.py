@@ -3,8 +3,39 @@ replicas that share it (postgres.py). `open_store` picks the configured one."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
 from ..config import StateConfig
 from .base import Store
+
+
+class StateInUse(RuntimeError):
+    """Another process holds the SQLite state: a router (or a pretrain) on the same file."""
+
+
+def lock_sqlite_state(sqlite_path: Path) -> IO[str]:
+    """Hold the SQLite state for this process until the returned file is closed (the OS lets go when the
+    process dies): one router per file, and `messplus pretrain` never under a running router, whose next heads
+    snapshot would overwrite the pretrained heads. Raises StateInUse, naming the holder's pid."""
+    lock = Path(str(sqlite_path) + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    f = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the router's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise StateInUse(f"the state {sqlite_path} is in use by another messplus process (pid {holder}), a "
+                         "running router: stop it first") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def open_store(cfg: StateConfig, sqlite_path: str) -> Store:

@@ -223,3 +223,36 @@ def test_int8_quantisation_stays_close(
     cos = (q.encode(reference["sentences"]) * encoder.encode(reference["sentences"])).sum(axis=1)
     assert q_path.stat().st_size < 0.7 * exported[0].stat().st_size
     assert cos.min() > 0.97, cos
+
+
+def test_a_missing_or_broken_model_or_tokenizer_is_one_clear_error(tmp_path: Path, exported: tuple[Path, list[str]],
+                                                                    model_dir: Path) -> None:
+    """onnxruntime's and tokenizers' own errors are plain Exceptions: the CLI printed a traceback for them."""
+    onnx, tok = exported[0], model_dir / "tokenizer.json"
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    for path, other, words in ((tmp_path / "absent.onnx", tok, "cannot load the encoder"),
+                               (garbage, tok, "cannot load the encoder"),
+                               (onnx, tmp_path / "absent.json", "cannot load the tokenizer")):
+        with pytest.raises(RuntimeError, match=words) as err:
+            Encoder.load(path, other)
+        assert str(path if "encoder" in words else other) in str(err.value)
+
+
+def test_the_embedding_cache_key_names_a_tokenizer_other_than_the_package_s(
+        tmp_path: Path, exported: tuple[Path, list[str]], model_dir: Path) -> None:
+    """A custom predictor.tokenizer (pretrain passes it) reused the embeddings made with the package's."""
+    import shutil
+
+    from messplus.service.replay.commands import embed_prompts
+    from messplus.service.trace import load_trace
+
+    trace = tmp_path / "t.csv"
+    trace.write_text("prompt,correct__a,cost__a\nhello world,1,1\n", encoding="utf-8")
+    t = load_trace(trace)
+    onnx, cache = exported[0], tmp_path / "cache"
+    mine = tmp_path / "tokenizer.json"
+    shutil.copyfile(model_dir / "tokenizer.json", mine)
+    embed_prompts(t, onnx, 32, 1, cache, progress=False)
+    embed_prompts(t, onnx, 32, 1, cache, progress=False, tokenizer=str(mine))
+    assert len(list(cache.iterdir())) == 2  # two keys: one with the tokenizer's hash

@@ -10,8 +10,10 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +333,27 @@ def test_pretrain_writes_heads_the_service_restores(tiny, emb, tmp_path: Path) -
     store.close()
     again = pretrain(cfg, tiny, emb)  # on top of the restored heads
     assert again["snapshot_seq"] == 1
+
+
+def test_pretrain_refuses_a_state_a_router_holds_and_a_trace_without_labels(tiny, emb, tmp_path: Path) -> None:
+    """A running router's next snapshot overwrote what pretrain wrote (it said rc 0); a trace whose cells are all
+    empty wrote a snapshot of the prior and said so as a success."""
+    from messplus.service.state import StateInUse, lock_sqlite_state
+
+    raw = {"state": {"dir": str(tmp_path)}, "triton": {"url": "localhost:1"},
+           "zoo": {"models": [{"name": m, "triton_model": m, "cost_per_request": c}
+                              for m, c in zip(tiny.models, tiny.mean_cost)]}}
+    cfg = config_mod.from_mapping(raw, env={})
+    held = lock_sqlite_state(tmp_path / "messplus.sqlite3")  # what `messplus serve` holds while it runs
+    try:
+        with pytest.raises(StateInUse, match=rf"in use by another messplus process \(pid {os.getpid()}\)"):
+            pretrain(cfg, tiny, emb)
+    finally:
+        held.close()
+    empty = replace(tiny, labels=np.full_like(tiny.labels, np.nan))
+    with pytest.raises(TraceError, match="no label for the service's models"):
+        pretrain(cfg, empty, emb)
+    assert pretrain(cfg, tiny, emb)["labels"] == 22  # the lock went with the holder
 
 
 def test_pretrain_writes_into_the_configured_postgresql(tiny, emb, tmp_path: Path, postgres_url: str) -> None:
