@@ -62,13 +62,14 @@ def decide_batch(p_hat, cost, avail, queue, alpha, V):
         best = m2 if m2 < m0 else m0
         limit = best + TIE_RTOL * abs(best)
         choice, cheapest = -1, np.inf  # the cheapest, then first, available model within the tie band
-        if best < np.inf:  # a finite band: an unavailable model (+inf) is never in it, so avail is not read again
+        if limit < np.inf:  # a finite band: an unavailable model (+inf) is never in it, so avail is not read again
             for k in range(n_models):
                 if score[k] <= limit:
                     c = cost[b, k]
                     if choice < 0 or c < cheapest:
                         choice, cheapest = k, c
-        else:  # every available score is +inf or NaN (or none is available): the band is +inf
+        else:  # the band is +inf (every available score +inf, or the best so near the largest float that the band
+            # overflows) or NaN: availability decides
             for k in range(n_models):
                 if score[k] <= limit and avail[b, k] and (choice < 0 or cost[b, k] < cheapest):
                     choice, cheapest = k, cost[b, k]

@@ -35,17 +35,29 @@ class _CallDetails(_Details, grpc.ClientCallDetails):  # type: ignore[misc]
     """A call's details with other metadata (gRPC's own are not to be modified)."""
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Adds `authorization: Bearer TOKEN` to every unary call."""
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer TOKEN` to every call, streaming ones (Generate) included."""
 
     def __init__(self, token: str) -> None:
         self.header = ("authorization", f"Bearer {token}")
 
+    def _details(self, details: Any) -> _CallDetails:
+        return _CallDetails(details.method, details.timeout, [*(details.metadata or ()), self.header],
+                            details.credentials, getattr(details, "wait_for_ready", None),
+                            getattr(details, "compression", None))
+
     def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        metadata = [*(details.metadata or ()), self.header]
-        return continuation(_CallDetails(details.method, details.timeout, metadata, details.credentials,
-                                         getattr(details, "wait_for_ready", None),
-                                         getattr(details, "compression", None)), request)
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
 
 
 def channel(address: str, *, ca: bytes | None = None, client: tuple[bytes, bytes] | None = None,

@@ -91,6 +91,7 @@ class Router:
                 self.tenants[tenant].served[self.index[model]] = served
                 self.tenants[tenant].invoked[self.index[model]] = invoked
         self.learner.restore()
+        self.store.started()
 
     # -- costs and availability ----------------------------------------------------------------------------------
     @property

@@ -117,6 +117,10 @@ class Store(abc.ABC):
     shared = False
     backend = ""
 
+    def started(self) -> None:
+        """The router has loaded its state: reads from now on answer callers (a scrape, SlaStatus, a Feedback's
+        lookup), which a store may make less patient than the start-up's."""
+
     @property
     def error(self) -> str:
         """Why the store cannot commit now ("" when it can)."""

@@ -77,10 +77,27 @@ TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5
                 "tcp_user_timeout": 30_000}
 
 
+# SQLSTATEs of the database failing a statement rather than the statement being wrong: connection exceptions
+# (08), insufficient resources (53: a full disk, too many connections), a transaction rolled back for
+# serialization or a deadlock (40), a lock or statement timeout, the server shutting down, an I/O error
+_TRANSIENT_CLASSES = ("08", "53", "40")
+_TRANSIENT_STATES = frozenset({"55P03", "57014", "57P01", "57P02", "57P03", "58030"})
+
+
+def _database_failure(exc: BaseException) -> bool:
+    """Whether a job's error is the database failing (the batch is failed and its records kept for a retry), not
+    the job (it fails alone, as a program limit or a bad value always would again)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+
+
 def _reader_settings(conn: psycopg.Connection[Any]) -> None:
     """A pooled reader waits READ_LOCK_TIMEOUT_S for a lock, no longer: a scrape of /metrics, SlaStatus and
     Feedback's lookup then fail (StorageUnavailable) while a table is locked, instead of hanging past
-    Prometheus's scrape timeout (and messplus_state_up 0 never being stored)."""
+    Prometheus's scrape timeout (and messplus_state_up 0 never being stored). The start-up's reads wait as
+    long as the writer does (PostgresStore._patient)."""
     conn.execute(f"SET lock_timeout = {int(READ_LOCK_TIMEOUT_S * 1000)}")
 
 
@@ -146,6 +163,7 @@ class PostgresStore(sql.SqlReads, Store):
         self._cursor = 0     # the last label seq handed to subscribers
         self._reading = 0    # the same, counting what the open batch has read
         self._catching_up = threading.Event()
+        self._patient = True  # reads wait as long as the writer until the router has loaded (started())
         self._tail_error = ""  # why the tail cannot reach the database ("" while it can)
         # every write transaction takes the log lock first: a batch mixes records (tenant and model-count rows)
         # and feedback (the log lock, then a tenant row), so replicas locking in different orders deadlocked.
@@ -156,7 +174,7 @@ class PostgresStore(sql.SqlReads, Store):
                                                         f"SELECT pg_advisory_xact_lock({LOG_LOCK})",
                                    max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
                                    on_rollback=self._rolled_back,
-                                   transient=lambda exc: isinstance(exc, psycopg.OperationalError))
+                                   transient=_database_failure)
         self._stop = threading.Event()
         self._tail = threading.Thread(target=self._run_tail, name="messplus-state-tail", daemon=True)
 
@@ -312,6 +330,12 @@ class PostgresStore(sql.SqlReads, Store):
         StorageUnavailable (UNAVAILABLE), after a second at most, instead of the pool's 30 s wait and INTERNAL."""
         try:
             with self._pool.connection(timeout=1.0) as conn:
+                if self._patient:  # the start-up's reads: an operator's brief DDL lock must not stop the start
+                    conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
+                    try:
+                        return fn(_Qmark(conn), *args)
+                    finally:
+                        _reader_settings(conn)
                 return fn(_Qmark(conn), *args)
         except psycopg.errors.LockNotAvailable as exc:  # the database answered: a lock is held elsewhere
             raise StorageUnavailable(f"the state database is locked ({exc}); retry") from exc
@@ -319,7 +343,8 @@ class PostgresStore(sql.SqlReads, Store):
             pass
         try:
             conn = self._connect()
-            _reader_settings(conn.raw)
+            if not self._patient:
+                _reader_settings(conn.raw)
         except psycopg.OperationalError as exc:
             raise StorageUnavailable(f"the state database cannot be reached ({exc}); retry") from exc
         try:
@@ -329,10 +354,15 @@ class PostgresStore(sql.SqlReads, Store):
         finally:
             conn.close()
 
+    def started(self) -> None:
+        self._patient = False
+
     def tenants_at(self) -> tuple[dict[str, TenantRow], int]:
         with self._pool.connection() as conn:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                if self._patient:
+                    conn.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
                 return sql.tenants(_Qmark(conn)), sql.label_seq(_Qmark(conn))
 
     def request(self, request_id: str) -> RequestRow | None:

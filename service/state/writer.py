@@ -98,7 +98,9 @@ class GroupCommit:
             if kept:
                 with self._cv:
                     self._items.extendleft(reversed(kept))
-                    self._cv.wait(self._retry_delay_s)  # close() wakes it
+                    until = time.monotonic() + self._retry_delay_s  # a submit's notify must not cut it short
+                    while not self._closed and (left := until - time.monotonic()) > 0:
+                        self._cv.wait(left)  # close() ends it
                     closing = self._closed
                 if closing:
                     self._fail(self._take_all(), "the router stopped before the state store came back")

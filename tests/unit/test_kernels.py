@@ -70,7 +70,15 @@ def test_decide_batch_matches_numpy_twin(args: tuple[np.ndarray, ...]) -> None:
     np.testing.assert_array_equal(got, ref.decide_batch_np(*args))
 
 
-ODD = st.sampled_from([np.inf, -np.inf, np.nan, 1e308, 0.5])
+ODD = st.sampled_from([np.inf, -np.inf, np.nan, 1e308, np.finfo(np.float64).max, -0.0, 0.5])
+
+
+def test_a_band_that_overflows_still_leaves_unavailable_models_out() -> None:
+    """best + TIE_RTOL * |best| rounds to +inf near the largest float: the band then held every unavailable
+    model's +inf score, and one was chosen."""
+    big = np.finfo(np.float64).max
+    args = _args([[0.0, 0.0]], [big, 0.5], [[True, False]], queue=[0.0], V=[1.0])
+    assert kernels.decide_batch(*args)[0] == ref.decide_batch_np(*args)[0] == 0
 
 
 @fuzz

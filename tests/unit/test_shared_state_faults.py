@@ -5,6 +5,7 @@ its own included: its store commits again and its tail brings the other's labels
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -252,4 +253,34 @@ def test_reads_give_up_on_a_locked_table_within_seconds(postgres_url: str) -> No
             assert time.monotonic() - began < READ_LOCK_TIMEOUT_S + 2
         assert "acme" in r.store.tenants()
     finally:
+        r.store.close()
+
+
+def test_a_router_starts_through_a_brief_table_lock(postgres_url: str) -> None:
+    """The start-up's reads wait as long as the writer's (30 s), not the 3 s of a running router's reads: an
+    operator's brief DDL lock (ALTER, VACUUM FULL) made a replica fail to start."""
+    import psycopg
+
+    first = PostgresStore(postgres_url)  # the schema exists before the lock is taken
+    first.close()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as conn, conn.transaction():
+            conn.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    locked.wait(10)
+    threading.Timer(4.5, release.set).start()
+    began = time.monotonic()
+    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(postgres_url, poll_s=0.05))
+    try:
+        assert time.monotonic() - began >= 4.0  # it waited for the lock, and started
+        holder.join(10)
+        assert r.store.tenants()["acme"].requests == 0
+    finally:
+        release.set()
         r.store.close()

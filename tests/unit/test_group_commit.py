@@ -1,0 +1,74 @@
+"""The group-commit writer (service/state/writer.py) while its database fails: which errors fail a whole batch,
+and the retry's backoff."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from messplus.service.errors import StorageUnavailable
+from messplus.service.state.postgres import _database_failure
+from messplus.service.state.writer import GroupCommit
+
+
+@pytest.mark.parametrize("state, transient", [
+    (None, True),      # the client lost the connection: no SQLSTATE
+    ("08006", True),   # connection failure
+    ("53100", True),   # disk full
+    ("40P01", True),   # deadlock detected
+    ("55P03", True),   # lock not available (lock_timeout)
+    ("57014", True),   # query canceled (statement_timeout)
+    ("57P01", True),   # admin shutdown
+    ("54000", False),  # program limit exceeded: the same job fails the same way again
+    ("22P02", False),  # invalid text representation: a bad value
+])
+def test_which_database_errors_fail_the_batch(state: str | None, transient: bool) -> None:
+    """A job's error of this kind fails its whole batch and keeps its records for a retry; any other fails the
+    job alone. Every OperationalError counted once, so one record a program limit refuses blocked every write
+    behind it for good."""
+    exc = psycopg.OperationalError("boom")
+    exc.sqlstate = state  # type: ignore[misc]
+    assert _database_failure(exc) is transient
+    assert not _database_failure(ValueError("a job's own error"))
+
+
+class Down:
+    """A connection whose every COMMIT fails, as a database that went away."""
+
+    def execute(self, sql: str, *args: Any) -> None:
+        if sql == "COMMIT":
+            raise RuntimeError("the database is gone")
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_retry_backoff_holds_while_calls_keep_coming() -> None:
+    """Every submit's notify woke the writer out of its 0.5 s backoff: one reconnect (a new database
+    connection) per incoming call while the database was down."""
+    connects = []
+
+    def connect() -> Down:
+        connects.append(time.monotonic())
+        return Down()
+
+    writer = GroupCommit(connect, reconnect=True, retry_delay_s=0.5, max_buffered=1000)
+    try:
+        writer.submit(lambda conn: None, retry=True)  # kept, retried every 0.5 s
+        began, calls = time.monotonic(), []
+        while time.monotonic() - began < 1.2:  # a Feedback every 10 ms
+            calls.append(writer.submit(lambda conn: None))
+            time.sleep(0.01)
+        for call in calls:
+            with pytest.raises(StorageUnavailable):
+                call.result(5)
+        assert len(calls) > 50
+        assert len(connects) <= 1 + 4  # the first, then about one per backoff (1.2 s / 0.5 s), not one per call
+    finally:
+        done = threading.Thread(target=writer.close)
+        done.start()
+        done.join(10)
