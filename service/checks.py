@@ -52,8 +52,6 @@ def validate(cfg: Config, knobs: tuple[Field[Any], ...]) -> None:
     _check(cfg.predictor.sub_batch >= 0, "predictor.sub_batch", "must be >= 0 (0: the provider's default)")
     _check(not cfg.predictor.tokenizer or Path(cfg.predictor.tokenizer).expanduser().is_file(), "predictor.tokenizer",
            f"file not found: {cfg.predictor.tokenizer}")
-    _check(not cfg.predictor.onnx or Path(cfg.predictor.onnx).expanduser().is_file(), "predictor.onnx",
-           f"file not found: {cfg.predictor.onnx}")
     _check(cfg.triton.timeout_s > 0, "triton.timeout_s", "must be > 0")
     _check(cfg.triton.ready_poll_s > 0, "triton.ready_poll_s", "must be > 0")
     if cfg.triton.url and not cfg.route_only:
