@@ -177,7 +177,8 @@ class TenantConfig:
                      lambda v: v >= 0, "must be >= 0")
     explore_models: int = _knob(2, "0: exploration calls every model; N: the exploit choice + N-1 it learns most from",
                                 lambda v: v >= 0, "must be >= 0")
-    explore_budget: float = _knob(0.1, "exploration may also afford models up to this fraction of the spend, beyond cost neighbours",
+    explore_budget: float = _knob(0.1, "exploration may also afford models up to this fraction of the spend, "
+                                       "beyond cost neighbours",
                                   lambda v: 0 <= v <= 1, "must be in [0, 1]")
     optimism: float = _knob(1.0, "decisions use the upper 1-sigma bound of each model's predicted satisfaction",
                             lambda v: v >= 0, "must be >= 0")

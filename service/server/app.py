@@ -69,7 +69,8 @@ def _say(msg: str) -> None:
 def load_encoder(cfg: Config, progress: Progress):  # type: ignore[no-untyped-def]
     from ..encoder import Encoder, default_model_dir, ensure_exported
 
-    onnx_path = Path(cfg.predictor.onnx).expanduser() if cfg.predictor.onnx else ensure_exported(cfg.state_dir, progress)
+    onnx_path = (Path(cfg.predictor.onnx).expanduser() if cfg.predictor.onnx
+                 else ensure_exported(cfg.state_dir, progress))
     providers = [p for p in cfg.predictor.providers.split(",") if p] or None
     tokenizer = (Path(cfg.predictor.tokenizer).expanduser() if cfg.predictor.tokenizer
                  else default_model_dir() / "tokenizer.json")

@@ -141,7 +141,8 @@ def insert_request(conn: Any, row: RequestRow) -> None:
                            int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now(),
                            row.p_served, row.target, row.replica)).fetchone()
     if stored is None:
-        have = conn.execute("SELECT replica, tenant, t FROM requests WHERE request_id = ?", (row.request_id,)).fetchone()
+        have = conn.execute("SELECT replica, tenant, t FROM requests WHERE request_id = ?",
+                            (row.request_id,)).fetchone()
         if row.replica is not None and have is not None and tuple(have) == (row.replica, row.tenant, row.t):
             return
         raise AlreadyExists(f"request_id {shown(row.request_id)} is stored already, for another request")

@@ -84,7 +84,8 @@ def test_a_band_that_overflows_still_leaves_unavailable_models_out() -> None:
 
 @fuzz
 @given(decide_inputs(), st.data())
-def test_decide_batch_matches_numpy_twin_on_non_finite_values(args: tuple[np.ndarray, ...], data: st.DataObject) -> None:
+def test_decide_batch_matches_numpy_twin_on_non_finite_values(args: tuple[np.ndarray, ...],
+                                                              data: st.DataObject) -> None:
     """Infinite and NaN predictions or prices (a row whose band is +inf takes the other branch of the kernel)."""
     p_hat, cost = args[0].copy(), args[1].copy()
     for a in (p_hat, cost):
