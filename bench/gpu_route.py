@@ -218,12 +218,9 @@ def default_model(provider: str, say: Callable[[str], None]) -> Path:
     fp32 = ensure_exported(ROOT / "var", say)
     if provider == CPU:
         return fp32
-    from messplus.service.encoder.half import to_float16
+    from messplus.service.encoder.half import ensure_float16
 
-    fp16 = fp32.with_name(fp32.stem + ".fp16-fused.onnx")
-    if not fp16.is_file():
-        to_float16(fp32, fp16, fused=True, progress=say)
-    return fp16
+    return ensure_float16(fp32, say)
 
 
 def main(argv: list[str] | None = None) -> int:

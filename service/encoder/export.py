@@ -115,6 +115,15 @@ def _atomic_save(model: onnx.ModelProto, out_path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _model_name(model_dir: Path) -> str:
+    """The exported model's name: all-MiniLM-L6-v2 for the weights package's folder, else the folder's name."""
+    try:
+        packaged = default_model_dir()
+    except RuntimeError:  # no weights package: a folder of the user's own
+        return model_dir.name
+    return "sentence-transformers/all-MiniLM-L6-v2" if model_dir.resolve() == packaged.resolve() else model_dir.name
+
+
 def export_minilm(out_path: Path, model_dir: Path | None = None, *, progress: Progress | None = None) -> Path:
     """Export the sentence encoder in ``model_dir`` (default: the bundled all-MiniLM-L6-v2) to ``out_path``.
 
@@ -142,7 +151,9 @@ def export_minilm(out_path: Path, model_dir: Path | None = None, *, progress: Pr
     say(f"building ONNX graph (opset {OPSET}, {config['num_hidden_layers']} layers, hidden {config['hidden_size']})")
     model = build_model(weights, config)
     meta = {
-        "source_model": str(config.get("_name_or_path", "")) or model_dir.name,
+        # config.json's _name_or_path names the checkpoint all-MiniLM-L6-v2 was fine-tuned from, not the model
+        "source_model": _model_name(model_dir),
+        "base_model": str(config.get("_name_or_path", "")),
         "source_safetensors_sha256": file_sha256(st_path),
         "exporter_version": EXPORTER_VERSION,
         "pooling": "mean",

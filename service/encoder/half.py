@@ -129,6 +129,15 @@ def to_float16(src: Path, dst: Path, *, fused: bool = False, progress: Progress 
     return info
 
 
+def ensure_float16(src: Path, progress: Progress | None = None) -> Path:
+    """The fused float16 copy beside the float32 export ``src`` (``<stem>.fp16-fused.onnx``), written when it is
+    absent or older than ``src`` (a re-export after an upgrade of messplus or of the weights left the old copy)."""
+    dst = Path(src).with_name(Path(src).stem + ".fp16-fused.onnx")
+    if not dst.is_file() or dst.stat().st_mtime < Path(src).stat().st_mtime:
+        to_float16(Path(src), dst, fused=True, progress=progress)
+    return dst
+
+
 def _heads(model: onnx.ModelProto, hidden: int) -> int:
     """Attention heads of the exported graph: the split-heads Reshape's constant [0, 0, heads, head_dim]."""
     from onnx import numpy_helper

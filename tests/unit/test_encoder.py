@@ -53,6 +53,11 @@ def test_export_is_atomic_and_cached(exported: tuple[Path, list[str]]) -> None:
     # no temporary file left behind: the model and the stamp of what it was built from
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".stamp.json"]
     assert any("exported" in m for m in messages)
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert props["source_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert props["base_model"] == "nreimers/MiniLM-L6-H384-uncased"  # config.json's _name_or_path
     mtime = path.stat().st_mtime_ns
     again: list[str] = []
     assert ensure_exported(path.parent, again.append) == path

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto
 
 from messplus.service.encoder import Encoder, default_model_dir
-from messplus.service.encoder.half import to_float16
+from messplus.service.encoder.half import ensure_float16, to_float16
 
 PROMPTS = ["What is 2 + 2?", "Write a Python function that reverses a linked list in place.",
            "Question: The sun is a star. Which is closest to Earth? Answer: " * 12, "ok"]
@@ -50,3 +50,18 @@ def test_float16_copy_keeps_the_interface_and_the_embeddings(tmp_path: Path, enc
     assert got.dtype == np.float32 and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     cos = np.sum(got * fp32, axis=1)
     assert cos.min() > 0.999, cos
+
+
+def test_float16_copy_is_written_again_when_its_source_is_newer(tmp_path: Path, encoder_onnx: Path) -> None:
+    import os
+    import shutil
+
+    src = tmp_path / "enc.onnx"
+    shutil.copyfile(encoder_onnx, src)
+    dst = ensure_float16(src)
+    assert dst == tmp_path / "enc.fp16-fused.onnx" and dst.is_file()
+    first = dst.stat().st_mtime_ns
+    assert ensure_float16(src).stat().st_mtime_ns == first  # up to date: kept
+    os.utime(dst, ns=(first - 10**10, first - 10**10))  # the source re-exported after the copy was made
+    os.utime(src, ns=(first, first))
+    assert ensure_float16(src).stat().st_mtime_ns > first - 10**10
