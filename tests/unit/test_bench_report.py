@@ -144,12 +144,17 @@ def test_horizons_table_counts_eligible_runs_on_hand_made_summaries(tmp_path: Pa
         return {"satisfaction": sat, "best_single_satisfaction": best, "cost_vs_static_mixture": cost,
                 "sla_met": met}
 
-    # alpha 0.7: a run whose best model reaches 0.75 is eligible (0.75 >= 0.73); one at 0.72 is not
+    # alpha 0.7: a run whose best model reaches 0.75 is eligible (0.75 >= 0.73); one at 0.72 is not. The
+    # fourth run's static mix falls short of alpha on its window: its cost ratio (0.5) is left out
     summary = [{"alpha": 0.7, "runs": [run(0.69, 0.75, 2.0, False), run(0.71, 0.75, 1.0, True),
-                                      run(0.60, 0.72, 3.0, False)],
+                                      run(0.60, 0.72, 3.0, False), run(0.60, 0.68, 0.5, False)],
                 "baselines": {"messplus_reference": {"runs": [run(0.72, 0.75, 9.0, True),
                                                               run(0.69, 0.75, 9.0, False),
-                                                              run(0.7, 0.72, 9.0, True)]}}}]
+                                                              run(0.7, 0.72, 9.0, True),
+                                                              run(0.6, 0.68, 9.0, False)]},
+                              "static_mixture": {"feasible": False, "per_seed": [
+                                  {"feasible": True}, {"feasible": True}, {"feasible": True},
+                                  {"feasible": False}]}}}]
     folder = tmp_path / f"{CASES[0].key}-short100"
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps(summary))
