@@ -270,12 +270,15 @@ class PostgresStore(sql.SqlReads, Store):
     def _expire(self, conn: Any) -> None:
         """Drop request records older than the retention whose labels every head snapshot has learned, and their
         labels with them (a label of no request only grew the log, and answered a reused id's Feedback as a
-        duplicate). A head not snapshotted within the retention (a model that left the zoo) is not waited for."""
+        duplicate). A head last snapshotted more than the retention before the newest snapshot (a model that left
+        the zoo) is not waited for; on a quiet fleet whose newest snapshot is itself older than the retention,
+        that snapshot's heads still are."""
         cutoff = time.time() - self.retention_s
         conn.execute("WITH gone AS (DELETE FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM labels l "
                      "WHERE l.request_id = requests.request_id AND l.seq > (SELECT COALESCE(MIN(last_label_seq), 0) "
-                     "FROM heads WHERE updated >= ?))  RETURNING request_id) "
-                     "DELETE FROM labels WHERE request_id IN (SELECT request_id FROM gone)", (cutoff, cutoff))
+                     "FROM heads WHERE updated >= (SELECT MAX(updated) FROM heads) - ?))  RETURNING request_id) "
+                     "DELETE FROM labels WHERE request_id IN (SELECT request_id FROM gone)",
+                     (cutoff, self.retention_s))
 
     # -- writes ------------------------------------------------------------------------------------------------
     def ensure_tenants(self, names: tuple[str, ...]) -> Future[None]:

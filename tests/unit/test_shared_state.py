@@ -199,3 +199,24 @@ def test_expiry_drops_old_requests_with_their_labels_past_a_removed_models_stale
     d = route(b, rng, request_id="order-0")
     assert b.feedback("acme", d.request_id, 0.0, []).result(10).applied == 1
     assert b.store.tenants()["acme"].labelled == 5
+
+
+def test_expiry_on_a_quiet_fleet_whose_newest_snapshot_is_older_than_the_retention(routers) -> None:
+    """Every head last snapshotted before the retention (fewer labels than snapshot_every_labels in that time):
+    the heads are still the fleet's and have learned the old labels, so the old records go; a label no snapshot
+    has learned holds its request back. Counting only heads written within the retention held every record."""
+    a = routers()
+    rng = np.random.default_rng(7)
+    ids = [route(a, rng, request_id=f"quiet-{i}").request_id for i in range(4)]
+    for rid in ids[:3]:
+        a.feedback("acme", rid, 1.0, []).result(10)
+    a.snapshot().result(10)
+    a.feedback("acme", ids[3], 1.0, []).result(10)  # after the snapshot: not learned by any head yet
+    with psycopg.connect(a.store._url, autocommit=True) as conn:  # type: ignore[attr-defined]
+        conn.execute("UPDATE heads SET updated = 0")
+        conn.execute("UPDATE requests SET created = 0")
+    a.store.retention_s = 3600.0  # type: ignore[attr-defined]
+    a.store._writer.submit(a.store._expire).result(10)  # type: ignore[attr-defined]
+    with psycopg.connect(a.store._url, autocommit=True) as conn:  # type: ignore[attr-defined]
+        assert [r[0] for r in conn.execute("SELECT request_id FROM requests").fetchall()] == [ids[3]]
+        assert conn.execute("SELECT count(*) FROM labels").fetchone()[0] == 1
