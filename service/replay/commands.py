@@ -104,6 +104,7 @@ def embed_prompts(trace: Trace, onnx: Path, max_tokens: int, threads: int, cache
     from ..encoder import Encoder, default_model_dir
     from ..trace import embed_trace, file_sha256
 
+    onnx = Path(onnx).expanduser()
     vocab = Path(tokenizer).expanduser() if tokenizer else default_model_dir() / "tokenizer.json"
     encoder = Encoder.load(onnx, vocab, max_tokens=max_tokens, threads=threads or None)
     key = f"{file_sha256(onnx)}:{max_tokens}"  # the package's tokenizer goes with its weights (the ONNX file's hash)

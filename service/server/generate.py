@@ -132,6 +132,7 @@ class Calls:
                     chunks.append(chunk)
                     yield pb.GenerateReply(text=chunk)
             except ZooError as exc:
+                self.latency_ms[k] = (time.perf_counter() - started) * 1e3  # the failed routed model's answer event
                 self._failed(k, exc)
                 if chunks:
                     raise NoModelAvailable(f"model {self.router.names[k]!r} failed mid-answer: {exc}") from exc

@@ -187,6 +187,7 @@ def test_a_routed_model_that_fails_before_answering_gets_its_answer_event_and_ca
         assert (route.model, sorted(route.explored_models)) == (dear, sorted([cheap, dear]))
         answers = [e.answer for e in events if e.WhichOneof("event") == "answer"]
         assert [(a.model, a.text) for a in answers] == [(dear, "")] and "unavailable" in answers[0].error
+        assert answers[0].latency_ms > 0  # how long the failed call took (it was 0: only the others were timed)
         assert events[-1].done.served_model == cheap
         with pytest.raises(grpc.RpcError) as err:
             stub.Feedback(pb.FeedbackRequest(tenant="beta", request_id=route.request_id, satisfaction=1.0,

@@ -261,3 +261,20 @@ def test_the_embedding_cache_key_names_a_tokenizer_other_than_the_package_s(
     embed_prompts(t, onnx, 32, 1, cache, progress=False)
     embed_prompts(t, onnx, 32, 1, cache, progress=False, tokenizer=str(mine))
     assert len(list(cache.iterdir())) == 2  # two keys: one with the tokenizer's hash
+
+
+def test_embedding_a_trace_takes_an_encoder_path_under_the_home_folder(
+        tmp_path: Path, exported: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """predictor.onnx = "~/..." served (the load expands it) but pretrain failed: the cache key hashed the
+    unexpanded path."""
+    import shutil
+
+    from messplus.service.replay.commands import embed_prompts
+    from messplus.service.trace import load_trace
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copyfile(exported[0], tmp_path / "enc.onnx")
+    trace = tmp_path / "t.csv"
+    trace.write_text("prompt,correct__a,cost__a\nhello world,1,1\n", encoding="utf-8")
+    emb = embed_prompts(load_trace(trace), Path("~/enc.onnx"), 32, 1, tmp_path / "cache", progress=False)
+    assert emb.shape == (1, 384)
