@@ -63,6 +63,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--tenant", help="the service tenant to drive with --grpc (default: default)")
     p.add_argument("--tls-ca", metavar="PEM", help="with --grpc: the CA that signed the routers' certificates (TLS); "
                                                    "a bearer token comes from $MESSPLUS_TOKEN")
+    p.add_argument("--tls-server-name", metavar="NAME", default="",
+                   help="with --tls-ca: the name the routers' certificates carry when it is not the address's host "
+                        "(a Service's DNS name, reached through a port-forward to 127.0.0.1)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--limit", type=int, default=0, help="only the first N rows of each trace file")
     p.add_argument("--models", help="comma-separated trace models to route among (default: all of the trace's)")
@@ -129,8 +132,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                          "first >= 0")
     if args.sync_lag and not args.replicas:
         raise SystemExit("messplus replay: --sync-lag needs --replicas")
-    if args.grpc is None and (args.tenant is not None or args.tls_ca):
-        raise SystemExit("messplus replay: --tenant and --tls-ca drive a running service: they need --grpc")
+    if args.grpc is None and (args.tenant is not None or args.tls_ca or args.tls_server_name):
+        raise SystemExit("messplus replay: --tenant, --tls-ca and --tls-server-name drive a running service: they "
+                         "need --grpc")
+    if args.tls_server_name and not args.tls_ca:
+        raise SystemExit("messplus replay: --tls-server-name needs TLS: give --tls-ca")
     addrs = [a.strip() for a in (args.grpc or "").split(",") if a.strip()]
     if args.grpc is not None and not addrs:
         raise SystemExit("messplus replay: --grpc needs HOST:PORT (several: comma-separated)")
@@ -173,7 +179,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         tenant = args.tenant or "default"
         try:
             ca = Path(args.tls_ca).expanduser().read_bytes() if args.tls_ca else None
-            driver = GrpcDriver(addrs, tenant, trace.models, ca=ca, token=os.environ.get("MESSPLUS_TOKEN", ""))
+            driver = GrpcDriver(addrs, tenant, trace.models, ca=ca, token=os.environ.get("MESSPLUS_TOKEN", ""),
+                                server_name=args.tls_server_name)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"messplus replay --grpc: {exc}") from None
         except grpc.RpcError as exc:

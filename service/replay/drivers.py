@@ -107,8 +107,10 @@ class GrpcDriver:
     drawn at random (seeded by `seed`), as a load balancer may send it: not necessarily the one that routed."""
 
     def __init__(self, addrs: str | Sequence[str], tenant: str, trace_models: Sequence[str], *,
-                 timeout_s: float = 30.0, seed: int = 0, ca: bytes | None = None, token: str = "") -> None:
-        """`ca`: the PEM CA of routers serving TLS; `token`: the bearer token of routers that want one."""
+                 timeout_s: float = 30.0, seed: int = 0, ca: bytes | None = None, token: str = "",
+                 server_name: str = "") -> None:
+        """`ca`: the PEM CA of routers serving TLS; `server_name`: the name their certificates carry when it is not
+        the address's host; `token`: the bearer token of routers that want one."""
         import grpc
 
         from ..client import channel
@@ -120,12 +122,14 @@ class GrpcDriver:
         self.addrs = [addrs] if isinstance(addrs, str) else list(addrs)
         if not self.addrs:
             raise ValueError("GrpcDriver: no address")
-        self.channels = [channel(a, ca=ca, token=token) for a in self.addrs]
-        for addr, channel in zip(self.addrs, self.channels):
+        self.channels = [channel(a, ca=ca, token=token, server_name=server_name) for a in self.addrs]
+        for addr, ch in zip(self.addrs, self.channels):
             try:
-                grpc.channel_ready_future(channel).result(timeout=timeout_s)
+                grpc.channel_ready_future(ch).result(timeout=timeout_s)
             except grpc.FutureTimeoutError:
-                raise ConnectionError(f"no router answers at {addr} within {timeout_s:g} s") from None
+                hint = (" (or its certificate does not name that host: --tls-server-name gives the name it carries)"
+                        if ca else "")
+                raise ConnectionError(f"no router answers at {addr} within {timeout_s:g} s{hint}") from None
         self.stubs = [pb_grpc.RoutingServiceStub(c) for c in self.channels]
         self.stub = self.stubs[0]
         zoos = [[(m.name, m.triton_model) for m in s.ListModels(pb.ListModelsRequest(), timeout=timeout_s).models]

@@ -501,7 +501,8 @@ def test_cli_replay_refuses_knobs_the_service_would(flags: list[str], message: s
     (["--models", "a,a"], "--models needs distinct trace model names (a given twice)"),
     (["--models", ","], "--models needs distinct trace model names"),
     (["--grpc", ""], "--grpc needs HOST:PORT"),
-    (["--tenant", "acme"], "--tenant and --tls-ca drive a running service: they need --grpc"),
+    (["--tenant", "acme"], "--tenant, --tls-ca and --tls-server-name drive a running service: they need --grpc"),
+    (["--grpc", "localhost:1", "--tls-server-name", "messplus.svc"], "--tls-server-name needs TLS: give --tls-ca"),
 ])
 def test_cli_replay_refuses_flags_it_would_ignore_or_misread(flags: list[str], message: str, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
