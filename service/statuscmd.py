@@ -26,7 +26,7 @@ from messplus.v1 import routing_pb2 as pb
 from messplus.v1 import routing_pb2_grpc as pb_grpc
 
 from . import config as config_mod
-from .client import channel, loopback
+from .client import channel
 from .config import ROUTE_ONLY
 
 HEADER = ("tenant", "alpha", "satisfaction", "SLA", "queue", "requests", "labelled", "explored", "mean cost",
@@ -89,17 +89,16 @@ def report(address: str, tenants: Sequence[str], *, ca: bytes | None = None, cli
            token: str = "", timeout_s: float = 5.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
            server_name: str = "") -> int:
     """Print the Triton line and one SLA line per tenant; return the exit status. `client`: (key, certificate)."""
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
-    if token and not ca and not loopback(address):
-        print(f"messplus status: refusing to send $MESSPLUS_TOKEN in plaintext to {address}, which is not this "
-              "machine: give --tls-ca (or a config with security.tls_cert), or reach the router over loopback",
-              file=err)
+    try:
+        ch = channel(address, ca=ca, client=client, token=token, server_name=server_name)
+    except ValueError as exc:  # a token that would travel in plaintext off this machine
+        print(f"messplus status: {exc} (the CA: --tls-ca, or a config with security.tls_cert)", file=err)
         return 2
     status = 0
-    with channel(address, ca=ca, client=client, server_name=server_name) as ch:
+    with ch:
         stub = pb_grpc.RoutingServiceStub(ch)
         try:
-            models = stub.ListModels(pb.ListModelsRequest(), timeout=timeout_s, metadata=metadata)
+            models = stub.ListModels(pb.ListModelsRequest(), timeout=timeout_s)
         except grpc.RpcError as exc:
             print(f"messplus status: router at {address}: {exc.code().name}: {exc.details()}", file=err)
             return 1
@@ -107,7 +106,7 @@ def report(address: str, tenants: Sequence[str], *, ca: bytes | None = None, cli
         rows = [HEADER]
         for tenant in tenants:
             try:
-                st = stub.SlaStatus(pb.SlaStatusRequest(tenant=tenant), timeout=timeout_s, metadata=metadata)
+                st = stub.SlaStatus(pb.SlaStatusRequest(tenant=tenant), timeout=timeout_s)
             except grpc.RpcError as exc:
                 print(f"messplus status: tenant {tenant!r}: {exc.code().name}: {exc.details()}", file=err)
                 status = 1

@@ -105,7 +105,8 @@ def test_a_token_of_the_wrong_type_is_not_repeated_in_the_error() -> None:
 def test_messplus_status_never_sends_a_token_in_plaintext_off_this_machine() -> None:
     import io
 
-    from messplus.service.statuscmd import loopback, report
+    from messplus.service.client import loopback
+    from messplus.service.statuscmd import report
 
     assert all(loopback(a) for a in ("127.0.0.1:50051", "localhost:1", "[::1]:50051", "127.8.9.1:2"))
     assert not any(loopback(a) for a in ("10.1.2.3:50051", "router.internal:50051", "[2001:db8::1]:1", ":50051"))
