@@ -126,14 +126,6 @@ def _label(text: str | None) -> float:
     return float(text)
 
 
-def _parses(text: str | None) -> bool:
-    try:
-        _label(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _cost_unit(path: Path) -> str:
     side = path.with_name(path.name.removesuffix(".csv") + ".models.json")
     try:
@@ -165,12 +157,14 @@ def load_trace(path: str | Path, *, limit: int = 0) -> Trace:
             ids.append(row.get("prompt_id") or str(len(ids)))
             prompts.append(row["prompt"] or "")
             sources.append(row.get("source_benchmark") or "")
-            try:
-                labels.append([_label(row.get(CORRECT + m)) for m in models])
-            except ValueError:
-                m = next(m for m in models if _parses(row.get(CORRECT + m)) is False)
-                raise TraceError(f"{path}: row {len(prompts)}, model {m!r}: label {shown(row.get(CORRECT + m))} is "
-                                 "not a number (write 1/0 or a satisfaction in [0, 1]; empty for no label)") from None
+            labels.append([])
+            for m in models:
+                cell = row.get(CORRECT + m)
+                try:
+                    labels[-1].append(_label(cell))
+                except ValueError:
+                    raise TraceError(f"{path}: row {len(prompts)}, model {m!r}: label {shown(cell)} is not a "
+                                     "number (write 1/0 or a satisfaction in [0, 1]; empty for no label)") from None
             costs.append([_cell(row.get(COST + m)) for m in models])
     lab = np.array(labels, dtype=np.float64).reshape(len(prompts), len(models))
     bad = ~np.isnan(lab) & ((lab < 0) | (lab > 1))
