@@ -11,7 +11,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..routing.heads import Heads
 from ..routing.router import Router
-from ..state import lock_sqlite_state, open_store
+from ..state import open_store
 from ..trace import Trace, TraceError
 from .drivers import match_models
 
@@ -57,9 +57,7 @@ def pretrain(cfg: Any, trace: Trace, emb: np.ndarray, *, seed: int = 0) -> dict[
     if all(j < 0 for j in columns):
         raise TraceError(f"no model of the service's zoo ({', '.join(m.name for m in models)}) is in the trace "
                          f"({', '.join(trace.models)})")
-    sqlite_path = cfg.state_dir / "messplus.sqlite3"
-    lock = lock_sqlite_state(sqlite_path) if cfg.state.backend == "sqlite" else None
-    store = open_store(cfg.state, str(sqlite_path))  # the service's: SQLite or PostgreSQL
+    store = open_store(cfg.state, str(cfg.state_dir / "messplus.sqlite3"))  # the service's: SQLite or PostgreSQL
     try:
         heads = Heads([m.name for m in models], emb.shape[1], prior_var=cfg.predictor.prior_var,
                       prior_accuracy=[m.prior_accuracy for m in models])
@@ -72,7 +70,5 @@ def pretrain(cfg: Any, trace: Trace, emb: np.ndarray, *, seed: int = 0) -> dict[
         seq = store.write_pretrained(snaps, heads.features, heads.last_seq).result()
     finally:
         store.close()
-        if lock is not None:
-            lock.close()
     return {"labels": n, "snapshot_seq": seq, "models": {m.name: (trace.models[j] if j >= 0 else None)
                                                          for m, j in zip(models, columns)}}

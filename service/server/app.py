@@ -38,7 +38,7 @@ from ..routing.heads import Heads
 from ..routing.registry import get_policy
 from ..routing.router import Router
 from ..routing.types import RouteItem, Routed
-from ..state import lock_sqlite_state, open_store
+from ..state import open_store
 from ..zoo.embedded import StartInterrupted, start_embedded_triton
 from ..zoo.monitor import TritonMonitor
 from ..zoo.triton import TritonZoo
@@ -69,11 +69,9 @@ def _say(msg: str) -> None:
 def load_encoder(cfg: Config, progress: Progress):  # type: ignore[no-untyped-def]
     from ..encoder import Encoder, default_model_dir, ensure_exported
 
-    onnx_path = (Path(cfg.predictor.onnx).expanduser() if cfg.predictor.onnx
-                 else ensure_exported(cfg.state_dir, progress))
+    onnx_path = Path(cfg.predictor.onnx) if cfg.predictor.onnx else ensure_exported(cfg.state_dir, progress)
     providers = [p for p in cfg.predictor.providers.split(",") if p] or None
-    tokenizer = (Path(cfg.predictor.tokenizer).expanduser() if cfg.predictor.tokenizer
-                 else default_model_dir() / "tokenizer.json")
+    tokenizer = Path(cfg.predictor.tokenizer) if cfg.predictor.tokenizer else default_model_dir() / "tokenizer.json"
     return Encoder.load(onnx_path, tokenizer, max_tokens=cfg.predictor.max_tokens,
                         threads=cfg.predictor.threads or None, providers=providers,
                         sub_batch=cfg.predictor.sub_batch or None)
@@ -119,8 +117,6 @@ class App:
         self.progress(f"kernels ready in {took:.2f}s; predictor on {', '.join(encoder.providers)}")
         heads = Heads([m.name for m in cfg.zoo.models], encoder.dim, prior_var=cfg.predictor.prior_var,
                       prior_accuracy=[m.prior_accuracy for m in cfg.zoo.models])
-        if cfg.state.backend == "sqlite":  # one process per SQLite state
-            self._state_lock = lock_sqlite_state(cfg.state_dir / "messplus.sqlite3")
         self.store = open_store(cfg.state, str(cfg.state_dir / "messplus.sqlite3"))
         self.router = Router(cfg.zoo.models, cfg.tenants, heads, self.store, cost_ema=cfg.zoo.cost_ema,
                              snapshot_every=cfg.state.snapshot_every_labels, policy=self.policy)
@@ -286,9 +282,8 @@ class App:
                 await asyncio.wrap_future(self.router.snapshot())
             except Exception as exc:  # noqa: BLE001 - the state store down at the stop
                 log.error("the heads' snapshot at stop failed (%s); the next start replays their labels", exc)
+        if hasattr(self, "store"):  # a SQLite state's lock goes with it
             self.store.close()
-        if (lock := getattr(self, "_state_lock", None)) is not None:
-            lock.close()
         drained = time.monotonic() - began
         if self.zoo is not None:
             await self.zoo.close()

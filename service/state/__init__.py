@@ -39,7 +39,9 @@ def lock_sqlite_state(sqlite_path: Path) -> IO[str]:
 
 
 def open_store(cfg: StateConfig, sqlite_path: str) -> Store:
-    """The configured backend: the SQLite file at `sqlite_path`, or the PostgreSQL database at `cfg.url`."""
+    """The configured backend: the SQLite file at `sqlite_path`, held for this process until the store is closed
+    (`lock_sqlite_state`: StateInUse while another router or pretrain holds it), or the PostgreSQL database at
+    `cfg.url`."""
     if cfg.backend == "postgres":
         from .postgres import PostgresStore  # psycopg is imported only where it is used
 
@@ -48,4 +50,9 @@ def open_store(cfg: StateConfig, sqlite_path: str) -> Store:
                              record_wait_s=cfg.record_wait_s)
     from .sqlite import SqliteStore
 
-    return SqliteStore(sqlite_path, synchronous=cfg.synchronous)
+    lock = lock_sqlite_state(Path(sqlite_path))
+    try:
+        return SqliteStore(sqlite_path, synchronous=cfg.synchronous, held=lock)
+    except BaseException:
+        lock.close()
+        raise

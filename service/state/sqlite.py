@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import sql
 from .base import AfterCommit, FeedbackCommit, QueueStep, RequestRow, Store, TenantRow
@@ -121,8 +121,10 @@ class SqliteStore(sql.SqlReads, Store):
     backend = "sqlite"
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_batch: int = 512,
-                 inline: bool = False) -> None:
-        """`inline=True` runs each job at once on the caller's thread (the replay's in-memory store)."""
+                 inline: bool = False, held: IO[str] | None = None) -> None:
+        """`inline=True` runs each job at once on the caller's thread (the replay's in-memory store); `held`, the
+        state's lock file (`lock_sqlite_state`), is closed with the store."""
+        self._held = held
         self.path = Path(path)
         self.inline = inline
         if str(path) != ":memory:":
@@ -158,6 +160,8 @@ class SqliteStore(sql.SqlReads, Store):
         self._writer.close()
         if not self.inline:
             self._reader.close()
+        if self._held is not None:
+            self._held.close()
 
     # -- reading -------------------------------------------------------------------------------------------
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

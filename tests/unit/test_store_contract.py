@@ -129,3 +129,21 @@ def test_flush_waits_for_every_write(store: Store) -> None:
     futures = [store.insert_request(row(f"r{i}")) for i in range(20)]
     store.flush()
     assert all(f.done() for f in futures) and store.tenants()["acme"].requests == 20
+
+
+def test_a_sqlite_state_opened_by_open_store_is_held_until_the_store_closes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`messplus serve` and `pretrain` open their state through open_store: a second opener of the same file is
+    refused naming the holder, and closing the store lets it go."""
+    import os
+
+    from messplus.service.config import StateConfig
+    from messplus.service.state import StateInUse, open_store
+
+    path = str(tmp_path / "messplus.sqlite3")
+    first = open_store(StateConfig(), path)
+    try:
+        with pytest.raises(StateInUse, match=rf"pid {os.getpid()}"):
+            open_store(StateConfig(), path)
+    finally:
+        first.close()
+    open_store(StateConfig(), path).close()
