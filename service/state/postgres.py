@@ -93,12 +93,17 @@ def _database_failure(exc: BaseException) -> bool:
     return state is None or state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
 
 
+def _lock_timeout(conn: psycopg.Connection[Any], seconds: float, *, local: bool = False) -> None:
+    """How long the connection's statements (its transaction's, `local`) wait for a lock held elsewhere."""
+    conn.execute(f"SET {'LOCAL ' if local else ''}lock_timeout = {int(seconds * 1000)}")
+
+
 def _reader_settings(conn: psycopg.Connection[Any]) -> None:
     """A pooled reader waits READ_LOCK_TIMEOUT_S for a lock, no longer: a scrape of /metrics, SlaStatus and
     Feedback's lookup then fail (StorageUnavailable) while a table is locked, instead of hanging past
     Prometheus's scrape timeout (and messplus_state_up 0 never being stored). The start-up's reads wait as
     long as the writer does (PostgresStore._patient)."""
-    conn.execute(f"SET lock_timeout = {int(READ_LOCK_TIMEOUT_S * 1000)}")
+    _lock_timeout(conn, READ_LOCK_TIMEOUT_S)
 
 
 def _tcp_defaults(url: str) -> dict[str, Any]:
@@ -182,7 +187,7 @@ class PostgresStore(sql.SqlReads, Store):
         conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5, **self._kw)
         # a lock held elsewhere (a row, the log lock) fails the batch after LOCK_TIMEOUT_S, and it is retried; a
         # statement timeout would also cut a long read of the label log (a replica catching up)
-        conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
+        _lock_timeout(conn, LOCK_TIMEOUT_S)
         return _Qmark(conn)
 
     @property
@@ -334,7 +339,7 @@ class PostgresStore(sql.SqlReads, Store):
         try:
             with self._pool.connection(timeout=1.0) as conn:
                 if self._patient:  # the start-up's reads: an operator's brief DDL lock must not stop the start
-                    conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
+                    _lock_timeout(conn, LOCK_TIMEOUT_S)
                     try:
                         return fn(_Qmark(conn), *args)
                     finally:
@@ -365,7 +370,7 @@ class PostgresStore(sql.SqlReads, Store):
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 if self._patient:
-                    conn.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
+                    _lock_timeout(conn, LOCK_TIMEOUT_S, local=True)
                 return sql.tenants(_Qmark(conn)), sql.label_seq(_Qmark(conn))
 
     def request(self, request_id: str) -> RequestRow | None:
