@@ -90,7 +90,7 @@ class StateConfig:
     password_file: str = ""  # postgres: a file holding the password (a mounted Secret)
     password: str = field(default="", repr=False)  # postgres: from $MESSPLUS_STATE_PASSWORD; never logged
     buffer_records: int = 10_000  # postgres: routed requests kept while the database is down; then UNAVAILABLE
-    retention_days: float = 30.0  # postgres: request records kept this long (later feedback: NOT_FOUND)
+    retention_days: float = 30.0  # request records kept this long (later feedback: NOT_FOUND)
     poll_s: float = 0.5  # postgres: the label log is read at least this often (NOTIFY wakes it sooner)
     record_wait_s: float = 2.0  # postgres: how long Feedback looks for a record another replica is committing
 

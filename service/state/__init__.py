@@ -52,7 +52,8 @@ def open_store(cfg: StateConfig, sqlite_path: str) -> Store:
 
     lock = lock_sqlite_state(Path(sqlite_path))
     try:
-        return SqliteStore(sqlite_path, synchronous=cfg.synchronous, held=lock)
+        return SqliteStore(sqlite_path, synchronous=cfg.synchronous, held=lock,
+                           retention_s=cfg.retention_days * 86400.0)
     except BaseException:
         lock.close()
         raise

@@ -156,6 +156,12 @@ class Store(abc.ABC):
         """Snapshot heads trained offline, at a label seq >= 1 that every later label lies after; returns it."""
 
     @abc.abstractmethod
+    def expire(self) -> Future[int]:
+        """Drop the request records older than the store's retention whose labels every head snapshot has learned,
+        with their labels, in transactions of sql.EXPIRE_BATCH records; the future holds the first one's count.
+        The store runs it every so often by itself once the router has started."""
+
+    @abc.abstractmethod
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every write submitted so far has committed."""
 

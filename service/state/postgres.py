@@ -262,7 +262,7 @@ class PostgresStore(sql.SqlReads, Store):
                             woke = not note.payload.isdigit() or int(note.payload) > self._reading
                         if time.monotonic() - last_cleanup > min(self.retention_s / 10, 3600.0):
                             last_cleanup = time.monotonic()
-                            self._writer.submit(self._expire)
+                            self.expire()
             except psycopg.Error as exc:  # the database went away: say so (health) even while nothing writes
                 if self._tail_error != (why := f"the label log cannot be followed: {exc}"):
                     log.warning("state tail: %s; reconnecting", exc)
@@ -271,19 +271,6 @@ class PostgresStore(sql.SqlReads, Store):
             except RuntimeError:  # close() shut the writer between the loop's check and a submit
                 if not self._stop.is_set():
                     raise
-
-    def _expire(self, conn: Any) -> None:
-        """Drop request records older than the retention whose labels every head snapshot has learned, and their
-        labels with them (a label of no request only grew the log, and answered a reused id's Feedback as a
-        duplicate). A head last snapshotted more than the retention before the newest snapshot (a model that left
-        the zoo) is not waited for; on a quiet fleet whose newest snapshot is itself older than the retention,
-        that snapshot's heads still are."""
-        cutoff = time.time() - self.retention_s
-        conn.execute("WITH gone AS (DELETE FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM labels l "
-                     "WHERE l.request_id = requests.request_id AND l.seq > (SELECT COALESCE(MIN(last_label_seq), 0) "
-                     "FROM heads WHERE updated >= (SELECT MAX(updated) FROM heads) - ?))  RETURNING request_id) "
-                     "DELETE FROM labels WHERE request_id IN (SELECT request_id FROM gone)",
-                     (cutoff, self.retention_s))
 
     # -- writes ------------------------------------------------------------------------------------------------
     def ensure_tenants(self, names: tuple[str, ...]) -> Future[None]:
@@ -320,6 +307,9 @@ class PostgresStore(sql.SqlReads, Store):
             sql.write_heads(conn, snaps, features, seq)
             return seq
         return self._writer.submit(job)
+
+    def expire(self) -> Future[int]:
+        return sql.expire_all(self._writer.submit, self.retention_s)  # type: ignore[no-any-return]
 
     def flush(self, timeout: float = 30.0) -> None:
         self._writer.flush(timeout)

@@ -20,6 +20,13 @@ _EVENTS = ("SELECT l.seq, r.tenant, l.request_id, l.model, l.satisfaction, l.mov
            "r.exploration, r.embedding, r.replica, r.p_served, r.target FROM labels l JOIN requests r "
            "ON r.request_id = l.request_id WHERE l.seq > ? ORDER BY l.seq")
 _EVENTS_PAGE = _EVENTS + " LIMIT ?"
+# records past the retention whose labels every head snapshot has learned (a head last written more than the
+# retention before the newest snapshot, a model that left the zoo, is not waited for), oldest first
+_EXPIRABLE = ("SELECT request_id FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM labels l "
+              "WHERE l.request_id = requests.request_id AND l.seq > (SELECT COALESCE(MIN(last_label_seq), 0) "
+              "FROM heads WHERE updated >= (SELECT MAX(updated) FROM heads) - ?)) ORDER BY created LIMIT ?")
+EXPIRE_BATCH = 5000  # records one expiry transaction drops: a first expiry of a large state holds the writer briefly
+_IN_LIST = 500  # ids per DELETE ... IN (...) statement
 
 
 # -- reads ---------------------------------------------------------------------------------------------------------
@@ -195,6 +202,39 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
                                  exploration=bool(exploration), embedding=_bytes(embedding), replica=replica,
                                  p_served=p_served, target=target))
     return FeedbackCommit(new=new, given=len(labels), queue=float(queue), moved=moves, events=tuple(events))
+
+
+def expire(conn: Any, retention_s: float, limit: int) -> int:
+    """Drop up to `limit` request records older than the retention whose labels every head snapshot has learned
+    (_EXPIRABLE), and their labels with them (a label of no request only grew the log, and answered a reused id's
+    Feedback as a duplicate); returns how many records went. A record's Feedback after that is NOT_FOUND. On a
+    quiet state whose newest snapshot is itself older than the retention, that snapshot's heads still count."""
+    ids = [r[0] for r in conn.execute(_EXPIRABLE, (now() - retention_s, retention_s, limit)).fetchall()]
+    for i in range(0, len(ids), _IN_LIST):
+        chunk = tuple(ids[i:i + _IN_LIST])
+        marks = ", ".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM labels WHERE request_id IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM requests WHERE request_id IN ({marks})", chunk)
+    return len(ids)
+
+
+def expire_all(submit: Callable[..., Any], retention_s: float) -> Any:
+    """Run `expire` as jobs of a store's writer (`submit(job, after_commit)`), one EXPIRE_BATCH per transaction,
+    the next submitted when one came back full, so that Route's records and Feedback commit in between; returns
+    the first job's future."""
+    batch = EXPIRE_BATCH
+
+    def job(conn: Any) -> int:
+        return expire(conn, retention_s, batch)
+
+    def after(n: int) -> None:
+        if n >= batch:
+            try:
+                submit(job, after)
+            except RuntimeError:  # the store closed meanwhile: the rest waits for the next start
+                pass
+
+    return submit(job, after)
 
 
 def write_heads(conn: Any, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> None:

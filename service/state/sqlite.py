@@ -6,6 +6,11 @@ after that transaction has committed, so "append feedback, commit, then update Q
 the router updates its in-memory state in the job's `after_commit` callback, which runs on the writer thread
 after the commit, and the RPC acknowledges when the future resolves. Only this process writes the file.
 
+Retention: request records (2.1 KB each, mostly the embedding) older than `retention_s` whose labels every head
+snapshot has learned are dropped with their labels (sql.expire), every min(retention / 10, 1 h) once the router
+has started, on the writer thread in transactions of sql.EXPIRE_BATCH records; the file then stops growing (SQLite
+reuses the freed pages; it does not shrink without a VACUUM).
+
 Durability: with `synchronous=FULL` (default) a committed transaction survives a process crash and a power
 loss; with NORMAL it survives a process crash (kill -9) but the last transactions may roll back on power loss.
 """
@@ -61,6 +66,7 @@ CREATE TABLE IF NOT EXISTS requests (
     target REAL,
     replica TEXT
 );
+CREATE INDEX IF NOT EXISTS requests_created ON requests (created);
 CREATE TABLE IF NOT EXISTS labels (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL,
@@ -121,10 +127,13 @@ class SqliteStore(sql.SqlReads, Store):
     backend = "sqlite"
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_batch: int = 512,
-                 inline: bool = False, held: IO[str] | None = None) -> None:
-        """`inline=True` runs each job at once on the caller's thread (the replay's in-memory store); `held`, the
-        state's lock file (`lock_sqlite_state`), is closed with the store."""
+                 inline: bool = False, held: IO[str] | None = None, retention_s: float = 30 * 86400.0) -> None:
+        """`inline=True` runs each job at once on the caller's thread (the replay's in-memory store, which never
+        expires records); `held`, the state's lock file (`lock_sqlite_state`), is closed with the store."""
         self._held = held
+        self.retention_s = retention_s
+        self._stop = threading.Event()
+        self._expiry: threading.Thread | None = None
         self.path = Path(path)
         self.inline = inline
         if str(path) != ":memory:":
@@ -153,10 +162,33 @@ class SqliteStore(sql.SqlReads, Store):
         """Wait until every job submitted so far has committed."""
         self._writer.flush(timeout)
 
+    def started(self) -> None:
+        """The router has loaded its state: expire old records now (queued before anything the router writes next)
+        and every min(retention / 10, 1 h) after."""
+        if self.inline or self._expiry is not None:
+            return
+        self.expire()
+        self._expiry = threading.Thread(target=self._run_expiry, name="messplus-state-expiry", daemon=True)
+        self._expiry.start()
+
+    def _run_expiry(self) -> None:
+        every = min(self.retention_s / 10, 3600.0)
+        while not self._stop.wait(every):
+            try:
+                self.expire()
+            except RuntimeError:  # closed between the wait and the submit
+                return
+
+    def expire(self) -> Future[int]:
+        return sql.expire_all(self.submit, self.retention_s)  # type: ignore[no-any-return]
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._stop.set()
+        if self._expiry is not None:
+            self._expiry.join(timeout=10)
         self._writer.close()
         if not self.inline:
             self._reader.close()

@@ -176,47 +176,20 @@ def test_feedback_for_an_id_no_request_can_have_is_not_found(routers) -> None:
             a.feedback("acme", rid, 1.0, []).result(10)
 
 
-def test_expiry_drops_old_requests_with_their_labels_past_a_removed_models_stale_head(routers) -> None:
-    """Records older than the retention go once every head snapshot has learned their labels, and their labels
-    go with them. A model that left the zoo keeps its last snapshot, which once held every later record back
-    for good (the minimum over all heads); and a label left without its request answered the Feedback of a
-    request that reused the id as a duplicate, applying nothing."""
+def test_the_tail_expires_old_records_by_itself(routers, postgres_url: str) -> None:
+    """What expiry drops is the store contract's (tests/unit/test_store_contract.py); on PostgreSQL the tail runs
+    it, once when it starts and then every min(retention / 10, 1 h)."""
     a = routers()
-    rng = np.random.default_rng(6)
-    ids = [route(a, rng, request_id=f"order-{i}").request_id for i in range(4)]
-    for rid in ids:
-        a.feedback("acme", rid, 1.0, []).result(10)
-    a.snapshot().result(10)
-    with psycopg.connect(a.store._url, autocommit=True) as conn:  # type: ignore[attr-defined]
-        conn.execute("INSERT INTO heads (model, dim, last_label_seq, W, S, updated) SELECT 'gone', dim, 1, W, S, 0 "
-                     "FROM heads LIMIT 1")  # a removed model's snapshot, last written long ago
+    rid = route(a, np.random.default_rng(6), request_id="old-0").request_id
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("UPDATE requests SET created = 0")
-    a.store.retention_s = 3600.0  # type: ignore[attr-defined]
-    a.store._writer.submit(a.store._expire).result(10)  # type: ignore[attr-defined]
-    with psycopg.connect(a.store._url, autocommit=True) as conn:  # type: ignore[attr-defined]
-        assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("requests", "labels")] == [0, 0]
-    b = routers()  # a replica that never saw the old request takes its id for a new one
-    d = route(b, rng, request_id="order-0")
-    assert b.feedback("acme", d.request_id, 0.0, []).result(10).applied == 1
-    assert b.store.tenants()["acme"].labelled == 5
-
-
-def test_expiry_on_a_quiet_fleet_whose_newest_snapshot_is_older_than_the_retention(routers) -> None:
-    """Every head last snapshotted before the retention (fewer labels than snapshot_every_labels in that time):
-    the heads are still the fleet's and have learned the old labels, so the old records go; a label no snapshot
-    has learned holds its request back. Counting only heads written within the retention held every record."""
-    a = routers()
-    rng = np.random.default_rng(7)
-    ids = [route(a, rng, request_id=f"quiet-{i}").request_id for i in range(4)]
-    for rid in ids[:3]:
-        a.feedback("acme", rid, 1.0, []).result(10)
-    a.snapshot().result(10)
-    a.feedback("acme", ids[3], 1.0, []).result(10)  # after the snapshot: not learned by any head yet
-    with psycopg.connect(a.store._url, autocommit=True) as conn:  # type: ignore[attr-defined]
-        conn.execute("UPDATE heads SET updated = 0")
-        conn.execute("UPDATE requests SET created = 0")
-    a.store.retention_s = 3600.0  # type: ignore[attr-defined]
-    a.store._writer.submit(a.store._expire).result(10)  # type: ignore[attr-defined]
-    with psycopg.connect(a.store._url, autocommit=True) as conn:  # type: ignore[attr-defined]
-        assert [r[0] for r in conn.execute("SELECT request_id FROM requests").fetchall()] == [ids[3]]
-        assert conn.execute("SELECT count(*) FROM labels").fetchone()[0] == 1
+    store = PostgresStore(postgres_url, poll_s=0.05, retention_s=3600.0)
+    try:
+        assert store.request_exists(rid)
+        store.subscribe(lambda events: None)  # starts the tail
+        deadline = time.monotonic() + 10
+        while store.request_exists(rid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not store.request_exists(rid)
+    finally:
+        store.close()

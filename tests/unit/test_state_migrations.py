@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ EMB = (np.ones(DIM, np.float32) / math.sqrt(DIM)).tobytes()
 # a request as the schema before the `replica` column stored it (p_served and target predate it)
 OLD_REQUEST = ("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, "
                "alpha, embedding, created, p_served, target) VALUES ('old-1', 'acme', 1, 'cheap', 'cheap', 0, 0.1, "
-               "1.0, 0.8, ?, 0, 0.5, 0.95)")
+               "1.0, 0.8, ?, ?, 0.5, 0.95)")  # created now: a record past the retention would expire at start
 
 
 def router(store: SqliteStore | PostgresStore) -> Router:
@@ -54,7 +55,7 @@ def test_a_sqlite_file_from_before_the_replica_column_is_migrated(tmp_path: Path
         "served_model TEXT NOT NULL, invoked TEXT NOT NULL, exploration INTEGER NOT NULL, cost REAL NOT NULL, "
         "cost_raw REAL NOT NULL, alpha REAL NOT NULL, embedding BLOB, created REAL NOT NULL, p_served REAL, "
         "target REAL);")
-    conn.execute(OLD_REQUEST, (EMB,))
+    conn.execute(OLD_REQUEST, (EMB, time.time()))
     conn.commit()
     conn.close()
     r = router(SqliteStore(path))
@@ -77,7 +78,7 @@ def test_a_postgresql_database_at_schema_1_is_migrated(postgres_url: str) -> Non
         conn.execute(MIGRATIONS[0])
         conn.execute("INSERT INTO messplus_schema (version) VALUES (1)")
         conn.execute("INSERT INTO tenants (name, requests) VALUES ('acme', 1)")
-        conn.execute(OLD_REQUEST.replace("?", "%s"), (EMB,))
+        conn.execute(OLD_REQUEST.replace("?", "%s"), (EMB, time.time()))
     a = router(PostgresStore(postgres_url, poll_s=0.05))
     b = router(PostgresStore(postgres_url, poll_s=0.05))
     try:

@@ -3,6 +3,7 @@ database (a fresh one per test, on the session's server). A new backend joins BA
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -129,6 +130,89 @@ def test_flush_waits_for_every_write(store: Store) -> None:
     futures = [store.insert_request(row(f"r{i}")) for i in range(20)]
     store.flush()
     assert all(f.done() for f in futures) and store.tenants()["acme"].requests == 20
+
+
+def _run(store: Store, statement: str) -> None:
+    """A statement in the store's own write transaction (to age records and snapshots: their times are now())."""
+    store._writer.submit(lambda conn: conn.execute(statement)).result()  # type: ignore[attr-defined]
+
+
+def test_expiry_drops_old_learned_records_with_their_labels_past_a_removed_models_stale_head(store: Store) -> None:
+    """Records older than the retention go once every head snapshot has learned their labels, and their labels go
+    with them; a record never labelled goes too. A model that left the zoo keeps its last snapshot, which must
+    not hold every later record back (the minimum over all heads); a label left without its request answered
+    the Feedback of a request that reused the id as a duplicate, applying nothing."""
+    W, S = np.ones(3).tobytes(), np.eye(3).tobytes()
+    for rid in ("r0", "r1", "r2"):
+        store.insert_request(row(rid)).result()
+    for rid in ("r0", "r1"):
+        store.apply_feedback("acme", rid, "cheap", {"cheap": 1.0}, step).result()
+    seq = max(e.seq for e in store.label_events(0))
+    store.write_heads([("cheap", W, S), ("big", W, S)], 3, seq).result()
+    store.write_heads([("gone", W, S)], 3, 0).result()
+    _run(store, "UPDATE heads SET updated = 0 WHERE model = 'gone'")  # a removed model's snapshot, long ago
+    _run(store, "UPDATE requests SET created = 0")
+    store.insert_request(row("r3")).result()  # new: kept
+    store.retention_s = 3600.0  # type: ignore[attr-defined]
+    assert store.expire().result() == 3
+    assert [rid for rid in ("r0", "r1", "r2", "r3") if store.request_exists(rid)] == ["r3"]
+    assert store.label_events(0) == []
+    store.insert_request(row("r0")).result()  # the id is free again, and its label is new
+    assert store.apply_feedback("acme", "r0", "cheap", {"cheap": 0.0}, step).result().new == {"cheap": 0.0}
+
+
+def test_expiry_keeps_a_record_whose_label_no_snapshot_has_learned(store: Store) -> None:
+    """A label after the last snapshot is replayed into the heads at start from its record: that record stays.
+    On a quiet state whose newest snapshot is itself older than the retention (fewer labels than
+    snapshot_every_labels in that time) the snapshot still counts: counting only heads written within the
+    retention held every record back."""
+    W, S = np.ones(3).tobytes(), np.eye(3).tobytes()
+    for rid in ("r0", "r1"):
+        store.insert_request(row(rid)).result()
+    store.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, step).result()
+    store.write_heads([("cheap", W, S)], 3, max(e.seq for e in store.label_events(0))).result()
+    store.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0}, step).result()  # not learned by the snapshot
+    _run(store, "UPDATE heads SET updated = 0")
+    _run(store, "UPDATE requests SET created = 0")
+    store.retention_s = 3600.0  # type: ignore[attr-defined]
+    assert store.expire().result() == 1
+    assert [rid for rid in ("r0", "r1") if store.request_exists(rid)] == ["r1"]
+    assert [e.request_id for e in store.label_events(0)] == ["r1"]
+
+
+def test_expiry_runs_in_bounded_transactions_until_nothing_is_left(store: Store,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first expiry of a large state drops EXPIRE_BATCH records per transaction (Route's records and Feedback
+    commit in between), each next one submitted when the last came back full."""
+    from messplus.service.state import sql
+
+    monkeypatch.setattr(sql, "EXPIRE_BATCH", 2)
+    for i in range(5):
+        store.insert_request(row(f"r{i}")).result()
+    _run(store, "UPDATE requests SET created = 0")
+    store.retention_s = 3600.0  # type: ignore[attr-defined]
+    assert store.expire().result() == 2
+    store.flush()
+    store.flush()  # the last of the chained jobs was submitted by the one before it
+    assert not any(store.request_exists(f"r{i}") for i in range(5)) and store.tenants()["acme"].requests == 5
+
+
+def test_a_started_sqlite_store_expires_by_itself(tmp_path: Path) -> None:
+    """The SQLite state kept every record (2.1 KB each) for good: a router's file grew without bound. Once the
+    router has started, the store expires on its own (at start, then every min(retention / 10, 1 h))."""
+    s = SqliteStore(tmp_path / "state.sqlite3", retention_s=3600.0)
+    try:
+        s.ensure_tenants(("acme",)).result()
+        s.insert_request(row("r0")).result()
+        s.submit(lambda conn: conn.execute("UPDATE requests SET created = 0")).result()
+        assert s.request_exists("r0")
+        s.started()
+        deadline = time.monotonic() + 10
+        while s.request_exists("r0") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not s.request_exists("r0")
+    finally:
+        s.close()
 
 
 def test_a_sqlite_state_opened_by_open_store_is_held_until_the_store_closes(tmp_path) -> None:  # type: ignore[no-untyped-def]
