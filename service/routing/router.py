@@ -213,7 +213,7 @@ class Router:
             fut = self.store.insert_request(row)  # first: a store that cannot take it refuses the request here
         finally:
             self.release(d.request_id)
-        pending = Pending(d.tenant, served, invoked, emb, p_served, target, d.exploration)
+        pending = Pending(d.tenant, served, invoked, emb, d.exploration)
         counted = Counted(target - p_served, cost, cost_raw, int(d.exploration), extra, served, tuple(invoked))
         with self.lock:
             self._remember(d.request_id, pending)
@@ -274,8 +274,7 @@ class Router:
             if row is not None and row.served_model in self.index:
                 emb = np.frombuffer(row.embedding or b"", dtype=np.float32)
                 pending = Pending(row.tenant, self.index[row.served_model],
-                                  tuple(self.index[m] for m in row.invoked if m in self.index), emb, row.p_served,
-                                  row.target, row.exploration)
+                                  tuple(self.index[m] for m in row.invoked if m in self.index), emb, row.exploration)
         if pending is None or pending.tenant != tenant:
             raise NotFound(f"request_id {shown(request_id)} is not a request of tenant {tenant!r}")
         return pending

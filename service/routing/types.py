@@ -81,6 +81,4 @@ class Pending:
     served: int
     invoked: tuple[int, ...]
     embedding: np.ndarray
-    p_served: float | None = None
-    target: float | None = None
     exploration: bool = False
