@@ -1,5 +1,7 @@
 """The routing-quality tables of docs/ROUTING.md: every shared trace x alpha x condition, 3 seeds, with baselines;
-the short-stream tables (each trace's first 100, SHORT and 300 requests, SHORT_SEEDS seeds); the ablation table;
+the short-stream tables (each trace's first 100, SHORT and 300 requests, SHORT_SEEDS seeds, cold; and, in the
+caution table, the first SHORT on a warm router: a new tenant's first day where other tenants' labels have trained
+the heads); the ablation table;
 and docs/ROUTING-LIMITS.md's tables.
 
     .venv/bin/python bench/routing_table.py --ablations [--seeds 3] [--out var/routing] [--only CASE ...]
@@ -77,6 +79,11 @@ SHORT_CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
     "short": ({"first": SHORT}, f"first {SHORT} requests, cold start"),
     "short300": ({"first": 300}, "first 300 requests, cold start"),
 }
+# a new tenant on a router whose heads other tenants' labels have trained (`--warm-start 0.5`: the heads learn a
+# random half of the trace, and the tenant's first SHORT requests are the other half's first)
+WARM_SHORT: dict[str, tuple[dict[str, Any], str]] = {
+    "short-warm": ({"first": SHORT, "warm_start": 0.5}, f"first {SHORT} requests, --warm-start 0.5"),
+}
 
 
 # name -> (tenant policy changes from the defaults (service/config.py TenantConfig), condition), on every case
@@ -108,7 +115,7 @@ def run(case: Case, cond_name: str, seeds: int, out: Path, emb_cache: Path,
     from messplus.service.encoder import ensure_exported
     from messplus.service.trace import load_traces
 
-    kwargs, _ = {**CONDITIONS, **ABLATION_CONDITIONS, **SHORT_CONDITIONS}.get(cond_name, ({}, ""))
+    kwargs, _ = {**CONDITIONS, **ABLATION_CONDITIONS, **SHORT_CONDITIONS, **WARM_SHORT}.get(cond_name, ({}, ""))
     order = "source" if case.key == "routerbench-by-benchmark" else "shuffle"
     outages = tuple(R.Outage.parse(o) for o in [kwargs["outages"]]) if "outages" in kwargs else ()
     cond = R.Condition(feedback_rate=kwargs.get("feedback_rate", 1.0), feedback_delay=kwargs.get("feedback_delay", 0),
@@ -256,8 +263,9 @@ def caution_table(out: Path) -> str:
     """Per trace: the eligible short runs that met the SLA and their cost, with `caution` off (the short-stream
     runs of the main command) and at CAUTION; and the whole stream, cold, over CAUTION_SEEDS seeds, off and on."""
     lines = ["| trace | first 100: SLA met, eligible (off → on) | first 160 | first 300 | "
-             "first 160: cost / static mix reaching alpha (off → on) | whole stream: SLA met (off → on) | "
-             "whole stream: cost / static mix, mean (max), off | on |", "|---|---|---|---|---|---|---|---|"]
+             "first 160: cost / static mix reaching alpha (off → on) | first 160, warm router: SLA met, eligible | "
+             "its cost | whole stream: SLA met (off → on) | whole stream: cost / static mix, mean (max), off | on |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def load(path: Path) -> list[dict[str, Any]] | None:
         return json.loads(path.read_text()) if path.exists() else None
@@ -281,14 +289,16 @@ def caution_table(out: Path) -> str:
         return f"{sum(r['sla_met'] for r in runs)}/{len(runs)}" if runs else "–"
 
     for case in CASES:
-        off = {k: load(out / f"{case.key}-{k}" / "summary.json") for k in SHORT_CONDITIONS}
-        on = {k: load(out / "caution" / f"{case.key}-{k}" / "summary.json") for k in SHORT_CONDITIONS}
+        off = {k: load(out / f"{case.key}-{k}" / "summary.json") for k in (*SHORT_CONDITIONS, *WARM_SHORT)}
+        on = {k: load(out / "caution" / f"{case.key}-{k}" / "summary.json") for k in (*SHORT_CONDITIONS, *WARM_SHORT)}
         whole = [load(out / d / f"{case.key}-cold" / "summary.json") for d in ("caution-off", "caution")]
         if all(v is None for v in on.values()):
             continue
         lines.append(f"| {case.key} | " + " | ".join(f"{eligible_met(off[k])} → {eligible_met(on[k])}"
                                                       for k in SHORT_CONDITIONS) +
-                     f" | {cost(off['short'])} → {cost(on['short'])} | {met(whole[0])} → {met(whole[1])} | "
+                     f" | {cost(off['short'])} → {cost(on['short'])} | "
+                     f"{eligible_met(off['short-warm'])} → {eligible_met(on['short-warm'])} | "
+                     f"{cost(off['short-warm'])} → {cost(on['short-warm'])} | {met(whole[0])} → {met(whole[1])} | "
                      f"{cost(whole[0], True)} | {cost(whole[1], True)} |")
     return "\n".join(lines)
 
@@ -542,15 +552,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if not args.table_only:
         jobs = [(c, k) for c in CASES for k in CONDITIONS] + [(c, "cold") for c in DRIFT]
-        jobs += [(c, k) for c in CASES for k in SHORT_CONDITIONS]
+        jobs += [(c, k) for c in CASES for k in (*SHORT_CONDITIONS, *WARM_SHORT)]
         for case, cond in jobs:
             if args.only and f"{case.key}-{cond}" not in args.only:
                 continue
-            run(case, cond, SHORT_SEEDS if cond in SHORT_CONDITIONS else args.seeds, out, Path(args.cache_dir))
+            short = cond in SHORT_CONDITIONS or cond in WARM_SHORT
+            run(case, cond, SHORT_SEEDS if short else args.seeds, out, Path(args.cache_dir))
         for case in CASES:  # the caution table: `--only TRACE-caution` runs one trace's
             if args.only and f"{case.key}-caution" not in args.only:
                 continue
-            for cond in SHORT_CONDITIONS:
+            for cond in (*SHORT_CONDITIONS, *WARM_SHORT):
                 run(case, cond, SHORT_SEEDS, out / "caution", Path(args.cache_dir), {"caution": CAUTION}, reference=False)
             run(case, "cold", CAUTION_SEEDS, out / "caution", Path(args.cache_dir), {"caution": CAUTION}, reference=False)
             run(case, "cold", CAUTION_SEEDS, out / "caution-off", Path(args.cache_dir), reference=False)

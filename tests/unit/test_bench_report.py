@@ -173,14 +173,16 @@ def test_caution_table_sets_off_beside_on_from_hand_made_summaries(tmp_path: Pat
     key = CASES[0].key
     files = {f"{key}-short": summary((0.69, 0.75, 2.0, False), (0.71, 0.72, 1.0, True)),  # 1 eligible, missed
              f"caution/{key}-short": summary((0.72, 0.75, 6.0, True), (0.71, 0.72, 4.0, True)),
+             f"{key}-short-warm": summary((0.71, 0.75, 1.5, True), (0.69, 0.75, 1.0, False)),  # 2 eligible
+             f"caution/{key}-short-warm": summary((0.72, 0.75, 3.0, True), (0.70, 0.75, 2.0, True)),
              f"caution-off/{key}-cold": summary((0.70, 0.9, 1.0, True), (0.71, 0.9, 3.0, True)),
              f"caution/{key}-cold": summary((0.72, 0.9, 2.0, True), (0.69, 0.9, 2.0, False))}
     for name, text in files.items():
         (tmp_path / name).mkdir(parents=True)
         (tmp_path / name / "summary.json").write_text(text)
     rows = caution_table(tmp_path).splitlines()
-    assert rows[2:] == [f"| {key} | – → – | 0/1 → 1/1 | – → – | 1.50x → 5.00x | 2/2 → 1/2 | 2.00x (3.00) | "
-                        f"2.00x (2.00) |"]
+    assert rows[2:] == [f"| {key} | – → – | 0/1 → 1/1 | – → – | 1.50x → 5.00x | 1/2 → 2/2 | 1.25x → 2.50x | "
+                        f"2/2 → 1/2 | 2.00x (3.00) | 2.00x (2.00) |"]
 
 
 def test_finetune_table_on_a_hand_made_result(tmp_path: Path) -> None:
