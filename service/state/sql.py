@@ -25,6 +25,17 @@ _EVENTS_PAGE = _EVENTS + " LIMIT ?"
 _EXPIRABLE = ("SELECT request_id FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM labels l "
               "WHERE l.request_id = requests.request_id AND l.seq > (SELECT COALESCE(MIN(last_label_seq), 0) "
               "FROM heads WHERE updated >= (SELECT MAX(updated) FROM heads) - ?)) ORDER BY created LIMIT ?")
+# the expected-queue terms of requests (state/base.py Expectation): the unlabelled ones per served model, the
+# labelled ones' residuals; `{}` takes a further condition on r
+_PENDING = ("SELECT r.tenant, r.served_model, SUM(r.target - r.p_served), COUNT(*) FROM requests r "
+            "WHERE r.p_served IS NOT NULL AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id "
+            "AND l.model = r.served_model){} GROUP BY r.tenant, r.served_model")
+_RESID = ("SELECT r.tenant, SUM(l.satisfaction - r.p_served), "
+          "SUM((l.satisfaction - r.p_served) * (l.satisfaction - r.p_served)), COUNT(*) FROM requests r "
+          "JOIN labels l ON l.request_id = r.request_id AND l.model = r.served_model "
+          "WHERE r.p_served IS NOT NULL{} GROUP BY r.tenant")
+_TERMS = ("pending_sum", "pending_n", "resid_sum", "resid_sq", "resid_n")
+_FOLDED = tuple(f"expired_{k}" for k in _TERMS)  # the tenants' columns that keep the dropped records' terms
 EXPIRE_BATCH = 5000  # records one expiry transaction drops: a first expiry of a large state holds the writer briefly
 _IN_LIST = 500  # ids per DELETE ... IN (...) statement
 
@@ -43,25 +54,28 @@ def label_seq(conn: Any) -> int:
 
 
 def expectations(conn: Any, models: Sequence[str]) -> dict[str, Expectation]:
+    """The expected-queue terms over the stored records (those of requests served by `models` only, for the
+    unlabelled), plus what expiry folded into each tenant's row from the records it dropped (whatever their model)."""
     out: dict[str, dict[str, float]] = {}
     zoo = set(models)
-    for tenant, model, total, n in conn.execute(
-            "SELECT r.tenant, r.served_model, SUM(r.target - r.p_served), COUNT(*) FROM requests r "
-            "WHERE r.p_served IS NOT NULL AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id "
-            "AND l.model = r.served_model) GROUP BY r.tenant, r.served_model", ()).fetchall():
+    for tenant, model, total, n in conn.execute(_PENDING.format(""), ()).fetchall():
         if model in zoo:
-            e = out.setdefault(tenant, {"pending_sum": 0.0, "pending_n": 0})
-            e["pending_sum"] += float(total)
-            e["pending_n"] += int(n)
-    for tenant, total, sq, n in conn.execute(
-            "SELECT r.tenant, SUM(l.satisfaction - r.p_served), "
-            "SUM((l.satisfaction - r.p_served) * (l.satisfaction - r.p_served)), COUNT(*) FROM requests r "
-            "JOIN labels l ON l.request_id = r.request_id AND l.model = r.served_model "
-            "WHERE r.p_served IS NOT NULL GROUP BY r.tenant", ()).fetchall():
-        out.setdefault(tenant, {}).update(resid_sum=float(total), resid_sq=float(sq), resid_n=int(n))
+            _add(out, tenant, pending_sum=float(total), pending_n=int(n))
+    for tenant, total, sq, n in conn.execute(_RESID.format(""), ()).fetchall():
+        _add(out, tenant, resid_sum=float(total), resid_sq=float(sq), resid_n=int(n))
+    for tenant, *folded in conn.execute(f"SELECT name, {', '.join(_FOLDED)} FROM tenants "
+                                        "WHERE expired_pending_n > 0 OR expired_resid_n > 0", ()).fetchall():
+        _add(out, tenant, **{k: float(v) if k.endswith(("sum", "sq")) else int(v)
+                             for k, v in zip(_TERMS, folded)})
     for tenant, last in conn.execute("SELECT tenant, MAX(t) FROM requests GROUP BY tenant", ()).fetchall():
         out.setdefault(tenant, {}).update(last_t=int(last))
     return {k: Expectation(**v) for k, v in out.items()}  # type: ignore[arg-type]
+
+
+def _add(out: dict[str, dict[str, float]], tenant: str, **terms: float) -> None:
+    e = out.setdefault(tenant, {})
+    for k, v in terms.items():
+        e[k] = e.get(k, 0) + v
 
 
 def model_counts(conn: Any) -> dict[tuple[str, str], tuple[int, int]]:
@@ -208,11 +222,24 @@ def expire(conn: Any, retention_s: float, limit: int) -> int:
     """Drop up to `limit` request records older than the retention whose labels every head snapshot has learned
     (_EXPIRABLE), and their labels with them (a label of no request only grew the log, and answered a reused id's
     Feedback as a duplicate); returns how many records went. A record's Feedback after that is NOT_FOUND. On a
-    quiet state whose newest snapshot is itself older than the retention, that snapshot's heads still count."""
+    quiet state whose newest snapshot is itself older than the retention, that snapshot's heads still count.
+
+    What the dropped records add to the tenant's expected queue (an unlabelled one's target - p_served, a
+    labelled one's residual: `expectations`) is folded into the tenant's row first, so a router started later
+    expects what the one running expected: the SLA counts those requests for good."""
     ids = [r[0] for r in conn.execute(_EXPIRABLE, (now() - retention_s, retention_s, limit)).fetchall()]
     for i in range(0, len(ids), _IN_LIST):
         chunk = tuple(ids[i:i + _IN_LIST])
         marks = ", ".join("?" * len(chunk))
+        only = f" AND r.request_id IN ({marks})"
+        folded: dict[str, dict[str, float]] = {}
+        for tenant, _model, total, n in conn.execute(_PENDING.format(only), chunk).fetchall():
+            _add(folded, tenant, pending_sum=float(total), pending_n=int(n))
+        for tenant, total, sq, n in conn.execute(_RESID.format(only), chunk).fetchall():
+            _add(folded, tenant, resid_sum=float(total), resid_sq=float(sq), resid_n=int(n))
+        for tenant, terms in folded.items():
+            conn.execute(f"UPDATE tenants SET {', '.join(f'expired_{k} = expired_{k} + ?' for k in terms)} "
+                         "WHERE name = ?", (*terms.values(), tenant))
         conn.execute(f"DELETE FROM labels WHERE request_id IN ({marks})", chunk)
         conn.execute(f"DELETE FROM requests WHERE request_id IN ({marks})", chunk)
     return len(ids)

@@ -7,7 +7,8 @@ the router updates its in-memory state in the job's `after_commit` callback, whi
 after the commit, and the RPC acknowledges when the future resolves. Only this process writes the file.
 
 Retention: request records (2.1 KB each, mostly the embedding) older than `retention_s` whose labels every head
-snapshot has learned are dropped with their labels (sql.expire), every min(retention / 10, 1 h) once the router
+snapshot has learned are dropped with their labels (sql.expire: what they added to the tenant's expected queue
+stays in its row), every min(retention / 10, 1 h) once the router
 has started, on the writer thread in transactions of sql.EXPIRE_BATCH records; the file then stops growing (SQLite
 reuses the freed pages; it does not shrink without a VACUUM).
 
@@ -41,7 +42,12 @@ CREATE TABLE IF NOT EXISTS tenants (
     cost_sum REAL NOT NULL DEFAULT 0,
     cost_raw_sum REAL NOT NULL DEFAULT 0,
     explore_steps INTEGER NOT NULL DEFAULT 0,
-    explore_cost_raw REAL NOT NULL DEFAULT 0
+    explore_cost_raw REAL NOT NULL DEFAULT 0,
+    expired_pending_sum REAL NOT NULL DEFAULT 0,
+    expired_pending_n INTEGER NOT NULL DEFAULT 0,
+    expired_resid_sum REAL NOT NULL DEFAULT 0,
+    expired_resid_sq REAL NOT NULL DEFAULT 0,
+    expired_resid_n INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS model_counts (
     tenant TEXT NOT NULL,
@@ -93,8 +99,11 @@ CREATE TABLE IF NOT EXISTS heads (
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a state file written by an earlier version up to SCHEMA (columns are only ever added)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(tenants)")}
-    if "explore_cost_raw" not in have:
-        conn.execute("ALTER TABLE tenants ADD COLUMN explore_cost_raw REAL NOT NULL DEFAULT 0")
+    for column, kind in (("explore_cost_raw", "REAL"), ("expired_pending_sum", "REAL"),
+                         ("expired_pending_n", "INTEGER"), ("expired_resid_sum", "REAL"),
+                         ("expired_resid_sq", "REAL"), ("expired_resid_n", "INTEGER")):
+        if column not in have:
+            conn.execute(f"ALTER TABLE tenants ADD COLUMN {column} {kind} NOT NULL DEFAULT 0")
     have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
     for column, kind in (("p_served", "REAL"), ("target", "REAL"), ("replica", "TEXT")):
         if column not in have:

@@ -82,7 +82,7 @@ def test_a_postgresql_database_at_schema_1_is_migrated(postgres_url: str) -> Non
     a = router(PostgresStore(postgres_url, poll_s=0.05))
     b = router(PostgresStore(postgres_url, poll_s=0.05))
     try:
-        assert a.store.schema_version == len(MIGRATIONS) == 2  # type: ignore[attr-defined]
+        assert a.store.schema_version == len(MIGRATIONS) == 3  # type: ignore[attr-defined]
         old = a.store.request("old-1")
         assert old is not None and old.replica is None and old.p_served == 0.5
         rid = route_one(a)

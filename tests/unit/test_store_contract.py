@@ -180,6 +180,30 @@ def test_expiry_keeps_a_record_whose_label_no_snapshot_has_learned(store: Store)
     assert [e.request_id for e in store.label_events(0)] == ["r1"]
 
 
+def test_expiry_leaves_the_expected_queue_as_it_was(store: Store) -> None:
+    """A router started after an expiry expects what the running one expected: the SLA counts every request for
+    good, so what a dropped record added (an unlabelled one's target - p_served, a labelled one's residual) is
+    kept in its tenant's row. Without it a restart forgot a month of sparse feedback's unlabelled requests."""
+    W, S = np.ones(3).tobytes(), np.eye(3).tobytes()
+    store.insert_request(row("r0", p=0.6)).result()  # labelled: a residual of 0.4
+    store.insert_request(row("r1", p=0.7)).result()  # unlabelled: 0.9 - 0.7 expected
+    store.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, step).result()
+    store.write_heads([("cheap", W, S)], 3, max(e.seq for e in store.label_events(0))).result()
+    _run(store, "UPDATE requests SET created = 0")
+    store.insert_request(row("r2", p=0.5)).result()  # recent: stays, unlabelled
+    store.insert_request(row("r3", p=0.8)).result()  # recent: stays, labelled (a residual of -0.8)
+    store.apply_feedback("acme", "r3", "cheap", {"cheap": 0.0}, step).result()
+    before = store.expectations(("cheap", "big"))["acme"]
+    store.retention_s = 3600.0  # type: ignore[attr-defined]
+    assert store.expire().result() == 2 and not store.request_exists("r0") and not store.request_exists("r1")
+    after = store.expectations(("cheap", "big"))["acme"]
+    terms = ("pending_n", "resid_n", "last_t")
+    assert [getattr(after, k) for k in terms] == [getattr(before, k) for k in terms] == [2, 2, 1]
+    for k in ("pending_sum", "resid_sum", "resid_sq"):
+        assert getattr(after, k) == pytest.approx(getattr(before, k))
+    assert after.pending_sum == pytest.approx(0.2 + 0.4) and after.resid_sum == pytest.approx(0.4 - 0.8)
+
+
 def test_expiry_runs_in_bounded_transactions_until_nothing_is_left(store: Store,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A first expiry of a large state drops EXPIRE_BATCH records per transaction (Route's records and Feedback
