@@ -8,9 +8,9 @@ after the commit, and the RPC acknowledges when the future resolves. Only this p
 
 Retention: request records (2.1 KB each, mostly the embedding) older than `retention_s` whose labels every head
 snapshot has learned are dropped with their labels (sql.expire: what they added to the tenant's expected queue
-stays in its row), every min(retention / 10, 1 h) once the router
-has started, on the writer thread in transactions of sql.EXPIRE_BATCH records; the file then stops growing (SQLite
-reuses the freed pages; it does not shrink without a VACUUM).
+stays in its row), at start and every min(retention / 10, 1 h), on the writer thread in transactions of
+sql.EXPIRE_BATCH records; the file then stops growing (SQLite reuses the freed pages; it does not shrink without
+a VACUUM).
 
 Durability: with `synchronous=FULL` (default) a committed transaction survives a process crash and a power
 loss; with NORMAL it survives a process crash (kill -9) but the last transactions may roll back on power loss.
