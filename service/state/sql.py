@@ -8,11 +8,14 @@ adapter), inside the transaction the caller opened.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import AlreadyExists, Conflict, NotFound, shown
 from .base import Expectation, FeedbackCommit, HeadRow, LabelEvent, QueueStep, RequestRow, TenantRow, now
+
+log = logging.getLogger("messplus.store")
 
 _REQUEST = ("SELECT request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, alpha, embedding, "
             "p_served, target, replica FROM requests WHERE request_id = ?")
@@ -255,6 +258,8 @@ def expire_all(submit: Callable[..., Any], retention_s: float) -> Any:
         return expire(conn, retention_s, batch)
 
     def after(n: int) -> None:
+        if n:
+            log.info("state: %d request records past the retention (%.0f days) expired", n, retention_s / 86400)
         if n >= batch:
             try:
                 submit(job, after)
