@@ -66,12 +66,14 @@ MIGRATIONS = (
     """,
     # version 2: which router process routed each request (its label leaves that router's expected-queue terms)
     "ALTER TABLE requests ADD COLUMN replica TEXT",
-    # version 3: what expired records added to each tenant's expected queue (state/sql.py expire)
-    "ALTER TABLE tenants ADD COLUMN expired_pending_sum DOUBLE PRECISION NOT NULL DEFAULT 0, "
-    "ADD COLUMN expired_pending_n BIGINT NOT NULL DEFAULT 0, "
-    "ADD COLUMN expired_resid_sum DOUBLE PRECISION NOT NULL DEFAULT 0, "
-    "ADD COLUMN expired_resid_sq DOUBLE PRECISION NOT NULL DEFAULT 0, "
-    "ADD COLUMN expired_resid_n BIGINT NOT NULL DEFAULT 0",
+    # version 3: what expired records added to each tenant's expected queue, per served model (state/sql.py expire)
+    """
+    CREATE TABLE expired (
+        tenant TEXT NOT NULL, model TEXT NOT NULL, pending_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+        pending_n BIGINT NOT NULL DEFAULT 0, resid_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+        resid_sq DOUBLE PRECISION NOT NULL DEFAULT 0, resid_n BIGINT NOT NULL DEFAULT 0,
+        last_t BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (tenant, model));
+    """,
 )
 
 

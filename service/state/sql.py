@@ -33,12 +33,19 @@ _EXPIRABLE = ("SELECT request_id FROM requests WHERE created < ? AND NOT EXISTS 
 _PENDING = ("SELECT r.tenant, r.served_model, SUM(r.target - r.p_served), COUNT(*) FROM requests r "
             "WHERE r.p_served IS NOT NULL AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id "
             "AND l.model = r.served_model){} GROUP BY r.tenant, r.served_model")
-_RESID = ("SELECT r.tenant, SUM(l.satisfaction - r.p_served), "
+_RESID = ("SELECT r.tenant, r.served_model, SUM(l.satisfaction - r.p_served), "
           "SUM((l.satisfaction - r.p_served) * (l.satisfaction - r.p_served)), COUNT(*) FROM requests r "
           "JOIN labels l ON l.request_id = r.request_id AND l.model = r.served_model "
-          "WHERE r.p_served IS NOT NULL{} GROUP BY r.tenant")
-_TERMS = ("pending_sum", "pending_n", "resid_sum", "resid_sq", "resid_n")
-_FOLDED = tuple(f"expired_{k}" for k in _TERMS)  # the tenants' columns that keep the dropped records' terms
+          "WHERE r.p_served IS NOT NULL{} GROUP BY r.tenant, r.served_model")
+_LAST_T = "SELECT r.tenant, r.served_model, MAX(r.t) FROM requests r WHERE 1 = 1{} GROUP BY r.tenant, r.served_model"
+# the dropped records' terms, per tenant and served model (table `expired`), added to what is there
+_FOLD = ("INSERT INTO expired (tenant, model, pending_sum, pending_n, resid_sum, resid_sq, resid_n, last_t) "
+         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, model) DO UPDATE SET "
+         "pending_sum = expired.pending_sum + excluded.pending_sum, "
+         "pending_n = expired.pending_n + excluded.pending_n, "
+         "resid_sum = expired.resid_sum + excluded.resid_sum, resid_sq = expired.resid_sq + excluded.resid_sq, "
+         "resid_n = expired.resid_n + excluded.resid_n, "
+         "last_t = CASE WHEN excluded.last_t > expired.last_t THEN excluded.last_t ELSE expired.last_t END")
 EXPIRE_BATCH = 5000  # records one expiry transaction drops: a first expiry of a large state holds the writer briefly
 _IN_LIST = 500  # ids per DELETE ... IN (...) statement
 
@@ -57,28 +64,35 @@ def label_seq(conn: Any) -> int:
 
 
 def expectations(conn: Any, models: Sequence[str]) -> dict[str, Expectation]:
-    """The expected-queue terms over the stored records (those of requests served by `models` only, for the
-    unlabelled), plus what expiry folded into each tenant's row from the records it dropped (whatever their model)."""
-    out: dict[str, dict[str, float]] = {}
+    """The expected-queue terms over the stored records and those that expiry dropped (table `expired`): the
+    unlabelled requests only of those served by `models`."""
     zoo = set(models)
-    for tenant, model, total, n in conn.execute(_PENDING.format(""), ()).fetchall():
-        if model in zoo:
-            _add(out, tenant, pending_sum=float(total), pending_n=int(n))
-    for tenant, total, sq, n in conn.execute(_RESID.format(""), ()).fetchall():
-        _add(out, tenant, resid_sum=float(total), resid_sq=float(sq), resid_n=int(n))
-    for tenant, *folded in conn.execute(f"SELECT name, {', '.join(_FOLDED)} FROM tenants "
-                                        "WHERE expired_pending_n > 0 OR expired_resid_n > 0", ()).fetchall():
-        _add(out, tenant, **{k: float(v) if k.endswith(("sum", "sq")) else int(v)
-                             for k, v in zip(_TERMS, folded)})
-    for tenant, last in conn.execute("SELECT tenant, MAX(t) FROM requests GROUP BY tenant", ()).fetchall():
-        out.setdefault(tenant, {}).update(last_t=int(last))
+    terms = _terms(conn, "", ())
+    terms += [(t, m, dict(zip(("pending_sum", "pending_n", "resid_sum", "resid_sq", "resid_n", "last_t"), rest)))
+              for t, m, *rest in conn.execute("SELECT tenant, model, pending_sum, pending_n, resid_sum, resid_sq, "
+                                              "resid_n, last_t FROM expired", ()).fetchall()]
+    out: dict[str, dict[str, float]] = {}
+    for tenant, model, e in terms:
+        o = out.setdefault(tenant, {})
+        for k, v in e.items():
+            if k == "last_t":
+                o[k] = max(o.get(k, 0), int(v))
+            elif k.startswith("resid") or model in zoo:
+                o[k] = o.get(k, 0) + (int(v) if k.endswith("_n") else float(v))
     return {k: Expectation(**v) for k, v in out.items()}  # type: ignore[arg-type]
 
 
-def _add(out: dict[str, dict[str, float]], tenant: str, **terms: float) -> None:
-    e = out.setdefault(tenant, {})
-    for k, v in terms.items():
-        e[k] = e.get(k, 0) + v
+def _terms(conn: Any, only: str, params: tuple[Any, ...]) -> list[tuple[str, str, dict[str, float]]]:
+    """(tenant, served model, its expected-queue terms) over the stored records, those matching `only` (a
+    condition on r, with `params`)."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for tenant, model, total, n in conn.execute(_PENDING.format(only), params).fetchall():
+        out.setdefault((tenant, model), {}).update(pending_sum=float(total), pending_n=int(n))
+    for tenant, model, total, sq, n in conn.execute(_RESID.format(only), params).fetchall():
+        out.setdefault((tenant, model), {}).update(resid_sum=float(total), resid_sq=float(sq), resid_n=int(n))
+    for tenant, model, last in conn.execute(_LAST_T.format(only), params).fetchall():
+        out.setdefault((tenant, model), {}).update(last_t=int(last))
+    return [(t, m, e) for (t, m), e in out.items()]
 
 
 def model_counts(conn: Any) -> dict[tuple[str, str], tuple[int, int]]:
@@ -228,45 +242,54 @@ def expire(conn: Any, retention_s: float, limit: int) -> int:
     quiet state whose newest snapshot is itself older than the retention, that snapshot's heads still count.
 
     What the dropped records add to the tenant's expected queue (an unlabelled one's target - p_served, a
-    labelled one's residual: `expectations`) is folded into the tenant's row first, so a router started later
-    expects what the one running expected: the SLA counts those requests for good."""
+    labelled one's residual, the highest t: `expectations`) is kept first, per tenant and served model (table
+    `expired`), so a router started later expects what the one running expected: the SLA counts those requests
+    for good, and a request's index is never handed out again."""
     ids = [r[0] for r in conn.execute(_EXPIRABLE, (now() - retention_s, retention_s, limit)).fetchall()]
     for i in range(0, len(ids), _IN_LIST):
         chunk = tuple(ids[i:i + _IN_LIST])
         marks = ", ".join("?" * len(chunk))
-        only = f" AND r.request_id IN ({marks})"
-        folded: dict[str, dict[str, float]] = {}
-        for tenant, _model, total, n in conn.execute(_PENDING.format(only), chunk).fetchall():
-            _add(folded, tenant, pending_sum=float(total), pending_n=int(n))
-        for tenant, total, sq, n in conn.execute(_RESID.format(only), chunk).fetchall():
-            _add(folded, tenant, resid_sum=float(total), resid_sq=float(sq), resid_n=int(n))
-        for tenant, terms in folded.items():
-            conn.execute(f"UPDATE tenants SET {', '.join(f'expired_{k} = expired_{k} + ?' for k in terms)} "
-                         "WHERE name = ?", (*terms.values(), tenant))
+        for tenant, model, e in _terms(conn, f" AND r.request_id IN ({marks})", chunk):
+            conn.execute(_FOLD, (tenant, model, e.get("pending_sum", 0.0), e.get("pending_n", 0),
+                                 e.get("resid_sum", 0.0), e.get("resid_sq", 0.0), e.get("resid_n", 0),
+                                 e.get("last_t", 0)))
         conn.execute(f"DELETE FROM labels WHERE request_id IN ({marks})", chunk)
         conn.execute(f"DELETE FROM requests WHERE request_id IN ({marks})", chunk)
     return len(ids)
 
 
-def expire_all(submit: Callable[..., Any], retention_s: float) -> Any:
+def expire_all(submit: Callable[..., Any], retention_s: float, *, inline: bool = False) -> Any:
     """Run `expire` as jobs of a store's writer (`submit(job, after_commit)`), one EXPIRE_BATCH per transaction,
     the next submitted when one came back full, so that Route's records and Feedback commit in between; returns
-    the first job's future."""
-    batch = EXPIRE_BATCH
+    the first job's future. One log line when the run ends: how many went, or why it stopped. `inline`: the
+    store runs each job at once on the caller's thread (then the jobs run in a loop, not nested)."""
+    batch, gone = EXPIRE_BATCH, [0]
 
     def job(conn: Any) -> int:
         return expire(conn, retention_s, batch)
 
     def after(n: int) -> None:
-        if n:
-            log.info("state: %d request records past the retention (%.0f days) expired", n, retention_s / 86400)
-        if n >= batch:
+        gone[0] += n
+        if n < batch:
+            if gone[0]:
+                log.info("state: %d request records past the retention (%g days) expired", gone[0],
+                         retention_s / 86400)
+        elif not inline:
             try:
-                submit(job, after)
+                submit(job, after).add_done_callback(failed)
             except RuntimeError:  # the store closed meanwhile: the rest waits for the next start
-                pass
+                log.info("state: %d request records past the retention expired before the store closed", gone[0])
 
-    return submit(job, after)
+    def failed(fut: Any) -> None:
+        if fut.exception() is not None:
+            log.warning("state: expiry stopped after %d records: %s; it runs again later", gone[0], fut.exception())
+
+    first = last = submit(job, after)
+    first.add_done_callback(failed)
+    while inline and last.exception() is None and last.result() >= batch:
+        last = submit(job, after)
+        last.add_done_callback(failed)
+    return first
 
 
 def write_heads(conn: Any, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> None:

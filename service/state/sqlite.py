@@ -8,7 +8,7 @@ after the commit, and the RPC acknowledges when the future resolves. Only this p
 
 Retention: request records (2.1 KB each, mostly the embedding) older than `retention_s` whose labels every head
 snapshot has learned are dropped with their labels (sql.expire: what they added to the tenant's expected queue
-stays in its row), at start and every min(retention / 10, 1 h), on the writer thread in transactions of
+is kept in table `expired`), at start and every min(retention / 10, 1 h), on the writer thread in transactions of
 sql.EXPIRE_BATCH records; the file then stops growing (SQLite reuses the freed pages; it does not shrink without
 a VACUUM).
 
@@ -42,12 +42,7 @@ CREATE TABLE IF NOT EXISTS tenants (
     cost_sum REAL NOT NULL DEFAULT 0,
     cost_raw_sum REAL NOT NULL DEFAULT 0,
     explore_steps INTEGER NOT NULL DEFAULT 0,
-    explore_cost_raw REAL NOT NULL DEFAULT 0,
-    expired_pending_sum REAL NOT NULL DEFAULT 0,
-    expired_pending_n INTEGER NOT NULL DEFAULT 0,
-    expired_resid_sum REAL NOT NULL DEFAULT 0,
-    expired_resid_sq REAL NOT NULL DEFAULT 0,
-    expired_resid_n INTEGER NOT NULL DEFAULT 0
+    explore_cost_raw REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS model_counts (
     tenant TEXT NOT NULL,
@@ -83,6 +78,17 @@ CREATE TABLE IF NOT EXISTS labels (
     created REAL NOT NULL,
     UNIQUE (request_id, model)
 );
+CREATE TABLE IF NOT EXISTS expired (
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    pending_sum REAL NOT NULL DEFAULT 0,
+    pending_n INTEGER NOT NULL DEFAULT 0,
+    resid_sum REAL NOT NULL DEFAULT 0,
+    resid_sq REAL NOT NULL DEFAULT 0,
+    resid_n INTEGER NOT NULL DEFAULT 0,
+    last_t INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, model)
+);
 CREATE TABLE IF NOT EXISTS heads (
     model TEXT PRIMARY KEY,
     dim INTEGER NOT NULL,
@@ -99,11 +105,8 @@ CREATE TABLE IF NOT EXISTS heads (
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a state file written by an earlier version up to SCHEMA (columns are only ever added)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(tenants)")}
-    for column, kind in (("explore_cost_raw", "REAL"), ("expired_pending_sum", "REAL"),
-                         ("expired_pending_n", "INTEGER"), ("expired_resid_sum", "REAL"),
-                         ("expired_resid_sq", "REAL"), ("expired_resid_n", "INTEGER")):
-        if column not in have:
-            conn.execute(f"ALTER TABLE tenants ADD COLUMN {column} {kind} NOT NULL DEFAULT 0")
+    if "explore_cost_raw" not in have:
+        conn.execute("ALTER TABLE tenants ADD COLUMN explore_cost_raw REAL NOT NULL DEFAULT 0")
     have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
     for column, kind in (("p_served", "REAL"), ("target", "REAL"), ("replica", "TEXT")):
         if column not in have:
@@ -189,7 +192,7 @@ class SqliteStore(sql.SqlReads, Store):
                 return
 
     def expire(self) -> Future[int]:
-        return sql.expire_all(self.submit, self.retention_s)  # type: ignore[no-any-return]
+        return sql.expire_all(self.submit, self.retention_s, inline=self.inline)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         if self._closed:

@@ -181,8 +181,8 @@ def test_the_tail_expires_old_records_by_itself(routers, postgres_url: str) -> N
     it, once when it starts and then every min(retention / 10, 1 h)."""
     a = routers()
     rid = route(a, np.random.default_rng(6), request_id="old-0").request_id
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("UPDATE requests SET created = 0")
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # past this store's retention, not the router's
+        conn.execute("UPDATE requests SET created = %s", (time.time() - 7200,))
     store = PostgresStore(postgres_url, poll_s=0.05, retention_s=3600.0)
     try:
         assert store.request_exists(rid)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -182,26 +183,51 @@ def test_expiry_keeps_a_record_whose_label_no_snapshot_has_learned(store: Store)
 
 def test_expiry_leaves_the_expected_queue_as_it_was(store: Store) -> None:
     """A router started after an expiry expects what the running one expected: the SLA counts every request for
-    good, so what a dropped record added (an unlabelled one's target - p_served, a labelled one's residual) is
-    kept in its tenant's row. Without it a restart forgot a month of sparse feedback's unlabelled requests."""
+    good, so what a dropped record added (an unlabelled one's target - p_served, a labelled one's residual, its
+    request index) is kept, per served model: an unlabelled request of a model that left the zoo stays out, as
+    it does while stored. Without it a restart forgot a month of sparse feedback's unlabelled requests, and a
+    tenant whose records had all gone was handed request indices again."""
     W, S = np.ones(3).tobytes(), np.eye(3).tobytes()
-    store.insert_request(row("r0", p=0.6)).result()  # labelled: a residual of 0.4
+    store.insert_request(replace(row("r0", p=0.6), t=5)).result()  # labelled: a residual of 0.4
     store.insert_request(row("r1", p=0.7)).result()  # unlabelled: 0.9 - 0.7 expected
+    store.insert_request(row("r4", served="gone", invoked=("gone",), p=0.1)).result()  # a model no longer in the zoo
+    store.insert_request(replace(row("b0", p=0.3), tenant="beta", t=9)).result()  # all of beta's records go
     store.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, step).result()
     store.write_heads([("cheap", W, S)], 3, max(e.seq for e in store.label_events(0))).result()
     _run(store, "UPDATE requests SET created = 0")
     store.insert_request(row("r2", p=0.5)).result()  # recent: stays, unlabelled
     store.insert_request(row("r3", p=0.8)).result()  # recent: stays, labelled (a residual of -0.8)
     store.apply_feedback("acme", "r3", "cheap", {"cheap": 0.0}, step).result()
-    before = store.expectations(("cheap", "big"))["acme"]
+    zoo = ("cheap", "big")
+    before = store.expectations(zoo)
     store.retention_s = 3600.0  # type: ignore[attr-defined]
-    assert store.expire().result() == 2 and not store.request_exists("r0") and not store.request_exists("r1")
-    after = store.expectations(("cheap", "big"))["acme"]
+    assert store.expire().result() == 4 and not any(store.request_exists(r) for r in ("r0", "r1", "r4", "b0"))
+    after = store.expectations(zoo)
     terms = ("pending_n", "resid_n", "last_t")
-    assert [getattr(after, k) for k in terms] == [getattr(before, k) for k in terms] == [2, 2, 1]
+    assert [getattr(after["acme"], k) for k in terms] == [getattr(before["acme"], k) for k in terms] == [2, 2, 5]
     for k in ("pending_sum", "resid_sum", "resid_sq"):
-        assert getattr(after, k) == pytest.approx(getattr(before, k))
-    assert after.pending_sum == pytest.approx(0.2 + 0.4) and after.resid_sum == pytest.approx(0.4 - 0.8)
+        assert getattr(after["acme"], k) == pytest.approx(getattr(before["acme"], k))
+    assert after["acme"].pending_sum == pytest.approx(0.2 + 0.4) and after["acme"].resid_sum == pytest.approx(-0.4)
+    assert after["beta"] == before["beta"] and after["beta"].last_t == 9 and after["beta"].pending_n == 1
+    assert store.expectations((*zoo, "gone"))["acme"].pending_n == 3  # the model back in the zoo: counted again
+
+
+def test_an_inline_store_expires_everything_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay's in-memory store runs each job on the caller's thread: the batches run in a loop (chained
+    from each other's commit they nested, and past Python's recursion limit stopped without a word)."""
+    from messplus.service.state import sql
+
+    monkeypatch.setattr(sql, "EXPIRE_BATCH", 1)
+    s = SqliteStore(":memory:", inline=True, retention_s=3600.0)
+    try:
+        s.ensure_tenants(("acme",)).result()
+        for i in range(1500):
+            s.insert_request(row(f"r{i}")).result()
+        s.submit(lambda conn: conn.execute("UPDATE requests SET created = 0")).result()
+        assert s.expire().result() == 1
+        assert s.read("SELECT count(*) FROM requests") == [(0,)]
+    finally:
+        s.close()
 
 
 def test_expiry_runs_in_bounded_transactions_until_nothing_is_left(store: Store,
