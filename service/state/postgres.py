@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool
 
 from ..errors import StorageUnavailable
 from . import sql
-from .base import AfterCommit, FeedbackCommit, LabelEvent, QueueStep, RequestRow, Store, TenantRow, then
+from .base import AfterCommit, Expectation, FeedbackCommit, LabelEvent, QueueStep, RequestRow, Store, TenantRow, then
 from .writer import GroupCommit
 
 log = logging.getLogger("messplus.store")
@@ -370,6 +370,16 @@ class PostgresStore(sql.SqlReads, Store):
                 if self._patient:
                     _lock_timeout(conn, LOCK_TIMEOUT_S, local=True)
                 return sql.tenants(_Qmark(conn)), sql.label_seq(_Qmark(conn))
+
+    def expectations(self, models: Sequence[str]) -> dict[str, Expectation]:
+        """One snapshot: a replica expiring meanwhile moves records into `expired` between two of the reads,
+        which separate statements would count twice (or not at all)."""
+        with self._pool.connection() as conn:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                if self._patient:
+                    _lock_timeout(conn, LOCK_TIMEOUT_S, local=True)
+                return sql.expectations(_Qmark(conn), models)
 
     def request(self, request_id: str) -> RequestRow | None:
         """The request's record, one read. One routed by another replica a moment ago may still be in its group
