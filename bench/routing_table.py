@@ -84,6 +84,7 @@ SHORT_CONDITIONS: dict[str, tuple[dict[str, Any], str]] = {
 WARM_SHORT: dict[str, tuple[dict[str, Any], str]] = {
     "short-warm": ({"first": SHORT, "warm_start": 0.5}, f"first {SHORT} requests, --warm-start 0.5"),
 }
+SHORT_RUNS = {**SHORT_CONDITIONS, **WARM_SHORT}  # every short stream run, SHORT_SEEDS seeds each
 
 
 # name -> (tenant policy changes from the defaults (service/config.py TenantConfig), condition), on every case
@@ -115,7 +116,7 @@ def run(case: Case, cond_name: str, seeds: int, out: Path, emb_cache: Path,
     from messplus.service.encoder import ensure_exported
     from messplus.service.trace import load_traces
 
-    kwargs, _ = {**CONDITIONS, **ABLATION_CONDITIONS, **SHORT_CONDITIONS, **WARM_SHORT}.get(cond_name, ({}, ""))
+    kwargs, _ = {**CONDITIONS, **ABLATION_CONDITIONS, **SHORT_RUNS}.get(cond_name, ({}, ""))
     order = "source" if case.key == "routerbench-by-benchmark" else "shuffle"
     outages = tuple(R.Outage.parse(o) for o in [kwargs["outages"]]) if "outages" in kwargs else ()
     cond = R.Condition(feedback_rate=kwargs.get("feedback_rate", 1.0), feedback_delay=kwargs.get("feedback_delay", 0),
@@ -289,8 +290,8 @@ def caution_table(out: Path) -> str:
         return f"{sum(r['sla_met'] for r in runs)}/{len(runs)}" if runs else "–"
 
     for case in CASES:
-        off = {k: load(out / f"{case.key}-{k}" / "summary.json") for k in (*SHORT_CONDITIONS, *WARM_SHORT)}
-        on = {k: load(out / "caution" / f"{case.key}-{k}" / "summary.json") for k in (*SHORT_CONDITIONS, *WARM_SHORT)}
+        off = {k: load(out / f"{case.key}-{k}" / "summary.json") for k in SHORT_RUNS}
+        on = {k: load(out / "caution" / f"{case.key}-{k}" / "summary.json") for k in SHORT_RUNS}
         whole = [load(out / d / f"{case.key}-cold" / "summary.json") for d in ("caution-off", "caution")]
         if all(v is None for v in on.values()):
             continue
@@ -552,16 +553,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if not args.table_only:
         jobs = [(c, k) for c in CASES for k in CONDITIONS] + [(c, "cold") for c in DRIFT]
-        jobs += [(c, k) for c in CASES for k in (*SHORT_CONDITIONS, *WARM_SHORT)]
+        jobs += [(c, k) for c in CASES for k in SHORT_RUNS]
         for case, cond in jobs:
             if args.only and f"{case.key}-{cond}" not in args.only:
                 continue
-            short = cond in SHORT_CONDITIONS or cond in WARM_SHORT
-            run(case, cond, SHORT_SEEDS if short else args.seeds, out, Path(args.cache_dir))
+            run(case, cond, SHORT_SEEDS if cond in SHORT_RUNS else args.seeds, out, Path(args.cache_dir))
         for case in CASES:  # the caution table: `--only TRACE-caution` runs one trace's
             if args.only and f"{case.key}-caution" not in args.only:
                 continue
-            for cond in (*SHORT_CONDITIONS, *WARM_SHORT):
+            for cond in SHORT_RUNS:
                 run(case, cond, SHORT_SEEDS, out / "caution", Path(args.cache_dir), {"caution": CAUTION}, reference=False)
             run(case, "cold", CAUTION_SEEDS, out / "caution", Path(args.cache_dir), {"caution": CAUTION}, reference=False)
             run(case, "cold", CAUTION_SEEDS, out / "caution-off", Path(args.cache_dir), reference=False)

@@ -268,7 +268,7 @@ class PostgresStore(sql.SqlReads, Store):
                             # a label commit; not one this replica's own feedback transaction already read (each
                             # of those would otherwise cost a second transaction per Feedback)
                             woke = not note.payload.isdigit() or int(note.payload) > self._reading
-                        if time.monotonic() - last_cleanup > min(self.retention_s / 10, 3600.0):
+                        if time.monotonic() - last_cleanup > sql.expire_every(self.retention_s):
                             last_cleanup = time.monotonic()
                             self.expire()
             except psycopg.Error as exc:  # the database went away: say so (health) even while nothing writes
@@ -363,23 +363,22 @@ class PostgresStore(sql.SqlReads, Store):
     def started(self) -> None:
         self._patient = False
 
-    def tenants_at(self) -> tuple[dict[str, TenantRow], int]:
+    def _snapshot(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn on a pooled connection inside one REPEATABLE READ transaction: its reads see one snapshot."""
         with self._pool.connection() as conn:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 if self._patient:
                     _lock_timeout(conn, LOCK_TIMEOUT_S, local=True)
-                return sql.tenants(_Qmark(conn)), sql.label_seq(_Qmark(conn))
+                return fn(_Qmark(conn), *args)
+
+    def tenants_at(self) -> tuple[dict[str, TenantRow], int]:
+        return self._snapshot(lambda c: (sql.tenants(c), sql.label_seq(c)))  # type: ignore[no-any-return]
 
     def expectations(self, models: Sequence[str]) -> dict[str, Expectation]:
         """One snapshot: a replica expiring meanwhile moves records into `expired` between two of the reads,
         which separate statements would count twice (or not at all)."""
-        with self._pool.connection() as conn:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                if self._patient:
-                    _lock_timeout(conn, LOCK_TIMEOUT_S, local=True)
-                return sql.expectations(_Qmark(conn), models)
+        return self._snapshot(sql.expectations, models)  # type: ignore[no-any-return]
 
     def request(self, request_id: str) -> RequestRow | None:
         """The request's record, one read. One routed by another replica a moment ago may still be in its group

@@ -8,6 +8,7 @@ adapter), inside the transaction the caller opened.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,8 +40,9 @@ _RESID = ("SELECT r.tenant, r.served_model, SUM(l.satisfaction - r.p_served), "
           "WHERE r.p_served IS NOT NULL{} GROUP BY r.tenant, r.served_model")
 _LAST_T = "SELECT r.tenant, r.served_model, MAX(r.t) FROM requests r WHERE 1 = 1{} GROUP BY r.tenant, r.served_model"
 # the dropped records' terms, per tenant and served model (table `expired`), added to what is there
-_FOLD = ("INSERT INTO expired (tenant, model, pending_sum, pending_n, resid_sum, resid_sq, resid_n, last_t) "
-         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, model) DO UPDATE SET "
+_TERMS = tuple(f.name for f in dataclasses.fields(Expectation))  # table `expired`'s columns after tenant, model
+_FOLD = (f"INSERT INTO expired (tenant, model, {', '.join(_TERMS)}) VALUES (?, ?, {', '.join('?' * len(_TERMS))}) "
+         "ON CONFLICT (tenant, model) DO UPDATE SET "
          "pending_sum = expired.pending_sum + excluded.pending_sum, "
          "pending_n = expired.pending_n + excluded.pending_n, "
          "resid_sum = expired.resid_sum + excluded.resid_sum, resid_sq = expired.resid_sq + excluded.resid_sq, "
@@ -48,6 +50,11 @@ _FOLD = ("INSERT INTO expired (tenant, model, pending_sum, pending_n, resid_sum,
          "last_t = CASE WHEN excluded.last_t > expired.last_t THEN excluded.last_t ELSE expired.last_t END")
 EXPIRE_BATCH = 5000  # records one expiry transaction drops: a first expiry of a large state holds the writer briefly
 _IN_LIST = 500  # ids per DELETE ... IN (...) statement
+
+
+def expire_every(retention_s: float) -> float:
+    """Seconds between a store's expiry runs: a tenth of the retention, at most an hour."""
+    return min(retention_s / 10, 3600.0)
 
 
 # -- reads ---------------------------------------------------------------------------------------------------------
@@ -68,9 +75,8 @@ def expectations(conn: Any, models: Sequence[str]) -> dict[str, Expectation]:
     unlabelled requests only of those served by `models`."""
     zoo = set(models)
     terms = _terms(conn, "", ())
-    terms += [(t, m, dict(zip(("pending_sum", "pending_n", "resid_sum", "resid_sq", "resid_n", "last_t"), rest)))
-              for t, m, *rest in conn.execute("SELECT tenant, model, pending_sum, pending_n, resid_sum, resid_sq, "
-                                              "resid_n, last_t FROM expired", ()).fetchall()]
+    terms += [(t, m, dict(zip(_TERMS, rest)))
+              for t, m, *rest in conn.execute(f"SELECT tenant, model, {', '.join(_TERMS)} FROM expired", ()).fetchall()]
     out: dict[str, dict[str, float]] = {}
     for tenant, model, e in terms:
         o = out.setdefault(tenant, {})
@@ -250,9 +256,7 @@ def expire(conn: Any, retention_s: float, limit: int) -> int:
         chunk = tuple(ids[i:i + _IN_LIST])
         marks = ", ".join("?" * len(chunk))
         for tenant, model, e in _terms(conn, f" AND r.request_id IN ({marks})", chunk):
-            conn.execute(_FOLD, (tenant, model, e.get("pending_sum", 0.0), e.get("pending_n", 0),
-                                 e.get("resid_sum", 0.0), e.get("resid_sq", 0.0), e.get("resid_n", 0),
-                                 e.get("last_t", 0)))
+            conn.execute(_FOLD, (tenant, model, *(e.get(k, 0) for k in _TERMS)))
         conn.execute(f"DELETE FROM labels WHERE request_id IN ({marks})", chunk)
         conn.execute(f"DELETE FROM requests WHERE request_id IN ({marks})", chunk)
     return len(ids)

@@ -184,7 +184,7 @@ class SqliteStore(sql.SqlReads, Store):
         self._expiry.start()
 
     def _run_expiry(self) -> None:
-        every = min(self.retention_s / 10, 3600.0)
+        every = sql.expire_every(self.retention_s)
         while not self._stop.wait(every):
             try:
                 self.expire()

@@ -43,6 +43,9 @@ def row(rid: str, *, served: str = "cheap", invoked: tuple[str, ...] = ("cheap",
                       p_served=p, target=0.9)
 
 
+W, S = np.ones(3).tobytes(), np.eye(3).tobytes()  # a head snapshot's weights and covariance
+
+
 def step(queue: float, n: int, s: float) -> float:
     return queue + 0.8 - s + n * 1000  # n is visible in the result: the store passes the tenant's label count
 
@@ -115,7 +118,6 @@ def test_expectations_split_labelled_and_pending_requests(store: Store) -> None:
 
 
 def test_head_snapshots_round_trip_and_pretrained_heads_sit_before_every_later_label(store: Store) -> None:
-    W, S = np.ones(3).tobytes(), np.eye(3).tobytes()
     store.write_heads([("cheap", W, S)], 3, 7).result()
     head = store.head("cheap")
     assert head is not None and (head.features, head.last_seq, head.W, head.S) == (3, 7, W, S)
@@ -143,7 +145,6 @@ def test_expiry_drops_old_learned_records_with_their_labels_past_a_removed_model
     with them; a record never labelled goes too. A model that left the zoo keeps its last snapshot, which must
     not hold every later record back (the minimum over all heads); a label left without its request answered
     the Feedback of a request that reused the id as a duplicate, applying nothing."""
-    W, S = np.ones(3).tobytes(), np.eye(3).tobytes()
     for rid in ("r0", "r1", "r2"):
         store.insert_request(row(rid)).result()
     for rid in ("r0", "r1"):
@@ -167,7 +168,6 @@ def test_expiry_keeps_a_record_whose_label_no_snapshot_has_learned(store: Store)
     On a quiet state whose newest snapshot is itself older than the retention (fewer labels than
     snapshot_every_labels in that time) the snapshot still counts: counting only heads written within the
     retention held every record back."""
-    W, S = np.ones(3).tobytes(), np.eye(3).tobytes()
     for rid in ("r0", "r1"):
         store.insert_request(row(rid)).result()
     store.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, step).result()
@@ -187,7 +187,6 @@ def test_expiry_leaves_the_expected_queue_as_it_was(store: Store) -> None:
     request index) is kept, per served model: an unlabelled request of a model that left the zoo stays out, as
     it does while stored. Without it a restart forgot a month of sparse feedback's unlabelled requests, and a
     tenant whose records had all gone was handed request indices again."""
-    W, S = np.ones(3).tobytes(), np.eye(3).tobytes()
     store.insert_request(replace(row("r0", p=0.6), t=5)).result()  # labelled: a residual of 0.4
     store.insert_request(row("r1", p=0.7)).result()  # unlabelled: 0.9 - 0.7 expected
     store.insert_request(row("r4", served="gone", invoked=("gone",), p=0.1)).result()  # a model no longer in the zoo
