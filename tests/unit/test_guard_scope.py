@@ -207,3 +207,20 @@ def test_the_access_line_quotes_and_cuts_a_callers_values(caplog: pytest.LogCapt
     assert "\n" not in first.getMessage() and len(first.getMessage()) < 400 and "characters)" in first.getMessage()
     assert "\n" not in first.tenant  # type: ignore[attr-defined]
     assert second.getMessage().endswith("tenant=acme request_id=plain-1")
+
+
+@pytest.mark.parametrize(("left", "code"), [(-0.01, "DEADLINE_EXCEEDED"), (0.03, "DEADLINE_EXCEEDED"),
+                                            (5.0, "CANCELLED"), (None, "CANCELLED")])
+def test_a_cancelled_call_is_labelled_by_the_deadline_it_had_left(left: float | None, code: str) -> None:
+    """grpcio cancels a call whose deadline passed as it cancels one the caller gave up: the time left tells them
+    apart, and the caller's cancellation reaches the server with a few ms still left on the server's copy of the
+    deadline (CI under load labelled a 0.4 s deadline CANCELLED)."""
+
+    class Remaining:
+        def time_remaining(self) -> float | None:
+            return left
+
+    call = guard._Call.__new__(guard._Call)
+    call.context = Remaining()  # type: ignore[assignment]
+    call.failed(asyncio.CancelledError())
+    assert call.code == code
