@@ -10,13 +10,13 @@ Each (trace, condition) is one `messplus replay` run through the service's own r
 path of service/replay/, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
 same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the tables between the doc's
 `routing-table`, `routing-horizons`, `routing-caution` and `routing-ablations` markers (docs/ROUTING.md) and
-`routing-short` (docs/ROUTING-LIMITS.md) are regenerated from those summaries, so every number there has this
-command behind it; the `routing-limits` and `routing-task` tables (docs/ROUTING-LIMITS.md) are computed afresh
-each time. Embeddings are cached in var/embeddings (the first run encodes ~21k prompts with MiniLM: about 20
-minutes on 2 cores; later runs read the cache). The caution table runs the short streams with the tenant knob
-`caution` at CAUTION, and the whole streams cold with it off and on (OUT/caution, OUT/caution-off; `--only
-TRACE-caution` runs one trace's). `--only NONE --ablations` runs just the ablations; `--table-only` rewrites the
-doc from OUT.
+`routing-short` and `routing-surplus` (docs/ROUTING-LIMITS.md) are regenerated from those summaries, so every
+number there has this command behind it; the `routing-limits` and `routing-task` tables (docs/ROUTING-LIMITS.md)
+are computed afresh each time. Embeddings are cached in var/embeddings (the first run encodes ~21k prompts with
+MiniLM: about 20 minutes on 2 cores; later runs read the cache). The caution table runs the short streams with the
+tenant knob `caution` at CAUTION, and the whole streams cold with it off and on (OUT/caution, OUT/caution-off;
+`--only TRACE-caution` runs one trace's). `--only NONE --ablations` runs just the ablations; `--table-only`
+rewrites the doc from OUT.
 """
 
 from __future__ import annotations
@@ -510,6 +510,41 @@ def task_headroom(out: Path, seeds: int) -> str:
     return "\n".join(lines)
 
 
+def surplus_table(out: Path) -> str:
+    """What the satisfaction a cold run ends with above alpha costs: the static mix (each model's true accuracy
+    and mean cost over the whole trace) solved at the run's own final satisfaction instead of at alpha, against
+    the router's cost; from OUT's cold runs. Where the static mix's price of satisfaction is steep, a small
+    surplus is most of the router's extra cost."""
+    import numpy as np
+
+    from messplus.service.replay.baselines import static_mixture
+    from messplus.service.trace import load_traces
+
+    lines = ["| trace | alpha | satisfaction - alpha, mean (max) | static mix at alpha + 0.005 / static | "
+             "static mix at the run's satisfaction / static, mean (max) | router / static | "
+             "router / static at its satisfaction |",
+             "|---|---|---|---|---|---|---|"]
+    for case in CASES:
+        path = out / f"{case.key}-cold" / "summary.json"
+        if not _have(path):
+            continue
+        t = load_traces([DATA / f for f in case.files])
+
+        def mix(level: float) -> float:
+            return float(static_mixture(t.models, t.mean_cost, t.accuracy, level)["mean_cost"] or np.nan)
+
+        for e in json.loads(path.read_text()):
+            alpha, runs = e["alpha"], e["runs"]
+            base = mix(alpha)
+            over = np.array([r["satisfaction"] - alpha for r in runs])
+            at = np.array([mix(r["satisfaction"]) / base for r in runs])
+            cost = np.array([r["cost_vs_static_mixture"] for r in runs])
+            lines.append(f"| {case.key} | {alpha:.2f} | {over.mean():.4f} ({over.max():.4f}) | "
+                         f"{mix(alpha + 0.005) / base:.2f}x | {at.mean():.2f}x ({at.max():.2f}) | {cost.mean():.2f}x | "
+                         f"{np.mean(cost / at):.2f}x |")
+    return "\n".join(lines)
+
+
 def _replace(text: str, name: str, body: str, command: str) -> str:
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin not in text or end not in text:
@@ -529,6 +564,7 @@ def write_doc(doc: Path, limits_doc: Path, out: Path, seeds: int, command: str, 
     limits = _replace(limits, "routing-limits", per_source_limits(emb_cache), command)
     limits = _replace(limits, "routing-task", task_headroom(out, seeds), command)
     limits = _replace(limits, "routing-short", short_table(out), command)
+    limits = _replace(limits, "routing-surplus", surplus_table(out), command)
     doc.write_text(text, encoding="utf-8")
     limits_doc.write_text(limits, encoding="utf-8")
 

@@ -204,3 +204,18 @@ def test_finetune_table_on_a_hand_made_result(tmp_path: Path) -> None:
     assert text.startswith("a\n<!-- routing-finetune:begin -->\n")
     assert text.endswith("<!-- routing-finetune:end -->\nb\n")
     assert block in text and "old" not in text
+
+
+def test_surplus_table_prices_each_runs_final_satisfaction_on_the_tiny_trace(tmp_path: Path, monkeypatch) -> None:
+    import bench.routing_table as T
+
+    # tiny_trace: small (accuracy 0.5, cost 1), medium (0.75, 3), large (0.875, 10). At alpha 0.6 the static
+    # mix is 40% medium: cost 1.8; at 0.605, 42%: 1.84 (1.02x); a run ending at 0.65 is priced at 60%: 2.2
+    # (1.22x), one ending at 0.6 at 1.8. Router costs 1.5x and 1.0x: 1.5 / 1.222 and 1.0 / 1.0, mean 1.11x
+    monkeypatch.setattr(T, "DATA", Path(__file__).resolve().parents[1] / "fixtures")
+    monkeypatch.setattr(T, "CASES", (T.Case("tiny", ("tiny_trace.csv",), (0.6,)),))
+    (tmp_path / "tiny-cold").mkdir()
+    runs = [{"satisfaction": 0.65, "cost_vs_static_mixture": 1.5}, {"satisfaction": 0.6, "cost_vs_static_mixture": 1.0}]
+    (tmp_path / "tiny-cold" / "summary.json").write_text(json.dumps([{"alpha": 0.6, "runs": runs}]))
+    rows = T.surplus_table(tmp_path).splitlines()
+    assert rows[2:] == ["| tiny | 0.60 | 0.0250 (0.0500) | 1.02x | 1.11x (1.22) | 1.25x | 1.11x |"]
