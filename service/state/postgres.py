@@ -388,8 +388,6 @@ class PostgresStore(sql.SqlReads, Store):
         return self._read(sql.request, request_id)  # type: ignore[no-any-return]
 
 
-
-
 def _lock_log(conn: Any) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(?)", (LOG_LOCK,))
 

@@ -100,8 +100,6 @@ CREATE TABLE IF NOT EXISTS heads (
 """
 
 
-
-
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a state file written by an earlier version up to SCHEMA (columns are only ever added)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(tenants)")}
@@ -223,12 +221,6 @@ class SqliteStore(sql.SqlReads, Store):
                 return sql.tenants(self._reader), sql.label_seq(self._reader)
             finally:
                 self._reader.execute("COMMIT")
-
-
-
-
-
-
 
     # -- the router's writes (the Store interface): each a job on the writer thread ------------------------------
     def ensure_tenants(self, names: tuple[str, ...]) -> Future[None]:

@@ -280,3 +280,43 @@ def test_a_sqlite_state_opened_by_open_store_is_held_until_the_store_closes(tmp_
     finally:
         first.close()
     open_store(StateConfig(), path).close()
+
+
+def test_postgres_reads_the_start_up_expectations_in_one_snapshot_while_another_replica_expires(
+        request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica starting reads the stored records' expected-queue terms, then table `expired`; another replica's
+    expiry can commit in between, moving records from the first into the second. Read as separate statements,
+    those records were counted twice. Here the expiry (a second store on the same database, its own connection
+    and transaction) commits between the two reads, for real: the reads still see the state before it."""
+    from messplus.service.state import sql
+
+    store, other = _postgres(request, tmp_path), _postgres(request, tmp_path)
+    try:
+        store.ensure_tenants(("acme",)).result()
+        store.insert_request(replace(row("r0", p=0.6), t=5)).result()  # labelled: a residual of 0.4
+        store.insert_request(row("r1", p=0.7)).result()  # unlabelled: 0.9 - 0.7 expected
+        store.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, step).result()
+        store.write_heads([("cheap", W, S)], 3, max(e.seq for e in store.label_events(0))).result()
+        _run(store, "UPDATE requests SET created = 0")
+        zoo = ("cheap", "big")
+        before = store.expectations(zoo)["acme"]
+        other.retention_s = 3600.0  # type: ignore[attr-defined]
+        records_read, expired = sql._terms, []
+
+        def then_expire(conn: object, only: str, params: tuple[object, ...]) -> object:
+            out = records_read(conn, only, params)
+            if only == "" and not expired:  # the start-up read of the stored records, not the expiry's own
+                expired.append(other.expire().result())
+            return out
+
+        monkeypatch.setattr(sql, "_terms", then_expire)
+        during = store.expectations(zoo)["acme"]
+        assert expired == [2] and not store.request_exists("r0") and not store.request_exists("r1")
+        monkeypatch.undo()
+        after = store.expectations(zoo)["acme"]  # read again: every term from `expired` now
+        for e in (during, after):
+            assert (e.pending_n, e.resid_n, e.last_t) == (before.pending_n, before.resid_n, before.last_t) == (1, 1, 5)
+            assert e.pending_sum == pytest.approx(0.2) and e.resid_sum == pytest.approx(0.4)
+    finally:
+        other.close()
+        store.close()
