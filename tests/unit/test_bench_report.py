@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.report import RESULTS, ROOT, page, readme_block, readme_table, targets
 
 
@@ -102,7 +104,6 @@ def test_gpu_section_renders_the_gpu_results_or_says_it_was_not_run(tmp_path) ->
 
 def test_gpu_bench_refuses_to_measure_without_the_cuda_provider() -> None:
     import onnxruntime
-    import pytest
 
     from bench import gpu_predictor
 
@@ -206,7 +207,8 @@ def test_finetune_table_on_a_hand_made_result(tmp_path: Path) -> None:
     assert block in text and "old" not in text
 
 
-def test_surplus_table_prices_each_runs_final_satisfaction_on_the_tiny_trace(tmp_path: Path, monkeypatch) -> None:
+def test_surplus_table_prices_each_runs_final_satisfaction_on_the_tiny_trace(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import bench.routing_table as T
 
     # tiny_trace: small (accuracy 0.5, cost 1), medium (0.75, 3), large (0.875, 10). At alpha 0.6 the static
