@@ -511,18 +511,19 @@ def task_headroom(out: Path, seeds: int) -> str:
 
 
 def surplus_table(out: Path) -> str:
-    """What the satisfaction a cold run ends with above alpha costs: the static mix (each model's true accuracy
-    and mean cost over the whole trace) solved at the run's own final satisfaction instead of at alpha, against
-    the router's cost; from OUT's cold runs. Where the static mix's price of satisfaction is steep, a small
-    surplus is most of the router's extra cost."""
+    """What the satisfaction a cold run ends with above alpha is worth on the static mix (each model's true
+    accuracy and mean cost over the whole trace: a cold run's baseline, as it replays every row), solved at the
+    run's own final satisfaction instead of at alpha, beside the router's cost; means over OUT's cold runs of
+    each alpha, the last column of each run's cost / the mix at its satisfaction. Where the static mix's price
+    of satisfaction is steep, a small surplus is a large share of the router's extra cost."""
     import numpy as np
 
     from messplus.service.replay.baselines import static_mixture
     from messplus.service.trace import load_traces
 
     lines = ["| trace | alpha | satisfaction - alpha, mean (max) | static mix at alpha + 0.005 / static | "
-             "static mix at the run's satisfaction / static, mean (max) | router / static | "
-             "router / static at its satisfaction |",
+             "static mix at the run's satisfaction / static, mean (max) | router / static, mean | "
+             "router / static mix at the run's satisfaction, mean |",
              "|---|---|---|---|---|---|---|"]
     for case in CASES:
         path = out / f"{case.key}-cold" / "summary.json"
