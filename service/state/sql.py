@@ -43,11 +43,8 @@ _LAST_T = "SELECT r.tenant, r.served_model, MAX(r.t) FROM requests r WHERE 1 = 1
 _TERMS = tuple(f.name for f in dataclasses.fields(Expectation))  # table `expired`'s columns after tenant, model
 _FOLD = (f"INSERT INTO expired (tenant, model, {', '.join(_TERMS)}) VALUES (?, ?, {', '.join('?' * len(_TERMS))}) "
          "ON CONFLICT (tenant, model) DO UPDATE SET "
-         "pending_sum = expired.pending_sum + excluded.pending_sum, "
-         "pending_n = expired.pending_n + excluded.pending_n, "
-         "resid_sum = expired.resid_sum + excluded.resid_sum, resid_sq = expired.resid_sq + excluded.resid_sq, "
-         "resid_n = expired.resid_n + excluded.resid_n, "
-         "last_t = CASE WHEN excluded.last_t > expired.last_t THEN excluded.last_t ELSE expired.last_t END")
+         + "".join(f"{k} = expired.{k} + excluded.{k}, " for k in _TERMS if k != "last_t")
+         + "last_t = CASE WHEN excluded.last_t > expired.last_t THEN excluded.last_t ELSE expired.last_t END")
 EXPIRE_BATCH = 5000  # records one expiry transaction drops: a first expiry of a large state holds the writer briefly
 _IN_LIST = 500  # ids per DELETE ... IN (...) statement
 
