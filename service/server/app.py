@@ -91,6 +91,7 @@ class App:
         self.metrics_port = 0
         self.metrics = Metrics()
         self.health: health.aio.HealthServicer | None = None
+        self.side_streams = SideStreamCap()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._state_error = ""
@@ -152,7 +153,7 @@ class App:
                                  metrics=self.metrics, tenants=self.router.tenants)
         self.server = grpc.aio.server(
             # the error mapping wraps the guard: its refusals get statuses; health and reflection streams are capped
-            interceptors=[ErrorInterceptor(), guard, SideStreamCap()],
+            interceptors=[ErrorInterceptor(), guard, self.side_streams],
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
             # a backstop the guard and the cap keep below: every slot they leave to health Check and the like
             maximum_concurrent_rpcs=cfg.server.max_inflight + SIDE_STREAMS + 256)
@@ -271,6 +272,7 @@ class App:
             if self.health is not None:
                 await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
             await asyncio.sleep(self.cfg.server.drain_delay_s)  # let load balancers see NOT_SERVING first
+            self.side_streams.close()  # health Watch streams never end: the grace is for calls that do
             await self.server.stop(self.cfg.server.grace_s)
         for task in self._tasks:
             task.cancel()

@@ -207,10 +207,41 @@ class SideStreamCap(grpc.aio.ServerInterceptor):
     """At most SIDE_STREAMS streaming calls of the services outside the gate (health Watch, reflection) at once;
     the next is refused RESOURCE_EXHAUSTED. They need no token, and they counted against gRPC's server-wide
     maximum_concurrent_rpcs: a caller without a token holding enough Watch streams made every call refused,
-    the liveness probe's health Check included. Unary calls (health Check) are never counted."""
+    the liveness probe's health Check included. Unary calls (health Check) are never counted.
+
+    close() ends the open streams UNAVAILABLE at a stop, once their watchers were sent NOT_SERVING: a Watch
+    never ends by itself, and a stop that waited for it took the whole `grace_s` (gRPC clients' own health
+    checking keeps one open per connection)."""
 
     def __init__(self, limit: int = SIDE_STREAMS) -> None:
         self.admission = Admission(limit)
+        self._closing: asyncio.Event | None = None  # made on the server's loop, at the first stream or close()
+
+    def close(self) -> None:
+        """End every open side stream (and refuse new ones) UNAVAILABLE: the server is stopping."""
+        self._closed().set()
+
+    def _closed(self) -> asyncio.Event:
+        if self._closing is None:
+            self._closing = asyncio.Event()
+        return self._closing
+
+    async def _until_closed(self, step: Awaitable[Any], context: grpc.aio.ServicerContext) -> Any:
+        """`step`'s result, unless close() comes first: then the step is cancelled and the call ends UNAVAILABLE."""
+        work = asyncio.ensure_future(step)
+        closing = asyncio.ensure_future(self._closed().wait())
+        try:
+            await asyncio.wait((work, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # the caller gone (this task cancelled) cancels both too
+            closing.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if work.cancelled():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; reconnect (to another "
+                                "replica)")
+        return work.result()
 
     async def intercept_service(
         self,
@@ -230,6 +261,8 @@ class SideStreamCap(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def _slot(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        if self._closed().is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; use another replica")
         try:
             self.admission.enter()
         except Overloaded:
@@ -244,13 +277,21 @@ class SideStreamCap(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(fn):
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with self._slot(context):
-                    async for item in fn(request, context):
-                        yield item
+                    items = fn(request, context)
+                    try:
+                        while True:
+                            try:
+                                item = await self._until_closed(items.__anext__(), context)
+                            except StopAsyncIteration:
+                                return
+                            yield item
+                    finally:
+                        await items.aclose()
 
             return stream
 
         async def written(request: Any, context: grpc.aio.ServicerContext) -> Any:  # writes with context.write
             async with self._slot(context):
-                return await fn(request, context)
+                return await self._until_closed(fn(request, context), context)
 
         return written

@@ -4,6 +4,7 @@ so a Triton outage takes the pod out of the Service without the liveness probe r
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 
 import grpc
@@ -47,3 +48,24 @@ def test_health_watch_streams_the_serving_status(router_app: Callable[..., AppTh
         stream.cancel()
     assert first.status == SERVING
     app.stop()
+
+
+def test_a_stop_ends_open_watch_streams_instead_of_waiting_out_the_grace(
+        router_app: Callable[..., AppThread]) -> None:
+    """A Watch never ends by itself (gRPC clients' own health checking keeps one per connection): the stop sends
+    its watchers NOT_SERVING, then ends the stream UNAVAILABLE so they reconnect elsewhere. Before, the drain
+    waited the whole grace for it and gRPC then cancelled it (CANCELLED), with a large grace a long stop."""
+    app = router_app(triton_url=f"127.0.0.1:{closed_port()}", ready=LIVENESS, server={"grace_s": 300})
+    with app.channel() as ch:
+        stream = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=120)
+        assert next(stream).status == SERVING
+        stopping = threading.Thread(target=app.stop, kwargs={"timeout_s": 100}, daemon=True)
+        stopping.start()
+        assert next(stream).status == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            next(stream)
+        stopping.join(100)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert "shutting down" in (err.value.details() or "")
+    assert not stopping.is_alive()
+    app.stop()  # raises what the drain raised, if anything
