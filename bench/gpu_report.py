@@ -65,7 +65,8 @@ def fp16(folder: Path = BENCH) -> list[str]:
         return []
     c, h, b = res["cosine"], res["heads"], res["bytes"]
     out = ["### The float16 encoder against fp32, on the CPU", "",
-           f"**`{res['command']}`** ({res['total_s']:.0f} s): `{res['model']}` ({b['fp16'] / 1e6:.1f} MB against "
+           f"**`{res['command']}`** ({res['total_s']:.0f} s, on {res['machine']['date']}, at commit "
+           f"`{res['machine']['commit']}`): `{res['model']}` ({b['fp16'] / 1e6:.1f} MB against "
            f"{b['fp32'] / 1e6:.1f} MB; service/encoder/half.py: ONNX Runtime's BERT fusions for a GPU, float16 weights "
            "and activations, float32 inputs, output and pooling tail), run by ONNX Runtime's CPU provider, against the "
            f"fp32 export on all {res['prompts']:,} prompts of `{res['trace']}`:", "",

@@ -172,9 +172,16 @@ def _load_rows(rows: list[dict[str, Any]], extra: bool = False) -> list[str]:
 
 
 def _changed(res: dict[str, Any]) -> str:
-    """The uncommitted files the run recorded (its state phase lists them), as the header says them."""
-    changed = res.get("state", {}).get("changed") or []
-    return f" (with uncommitted changes to {', '.join(f'`{c}`' for c in changed)})" if changed else ""
+    """What the run's code was beside its commit, as the header says it: the uncommitted files its state phase
+    recorded, or the later commit that phase started at (a commit made while the run went on)."""
+    state = res.get("state", {})
+    changed = state.get("changed") or []
+    if changed:
+        return f" (with uncommitted changes to {', '.join(f'`{c}`' for c in changed)})"
+    later = state.get("machine", {}).get("commit")
+    if later and later != res["machine"]["commit"]:
+        return f" (its state phase at `{later}`, committed while the run went on)"
+    return ""
 
 
 def _met(ok: bool) -> str:
@@ -192,7 +199,7 @@ def page(res: dict[str, Any]) -> str:
         "",
         f"Every number below was produced by one run of **`{res['command']}`** (`make bench`), "
         f"{res['total_s']:.0f} s in all, on {m['date']}, at commit `{m['commit']}`{_changed(res)}, except in the "
-        "sections that name another command and date (the batching A/B runs, the GPU runs).",
+        "sections that name another command and date (the batching A/B runs, the GPU runs, the float16 check).",
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, no GPU; Python {m['python']}, "
         f"ONNX Runtime {m['onnxruntime']}, Numba {m['numba']}, grpcio {m['grpcio']}. The machine is shared with "
@@ -264,8 +271,8 @@ def page(res: dict[str, Any]) -> str:
             L.append(f"| {r['batch']}{tag} | {r['prompts_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                      f"{r['batches']} | {r['mean_tokens']:.0f} |")
     L += ["", "## Generate: Route + Triton (demo zoo), streamed", "",
-          f"Same router process for all client counts, {p['generate_s']:.0f} s windows. Exploration steps call "
-          "every model of the zoo in parallel; Triton and its Python-backend models share the same 2 cores. "
+          f"Same router process for all client counts, {p['generate_s']:.0f} s windows. An exploration step calls "
+          "its choice and one more model in parallel (`explore_models` 2); Triton and its Python-backend models share the same 2 cores. "
           "Not at 256 clients: draining 256 calls of several seconds each does not fit the suite's 10 minutes.", ""]
     L += _load_rows(res["generate"])
     ttft = [f"{r['clients']}: {r['ttft_p50_ms']:.0f} ms" for r in res["generate"] if r.get("ttft_p50_ms")]

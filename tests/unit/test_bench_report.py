@@ -20,6 +20,17 @@ def test_benchmarks_page_is_rendered_from_the_results_file() -> None:
     assert (ROOT / "docs" / "BENCHMARKS.md").read_text() == page(res), "run `python -m bench.report`"
 
 
+def test_the_header_names_the_code_each_part_of_the_run_measured() -> None:
+    res = json.loads(RESULTS.read_text())
+    res["machine"]["commit"] = "aaaaaaa"
+    res["state"] = {**res["state"], "machine": {**res["state"].get("machine", {}), "commit": "aaaaaaa"}, "changed": []}
+    assert "at commit `aaaaaaa`, except" in page(res)
+    res["state"]["machine"]["commit"] = "bbbbbbb"  # committed while the run went on
+    assert "at commit `aaaaaaa` (its state phase at `bbbbbbb`, committed while the run went on)" in page(res)
+    res["state"]["changed"] = ["service/state/sql.py"]
+    assert "at commit `aaaaaaa` (with uncommitted changes to `service/state/sql.py`)" in page(res)
+
+
 def test_every_target_is_judged() -> None:
     t = targets(json.loads(RESULTS.read_text()))
     for key in ("throughput_met", "p99_met", "decide_met", "second_start_met"):
