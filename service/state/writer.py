@@ -17,11 +17,12 @@ UNAVAILABLE, instead of the job alone failing with the driver's error.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,14 +120,18 @@ class GroupCommit:
             for item in batch:
                 conn.execute("SAVEPOINT job")
                 try:
-                    results.append((item.job(conn), None))
-                    conn.execute("RELEASE SAVEPOINT job")
+                    res = item.job(conn)
                 except Exception as exc:  # noqa: BLE001 - a failing job must not take its batch down ...
                     if self._transient(exc):  # ... unless the database failed it: then the batch fails
                         raise
                     conn.execute("ROLLBACK TO SAVEPOINT job")
                     conn.execute("RELEASE SAVEPOINT job")
                     results.append((None, exc))
+                    continue
+                # outside the job's try: its failure fails the batch, and no job gets two results (each later
+                # job its neighbour's)
+                conn.execute("RELEASE SAVEPOINT job")
+                results.append((res, None))
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the commit itself failed (disk full, I/O error, no database)
             return self._failed_commit(batch, exc)
@@ -167,17 +172,19 @@ class GroupCommit:
         if item.retry:
             with self._cv:
                 self.buffered -= 1
-        if err is not None:
-            item.fut.set_exception(err)
-            return
-        try:
-            if item.after is not None:
+        if err is None and item.after is not None:
+            try:  # the memory follows the commit whether or not anyone still waits for the future
                 item.after(res)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("after-commit callback failed")
-            item.fut.set_exception(exc)
-            return
-        item.fut.set_result(res)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("after-commit callback failed")
+                err = exc
+        # a caller may have cancelled its future (it is never marked running): setting it then raises, and that
+        # ended this thread, leaving every later write unanswered
+        with contextlib.suppress(InvalidStateError):
+            if err is not None:
+                item.fut.set_exception(err)
+            else:
+                item.fut.set_result(res)
 
     def _fail(self, items: list[_Item], why: str) -> None:
         failure = StorageUnavailable(why)

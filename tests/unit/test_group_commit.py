@@ -3,8 +3,10 @@ and the retry's backoff."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -72,3 +74,23 @@ def test_the_retry_backoff_holds_while_calls_keep_coming() -> None:
         done = threading.Thread(target=writer.close)
         done.start()
         done.join(10)
+
+
+def test_a_future_its_caller_cancelled_does_not_stop_the_writer(tmp_path: Path) -> None:
+    """A queued job's future can be cancelled (it is never marked running); setting its result then raised in
+    the writer's thread and ended it: the rest of the batch unanswered and every later write hung. The job still
+    commits, and its after-commit callback still runs (the memory follows the database)."""
+    conn = sqlite3.connect(tmp_path / "w.sqlite3", check_same_thread=False, isolation_level=None)
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    writer = GroupCommit(lambda: conn)
+    try:
+        gate, after = threading.Event(), []
+        first = writer.submit(lambda c: gate.wait(10))
+        second = writer.submit(lambda c: c.execute("INSERT INTO t VALUES (2)").rowcount, after.append)
+        assert second.cancel()  # still queued behind the first: its caller gives up on it
+        gate.set()
+        assert first.result(10) is True
+        assert writer.submit(lambda c: c.execute("SELECT x FROM t").fetchall()).result(10) == [(2,)]
+        assert after == [1]
+    finally:
+        writer.close()
