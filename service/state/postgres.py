@@ -90,11 +90,16 @@ TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5
 # serialization or a deadlock (40), a lock or statement timeout, the server shutting down, an I/O error
 _TRANSIENT_CLASSES = ("08", "53", "40")
 _TRANSIENT_STATES = frozenset({"55P03", "57014", "57P01", "57P02", "57P03", "58030"})
+# a read-only transaction: the URL reached a standby (after a failover) or the database was set read-only;
+# psycopg raises it as an InternalError, and each job failing alone dropped its record with health SERVING
+_READ_ONLY = "25006"
 
 
 def _database_failure(exc: BaseException) -> bool:
     """Whether a job's error is the database failing (the batch is failed and its records kept for a retry), not
     the job (it fails alone, as a program limit or a bad value always would again)."""
+    if isinstance(exc, psycopg.Error) and exc.sqlstate == _READ_ONLY:
+        return True
     if not isinstance(exc, psycopg.OperationalError):
         return False
     state = exc.sqlstate
@@ -183,19 +188,30 @@ class PostgresStore(sql.SqlReads, Store):
         # READ COMMITTED whatever the server's default_transaction_isolation: each statement then sees what the
         # replica before it committed under the lock (a repeatable-read snapshot, taken before the lock is
         # granted, would fail concurrent replicas' writes with serialization errors)
-        self._writer = GroupCommit(self._connect, begin="BEGIN ISOLATION LEVEL READ COMMITTED; "
-                                                        f"SELECT pg_advisory_xact_lock({LOG_LOCK})",
-                                   max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
-                                   on_rollback=self._rolled_back,
-                                   transient=_database_failure)
+        try:
+            self._writer = GroupCommit(self._connect, begin="BEGIN ISOLATION LEVEL READ COMMITTED; "
+                                                            f"SELECT pg_advisory_xact_lock({LOG_LOCK})",
+                                       max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
+                                       on_rollback=self._rolled_back,
+                                       transient=_database_failure)
+        except BaseException:  # the writer's connection refused (too many clients): the pool's threads go too
+            self._pool.close()
+            raise
         self._stop = threading.Event()
         self._tail = threading.Thread(target=self._run_tail, name="messplus-state-tail", daemon=True)
 
     def _connect(self) -> _Qmark:
         conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5, **self._kw)
-        # a lock held elsewhere (a row, the log lock) fails the batch after LOCK_TIMEOUT_S, and it is retried; a
-        # statement timeout would also cut a long read of the label log (a replica catching up)
-        _lock_timeout(conn, LOCK_TIMEOUT_S)
+        try:
+            # a lock held elsewhere (a row, the log lock) fails the batch after LOCK_TIMEOUT_S, and it is retried;
+            # a statement timeout would also cut a long read of the label log (a replica catching up)
+            _lock_timeout(conn, LOCK_TIMEOUT_S)
+            # an acknowledged label is on the server's disk whatever the database's or role's default (`off` is a
+            # common tuning: a server crash then loses the last commits, acknowledged or not)
+            conn.execute("SET synchronous_commit = on")
+        except BaseException:
+            conn.close()
+            raise
         return _Qmark(conn)
 
     @property
@@ -349,11 +365,11 @@ class PostgresStore(sql.SqlReads, Store):
             pass
         try:
             conn = self._connect()
-            if not self._patient:
-                _reader_settings(conn.raw)
         except psycopg.OperationalError as exc:
             raise StorageUnavailable(f"the state database cannot be reached ({exc}); retry") from exc
         try:
+            if not self._patient:
+                _reader_settings(conn.raw)
             return fn(conn, *args)
         except psycopg.OperationalError as exc:
             raise StorageUnavailable(f"the state database failed a read ({exc}); retry") from exc

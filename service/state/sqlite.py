@@ -154,7 +154,11 @@ class SqliteStore(sql.SqlReads, Store):
         _migrate(writer)
         self._writer = GroupCommit(lambda: writer, begin="BEGIN IMMEDIATE", max_batch=max_batch, inline=inline,
                                    transient=_storage_failure)
-        self._reader = writer if inline else connect(self.path, sync)
+        try:
+            self._reader = writer if inline else connect(self.path, sync)
+        except BaseException:  # the writer's thread and connection go too
+            self._writer.close()
+            raise
         self._reader_lock = threading.Lock()
         self._closed = False
 

@@ -156,6 +156,59 @@ def test_a_lock_held_elsewhere_fails_the_batch_as_an_outage_and_the_record_is_ke
         r.store.close()
 
 
+def test_a_read_only_database_fails_the_batch_as_an_outage_and_the_record_is_kept(postgres_url: str) -> None:
+    """A read-only transaction (the URL reached a standby after a failover, or the database was set read-only)
+    is the database failing, not the job: the record waits and commits once it is writable, Feedback meanwhile
+    answers UNAVAILABLE, and the store says why (health). Before, psycopg's InternalError failed each job alone:
+    records were dropped (their Feedback NOT_FOUND for good), Feedback answered INTERNAL, health stayed SERVING."""
+    import psycopg
+
+    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(postgres_url, poll_s=0.05))
+    database = postgres_url.rsplit("/", 1)[1]
+    try:
+        emb = np.ones((1, 8), np.float32) / np.sqrt(8)
+        (first,) = r.route([RouteItem(tenant="acme")], emb)
+        assert not isinstance(first, Exception)
+        r.record(first.decision, first.embedding).result(10)
+        r.store.flush()
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {database} SET default_transaction_read_only = on")  # new sessions
+            r.store._writer.conn.execute("SET default_transaction_read_only = on")  # type: ignore[attr-defined]
+            (second,) = r.route([RouteItem(tenant="acme")], emb)
+            assert not isinstance(second, Exception)
+            stored = r.record(second.decision, second.embedding)
+            until(lambda: "read-only" in r.store.error, 5, "the read-only database was never reported")
+            with pytest.raises(StorageUnavailable):
+                r.feedback("acme", first.decision.request_id, 1.0, []).result(10)
+            assert not stored.done() and r.store._writer.buffered >= 1  # type: ignore[attr-defined]
+            admin.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
+        stored.result(15)  # writable again: the kept record commits on a fresh connection
+        assert r.store.request(second.decision.request_id) is not None
+        r.feedback("acme", first.decision.request_id, 1.0, []).result(10)
+        r.feedback("acme", second.decision.request_id, 1.0, []).result(10)
+        assert r.store.tenants()["acme"].labelled == 2 and r.tenants["acme"].requests == 2
+        until(lambda: not r.store.error, 5, "the store kept reporting an error after committing again")
+    finally:
+        r.store.close()
+
+
+def test_acknowledged_labels_wait_for_the_disk_whatever_the_database_default(postgres_url: str) -> None:
+    """`synchronous_commit = off`, a common tuning of a database or role, acknowledges a commit before it is on
+    disk: a server crash then loses acknowledged Feedback. The writer's sessions set it back on."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {postgres_url.rsplit('/', 1)[1]} SET synchronous_commit = off")
+    with psycopg.connect(postgres_url) as plain:
+        assert plain.execute("SHOW synchronous_commit").fetchone() == ("off",)  # the default took
+    store = PostgresStore(postgres_url, poll_s=0.05)
+    try:
+        writer = store._writer  # type: ignore[attr-defined]
+        assert writer.submit(lambda c: c.execute("SHOW synchronous_commit").fetchone()[0]).result(10) == "on"
+    finally:
+        store.close()
+
+
 class LostCommitReply:
     """The writer's connection, whose next COMMIT is carried out by the server and its reply lost (the link
     drops right after): the writer sees a failed commit of a batch that is in fact stored."""
