@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..config import ModelConfig, TenantConfig
-from ..errors import Conflict, InvalidArgument, NoModelAvailable, NotFound, shown
+from ..errors import AlreadyExists, Conflict, InvalidArgument, NoModelAvailable, NotFound, StorageUnavailable, shown
 from ..state.base import FeedbackCommit, LabelEvent, RequestRow, Store, TenantRow, then
 from .feedback import validated_labels
 from .heads import Heads
@@ -54,6 +54,9 @@ class Router:
         # terms of the router that routed its request (new at every start: a restarted one counts from then)
         self.replica = uuid.uuid4().hex
         self._reserved: set[str] = set()  # caller-chosen ids of requests being routed, not yet recorded
+        # ids whose record the shared store refused (another request holds them): their Feedback is refused
+        # instead of labelling that other request (the last cache_size of them, the tenant that used each)
+        self._refused: OrderedDict[str, str] = OrderedDict()
         self._cache_size = cache_size
         self.learner = Learner(heads, self.models, store, self.policy, snapshot_every)
         self._counted: set[int] = set()  # (shared store) own labels counted at commit, not yet seen in the log
@@ -234,6 +237,10 @@ class Router:
                 counted.add(st, -1)
                 if st.flight is not None:
                     st.flight.drop(request_id)
+            if isinstance(exc, AlreadyExists):  # the stored record under this id is another request's
+                self._refused[request_id] = pending.tenant
+                while len(self._refused) > self._cache_size:
+                    self._refused.popitem(last=False)
 
     def _remember(self, request_id: str, pending: Pending) -> None:
         self._cache[request_id] = pending
@@ -248,12 +255,21 @@ class Router:
             if request_id in self._cache or request_id in self._reserved:
                 return False
             self._reserved.add(request_id)
-        # a shared store would cost Route a database round trip: there, an id another replica routed is caught
-        # when its record is written (a duplicate key: that record is not stored, and the request is forgotten)
+        # with a shared store the caller looks it up off the event loop (routed_before); an id two replicas route
+        # at once is caught when the second record is written (a duplicate key: not stored, its request forgotten)
         if not self.store.shared and self.store.request_exists(request_id):
             self.release(request_id)
             return False
         return True
+
+    def routed_before(self, request_id: str) -> bool:
+        """Whether the shared store holds a request under this caller-chosen id (a retry after a timeout, an id
+        reused, another replica's request); a database down answers no: its duplicate key still refuses the
+        record when it commits."""
+        try:
+            return self.store.request_exists(request_id)
+        except StorageUnavailable:
+            return False
 
     def release(self, request_id: str) -> None:
         """Give back a reserved id whose request was not routed after all (an error, a cancelled call)."""
@@ -264,6 +280,10 @@ class Router:
     def _pending(self, tenant: str, request_id: str) -> Pending:
         if not request_id:
             raise InvalidArgument("request_id", "must not be empty")
+        if self._refused.get(request_id) == tenant:
+            raise Conflict(f"request_id {shown(request_id)} was routed twice (this router's request was not "
+                           "stored: another request, routed first, holds the id), so this feedback cannot be "
+                           "applied; use a new id per request")
         pending = self._cache.get(request_id)
         # an id no request can have is not looked up (a NUL in it was an INTERNAL error on PostgreSQL)
         if pending is None and REQUEST_ID.fullmatch(request_id):

@@ -134,6 +134,10 @@ class RoutingServicer(pb_grpc.RoutingServiceServicer):
         text = prompt_text(request, self.max_prompt_chars)
         item = route_item(request, self.router, text, self.triton_problem())
         try:
+            if item.request_id and self.router.store.shared \
+                    and await asyncio.to_thread(self.router.routed_before, item.request_id):
+                raise AlreadyExists(f"request_id {item.request_id!r} was already routed (by this or another "
+                                    "replica); use a new id per request")
             return text, await self.batcher.submit((text, item))
         except BaseException as exc:  # cancelled, or the batch failed: nothing was routed under this id
             self.router.release(item.request_id)

@@ -104,3 +104,35 @@ def test_feedback_looks_for_another_replicas_record_without_holding_a_thread(
     finally:
         other.close()
         app.stop()
+
+
+def test_a_request_id_another_replica_routed_is_already_exists(tmp_path: Path, encoder_onnx: Path,
+                                                                postgres_url: str) -> None:
+    """With a shared state, Route with a caller's id that another replica (or this one, longer ago than its
+    memory) routed is refused ALREADY_EXISTS, as on a router of its own. Before, it was answered, its record was
+    refused when it committed, and its Feedback then labelled the other request (the one the id names in the
+    database) with this call's satisfaction."""
+    from messplus.service.state.base import RequestRow
+    from messplus.service.state.postgres import PostgresStore
+
+    other = PostgresStore(postgres_url)  # the replica that routed "order-42"
+    env = {"MESSPLUS_STATE_BACKEND": "postgres", "MESSPLUS_STATE_URL": postgres_url}
+    app = AppThread(tmp_path / "app", route_only_toml(tmp_path / "state", encoder_onnx), env=env).start()
+    try:
+        other.insert_request(RequestRow(
+            request_id="order-42", tenant="acme", t=1, served_model="small", invoked=("small",), exploration=False,
+            cost=0.1, cost_raw=1.0, alpha=0.75, embedding=b"", explore_cost_raw=0.0, p_served=0.5,
+            target=0.9)).result(10)
+        with app.channel() as ch:
+            stub = app.stub(ch)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Route(pb.RouteRequest(tenant="acme", text="hi", request_id="order-42"), timeout=20)
+            assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert "order-42" in (err.value.details() or "")
+            assert stub.Route(pb.RouteRequest(tenant="acme", text="hi", request_id="order-43"),
+                              timeout=20).request_id == "order-43"  # a new id is routed
+            row = other.request("order-42")
+            assert row is not None and (row.t, row.served_model) == (1, "small")  # still the other's request
+    finally:
+        other.close()
+        app.stop()

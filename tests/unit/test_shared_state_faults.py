@@ -209,6 +209,32 @@ def test_acknowledged_labels_wait_for_the_disk_whatever_the_database_default(pos
         store.close()
 
 
+def test_feedback_for_an_id_two_replicas_routed_at_once_is_refused_where_its_record_was_not_stored(
+        postgres_url: str) -> None:
+    """Two replicas route the same caller's id at once (both looked it up before either record committed): the
+    second record is refused. Its Feedback at that replica is FAILED_PRECONDITION instead of labelling the first
+    request, which the id names in the database, with what the caller said about another answer."""
+    from messplus.service.errors import AlreadyExists, Conflict
+
+    a, b = (Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(postgres_url, poll_s=0.05))
+            for _ in range(2))
+    try:
+        emb = np.ones((1, 8), np.float32) / np.sqrt(8)
+        (first,) = a.route([RouteItem(tenant="acme", request_id="order-42")], emb)
+        (second,) = b.route([RouteItem(tenant="acme", request_id="order-42")], emb)
+        assert not isinstance(first, Exception) and not isinstance(second, Exception)
+        a.record(first.decision, first.embedding).result(10)
+        with pytest.raises(AlreadyExists):
+            b.record(second.decision, second.embedding).result(10)
+        with pytest.raises(Conflict, match="routed twice"):
+            b.feedback("acme", "order-42", 0.0, [])
+        assert a.store.tenants()["acme"].labelled == 0  # the first request holds no label it was not given
+        assert a.feedback("acme", "order-42", 1.0, []).result(10).applied == 1  # its own caller's label
+    finally:
+        a.store.close()
+        b.store.close()
+
+
 class LostCommitReply:
     """The writer's connection, whose next COMMIT is carried out by the server and its reply lost (the link
     drops right after): the writer sees a failed commit of a batch that is in fact stored."""
