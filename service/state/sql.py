@@ -25,10 +25,15 @@ _EVENTS = ("SELECT l.seq, r.tenant, l.request_id, l.model, l.satisfaction, l.mov
            "ON r.request_id = l.request_id WHERE l.seq > ? ORDER BY l.seq")
 _EVENTS_PAGE = _EVENTS + " LIMIT ?"
 # records past the retention whose labels every head snapshot has learned (a head last written more than the
-# retention before the newest snapshot, a model that left the zoo, is not waited for), oldest first
+# retention before the newest snapshot, a model that left the zoo, is not waited for) and are older than one
+# expiry period: the `heads` rows say what the replica that wrote them last has learned, and a replica whose
+# tail is behind (a dropped connection, a start) has yet to read a label that came in just now (a late label
+# of an old request); dropped, it would never learn it, and the replicas' heads would differ for good.
+# Oldest first.
 _EXPIRABLE = ("SELECT request_id FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM labels l "
-              "WHERE l.request_id = requests.request_id AND l.seq > (SELECT COALESCE(MIN(last_label_seq), 0) "
-              "FROM heads WHERE updated >= (SELECT MAX(updated) FROM heads) - ?)) ORDER BY created LIMIT ?")
+              "WHERE l.request_id = requests.request_id AND (l.seq > (SELECT COALESCE(MIN(last_label_seq), 0) "
+              "FROM heads WHERE updated >= (SELECT MAX(updated) FROM heads) - ?) OR l.created >= ?)) "
+              "ORDER BY created LIMIT ?")
 # the expected-queue terms of requests (state/base.py Expectation): the unlabelled ones per served model, the
 # labelled ones' residuals; `{}` takes a further condition on r
 _PENDING = ("SELECT r.tenant, r.served_model, SUM(r.target - r.p_served), COUNT(*) FROM requests r "
@@ -240,7 +245,7 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
 
 def expire(conn: Any, retention_s: float, limit: int) -> int:
     """Drop up to `limit` request records older than the retention whose labels every head snapshot has learned
-    (_EXPIRABLE), and their labels with them (a label of no request only grew the log, and answered a reused id's
+    at least one expiry period ago (_EXPIRABLE), and their labels with them (a label of no request only grew the log, and answered a reused id's
     Feedback as a duplicate); returns how many records went. A record's Feedback after that is NOT_FOUND. On a
     quiet state whose newest snapshot is itself older than the retention, that snapshot's heads still count.
 
@@ -248,7 +253,9 @@ def expire(conn: Any, retention_s: float, limit: int) -> int:
     labelled one's residual, the highest t: `expectations`) is kept first, per tenant and served model (table
     `expired`), so a router started later expects what the one running expected: the SLA counts those requests
     for good, and a request's index is never handed out again."""
-    ids = [r[0] for r in conn.execute(_EXPIRABLE, (now() - retention_s, retention_s, limit)).fetchall()]
+    t = now()
+    ids = [r[0] for r in conn.execute(_EXPIRABLE, (t - retention_s, retention_s, t - expire_every(retention_s),
+                                                   limit)).fetchall()]
     for i in range(0, len(ids), _IN_LIST):
         chunk = tuple(ids[i:i + _IN_LIST])
         marks = ", ".join("?" * len(chunk))

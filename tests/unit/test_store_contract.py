@@ -154,6 +154,7 @@ def test_expiry_drops_old_learned_records_with_their_labels_past_a_removed_model
     store.write_heads([("gone", W, S)], 3, 0).result()
     _run(store, "UPDATE heads SET updated = 0 WHERE model = 'gone'")  # a removed model's snapshot, long ago
     _run(store, "UPDATE requests SET created = 0")
+    _run(store, "UPDATE labels SET created = 0")  # labels older than an expiry period too
     store.insert_request(row("r3")).result()  # new: kept
     store.retention_s = 3600.0  # type: ignore[attr-defined]
     assert store.expire().result() == 3
@@ -175,10 +176,25 @@ def test_expiry_keeps_a_record_whose_label_no_snapshot_has_learned(store: Store)
     store.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0}, step).result()  # not learned by the snapshot
     _run(store, "UPDATE heads SET updated = 0")
     _run(store, "UPDATE requests SET created = 0")
+    _run(store, "UPDATE labels SET created = 0")  # labels older than an expiry period too
     store.retention_s = 3600.0  # type: ignore[attr-defined]
     assert store.expire().result() == 1
     assert [rid for rid in ("r0", "r1") if store.request_exists(rid)] == ["r1"]
     assert [e.request_id for e in store.label_events(0)] == ["r1"]
+
+
+def test_expiry_keeps_an_old_record_whose_label_came_in_within_an_expiry_period(store: Store) -> None:
+    """A late label of a record past the retention, learned by the snapshot another replica wrote: a replica whose
+    tail is behind has yet to read it, and a record dropped with its label at once was never learned there (the
+    replicas' heads differed for good). It stays one expiry period (a tenth of the retention, at most an hour)."""
+    store.insert_request(row("r0")).result()
+    _run(store, "UPDATE requests SET created = 0")  # routed long ago
+    store.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, step).result()  # labelled now
+    store.write_heads([("cheap", W, S)], 3, max(e.seq for e in store.label_events(0))).result()
+    store.retention_s = 3600.0  # type: ignore[attr-defined]
+    assert store.expire().result() == 0 and store.request_exists("r0")
+    _run(store, f"UPDATE labels SET created = created - {3600.0 / 10 + 1}")  # an expiry period later
+    assert store.expire().result() == 1 and not store.request_exists("r0")
 
 
 def test_expiry_leaves_the_expected_queue_as_it_was(store: Store) -> None:
@@ -194,6 +210,7 @@ def test_expiry_leaves_the_expected_queue_as_it_was(store: Store) -> None:
     store.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, step).result()
     store.write_heads([("cheap", W, S)], 3, max(e.seq for e in store.label_events(0))).result()
     _run(store, "UPDATE requests SET created = 0")
+    _run(store, "UPDATE labels SET created = 0")  # labels older than an expiry period too
     store.insert_request(row("r2", p=0.5)).result()  # recent: stays, unlabelled
     store.insert_request(row("r3", p=0.8)).result()  # recent: stays, labelled (a residual of -0.8)
     store.apply_feedback("acme", "r3", "cheap", {"cheap": 0.0}, step).result()
@@ -298,6 +315,7 @@ def test_postgres_reads_the_start_up_expectations_in_one_snapshot_while_another_
         store.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, step).result()
         store.write_heads([("cheap", W, S)], 3, max(e.seq for e in store.label_events(0))).result()
         _run(store, "UPDATE requests SET created = 0")
+        _run(store, "UPDATE labels SET created = 0")
         zoo = ("cheap", "big")
         before = store.expectations(zoo)["acme"]
         other.retention_s = 3600.0  # type: ignore[attr-defined]
