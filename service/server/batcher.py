@@ -82,6 +82,8 @@ class MicroBatcher(Generic[T, R]):
             cap = first + max(self._max_delay, self._gather * self._last_run)
             enough = min(self._max_batch, self._expect)
             while len(self._queue) + gone < enough:
+                if not self._queue:  # every caller went away while the batch gathered
+                    break
                 deadline = min(max(first, self._queue[-1][2]) + self._max_delay, cap)
                 if (left := deadline - time.monotonic()) <= 0:
                     break
@@ -92,6 +94,8 @@ class MicroBatcher(Generic[T, R]):
                     continue  # the deadline moves when an item came in the meantime
                 finally:
                     gone += self._prune()
+            if not self._queue:
+                continue
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
             if self._queue:
                 self._wakeup.set()

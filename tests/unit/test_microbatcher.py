@@ -225,6 +225,30 @@ def test_callers_cancelled_while_queued_take_no_slot_of_the_next_batch() -> None
     assert calls == [[-1], [3, 4, 5]]
 
 
+def test_a_lone_caller_that_leaves_while_its_batch_gathers_does_not_end_the_batcher() -> None:
+    """After a batch of four the next waits for four callers; the one that came leaves (its deadline) before
+    they do. The gathering loop then read the last caller of an empty queue: IndexError, the batcher's task
+    dead with a traceback in the log ("Task exception was never retrieved")."""
+    fn = Recorder()
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch=4, max_delay_s=0.05)
+        try:
+            assert await asyncio.gather(*(b.submit(i) for i in range(4))) == [0, 10, 20, 30]
+            lone = asyncio.ensure_future(b.submit(4))
+            await asyncio.sleep(0.01)
+            lone.cancel()
+            await asyncio.sleep(0.15)  # past the delay: the gathering gives up on the cohort
+            task = b._task
+            assert task is not None and not task.done(), task.exception() if task and task.done() else ""
+            assert await b.submit(5) == 50
+        finally:
+            await b.close()
+
+    run(main())
+    assert fn.calls == [[0, 1, 2, 3], [5]]
+
+
 def test_close_answers_every_waiting_caller_and_keeps_the_loop_running() -> None:
     """close() while a batch runs and more callers wait: each gets an error (they hung), and the event loop is
     not blocked while the predictor's thread finishes its batch."""
