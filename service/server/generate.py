@@ -15,7 +15,7 @@ from ..errors import DeadlineTooShort, InvalidArgument, NoModelAvailable
 from ..routing.pricing import input_tokens
 from ..routing.router import Router
 from ..routing.types import Decision
-from ..zoo.triton import ModelUnavailable, TritonUnreachable, TritonZoo, ZooError
+from ..zoo.triton import ModelTimeout, ModelUnavailable, TritonUnreachable, TritonZoo, ZooError
 from .metrics import Metrics
 
 
@@ -134,6 +134,8 @@ class Calls:
             except ZooError as exc:
                 self.latency_ms[k] = (time.perf_counter() - started) * 1e3  # the failed routed model's answer event
                 self._failed(k, exc)
+                if chunks and self.callers_deadline and isinstance(exc, ModelTimeout):
+                    raise DeadlineTooShort("the call's deadline expired while the model answered") from exc
                 if chunks:
                     raise NoModelAvailable(f"model {self.router.names[k]!r} failed mid-answer: {exc}") from exc
                 if isinstance(exc, TritonUnreachable):  # no other model of this Triton can answer either

@@ -157,6 +157,12 @@ def classify(model: str, exc: BaseException, timeout_s: float, url: str = "") ->
     return ModelFailed(model, text or f"{type(exc).__name__} {code}".strip())
 
 
+# how much longer than its caller's deadline a response stream is read (_pump): callers' deadlines of 20-80 ms
+# against answers of a few ms cancelled streams as their last responses came, and Triton 2.51 then leaked a
+# model instance now and then (a stop waited out Triton's exit timeout: 10.1 s instead of 2.6 s)
+STREAM_GRACE_S = 1.0
+
+
 class TritonZoo:
     """Client of one Triton server for the router. One gRPC channel; call close() (or use `async with`)."""
 
@@ -261,11 +267,21 @@ class TritonZoo:
             raise error from None
 
     async def _stream(self, model: str, inputs: list, timeout_s: float) -> AsyncIterator[str]:
+        """The stream's chunks within `timeout_s` (else ModelTimeout); the stream itself is read STREAM_GRACE_S
+        longer (_pump)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         queue: asyncio.Queue[tuple[str, BaseException | None] | None] = asyncio.Queue()
-        pump = asyncio.get_running_loop().create_task(self._pump(model, inputs, timeout_s, queue))
+        pump = loop.create_task(self._pump(model, inputs, timeout_s + STREAM_GRACE_S, queue))
         self._streams.add(pump)
         pump.add_done_callback(self._streams.discard)
-        while (item := await queue.get()) is not None:  # the pump always ends with None, by the deadline
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                raise ModelTimeout(model, timeout_s) from None
+            if item is None:  # the pump always ends with None, by the stream's deadline
+                break
             text, error = item
             if error is not None:
                 raise error
@@ -276,7 +292,9 @@ class TritonZoo:
 
         A consumer that stops early (break, cancellation, an error) never cancels the stream: Triton 2.51 leaks
         the model instance when a client cancels a stream while its last responses are in flight (the model
-        then never finishes unloading and shutdown waits out --exit-timeout-secs). The deadline bounds it.
+        then never finishes unloading and shutdown waits out --exit-timeout-secs). The deadline bounds it: the
+        consumer's plus STREAM_GRACE_S, so an answer that ends just after a caller's deadline is read to its end
+        rather than cancelled in that window, and a long one nobody waits for is still cancelled soon after.
         """
 
         async def requests() -> AsyncIterator[dict]:
