@@ -154,9 +154,12 @@ class App:
         self.server = grpc.aio.server(
             # the error mapping wraps the guard: its refusals get statuses; health and reflection streams are capped
             interceptors=[ErrorInterceptor(), guard, self.side_streams],
-            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
-            # a backstop the guard and the cap keep below: every slot they leave to health Check and the like
-            maximum_concurrent_rpcs=cfg.server.max_inflight + SIDE_STREAMS + 256)
+            # a backstop per connection, above what the guard and the cap admit: a call whose request never comes
+            # runs no handler, so they never see it; under a server-wide bound (maximum_concurrent_rpcs) a few
+            # hundred such calls from one caller, no token needed, had every other caller refused, the liveness
+            # probe included. Per connection, they fill their own connection only (its next calls wait there).
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+                     ("grpc.max_concurrent_streams", cfg.server.max_inflight + SIDE_STREAMS + 256)])
         servicer = RoutingServicer(self.router, self.batcher, self.zoo, max_prompt_chars=cfg.server.max_prompt_chars,
                                    triton_timeout_s=cfg.triton.timeout_s, cost_unit=cfg.zoo.cost_unit,
                                    metrics=self.metrics, triton=self.monitor, max_streams=cfg.server.max_inflight,

@@ -206,8 +206,9 @@ SIDE_STREAMS = 64  # health Watch and reflection streams open at once, whoever t
 class SideStreamCap(grpc.aio.ServerInterceptor):
     """At most SIDE_STREAMS streaming calls of the services outside the gate (health Watch, reflection) at once;
     the next is refused RESOURCE_EXHAUSTED. They need no token, and they counted against gRPC's server-wide
-    maximum_concurrent_rpcs: a caller without a token holding enough Watch streams made every call refused,
-    the liveness probe's health Check included. Unary calls (health Check) are never counted.
+    maximum_concurrent_rpcs (now a per-connection stream limit, app.py): a caller without a token holding
+    enough Watch streams made every call refused, the liveness probe's health Check included. Unary calls
+    (health Check) are never counted.
 
     close() ends the open streams UNAVAILABLE at a stop, once their watchers were sent NOT_SERVING: a Watch
     never ends by itself, and a stop that waited for it took the whole `grace_s` (gRPC clients' own health

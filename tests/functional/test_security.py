@@ -223,6 +223,36 @@ def test_health_and_reflection_streams_without_a_token_cannot_lock_callers_out(
                 w.cancel()
 
 
+def test_calls_that_never_send_their_request_cannot_lock_the_liveness_probe_out(
+        router_app: Callable[..., AppThread]) -> None:
+    """A call whose request never comes runs no handler, so neither the guard nor the side-stream cap sees it,
+    and no token is needed to open one. They counted against gRPC's server-wide maximum_concurrent_rpcs: a few
+    hundred of them (max_inflight + 320) from one caller made every call refused, the liveness probe's included
+    (a pod restarted by its probe). Now the bound is per connection: another connection (the kubelet's) answers."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from messplus.service.server.guard import SIDE_STREAMS
+
+    r = router_app(server={"max_inflight": 2}, env={"MESSPLUS_SECURITY_TOKENS": f"{TOKEN_ACME}=acme"})
+    acme = (("authorization", f"Bearer {TOKEN_ACME}"),)
+    with r.channel() as hog:
+        half_open = hog.stream_unary("/grpc.health.v1.Health/Check", request_serializer=lambda b: b,
+                                     response_deserializer=lambda b: b)
+        held = [half_open.future(iter([]), timeout=60) for _ in range(2 + SIDE_STREAMS + 256 + 20)]
+        try:
+            time.sleep(1.0)  # the server has taken every one it will take
+            probe = grpc.insecure_channel(f"127.0.0.1:{r.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            with probe:  # a connection of its own, as a kubelet's probe
+                check = health_pb2_grpc.HealthStub(probe).Check(
+                    health_pb2.HealthCheckRequest(service="messplus.liveness"), timeout=5)
+                assert check.status == health_pb2.HealthCheckResponse.SERVING
+                assert pb_grpc.RoutingServiceStub(probe).ListModels(pb.ListModelsRequest(), timeout=5,
+                                                                    metadata=acme).models
+        finally:
+            for f in held:
+                f.cancel()
+
+
 def test_a_tls_router_is_reached_under_its_certificate_s_name(tmp_path: Path) -> None:
     """A certificate that names the router's Service only, reached at 127.0.0.1 (`messplus status` on the pod):
     the hostname check failed with no way around it; --tls-server-name (client.channel's server_name) is it.
