@@ -35,6 +35,7 @@ class BatchResult:
     prompts_per_s: float
     p50_ms: float
     p99_ms: float
+    max_ms: float
     mean_tokens: float
 
 
@@ -69,6 +70,7 @@ def measure(pred: Predictor, prompts: Sequence[str], batch: int, *, seconds: flo
     a = np.array(lat)
     return BatchResult(batch=batch, batches=a.size, prompts_per_s=batch * a.size / a.sum(),
                        p50_ms=float(np.percentile(a, 50) * 1e3), p99_ms=float(np.percentile(a, 99) * 1e3),
+                       max_ms=float(a.max() * 1e3),
                        mean_tokens=float(np.mean(tokens)))
 
 

@@ -184,6 +184,17 @@ def _changed(res: dict[str, Any]) -> str:
     return ""
 
 
+P99_MIN_BATCHES = 100  # fewer batches than this have no 99th percentile worth the name
+
+
+def _tail(r: dict[str, Any]) -> str:
+    """A batch size's p99 cell: the p99 where enough batches ran, else the slowest batch (results from before
+    max_ms was recorded: a dash)."""
+    if r["batches"] >= P99_MIN_BATCHES:
+        return f"{r['p99_ms']:.0f}"
+    return f"max {r['max_ms']:.0f}" if "max_ms" in r else "–"
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -263,17 +274,17 @@ def page(res: dict[str, Any]) -> str:
     L += _load_rows(res["echo"])
     L += ["", f"**Model ceiling**: `python -m bench.predictor_bench` — the predictor alone (tokeniser, ONNX "
           f"Runtime on {res['predictor']['providers'][0]}, all cores, 5 heads), consecutive batches of the same "
-          "prompt sequence:", "",
+          f"prompt sequence (a p99 only from {P99_MIN_BATCHES} batches or more; from fewer, the slowest batch):", "",
           "| batch | prompts/s | batch p50 ms | batch p99 ms | batches | tokens/prompt |", "|---|---|---|---|---|---|"]
     for key in ("predictor", "predictor2"):
         for r in res[key]["results"]:
             tag = "" if key == "predictor" else " (after the soak)"
-            L.append(f"| {r['batch']}{tag} | {r['prompts_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+            L.append(f"| {r['batch']}{tag} | {r['prompts_per_s']:.1f} | {r['p50_ms']:.0f} | {_tail(r)} | "
                      f"{r['batches']} | {r['mean_tokens']:.0f} |")
     L += ["", "## Generate: Route + Triton (demo zoo), streamed", "",
           f"Same router process for all client counts, {p['generate_s']:.0f} s windows. An exploration step calls "
-          "its choice and one more model in parallel (`explore_models` 2); Triton and its Python-backend models share the same 2 cores. "
-          "Not at 256 clients: draining 256 calls of several seconds each does not fit the suite's 10 minutes.", ""]
+          "its choice and one more model in parallel (`explore_models` 2); Triton and its Python-backend models "
+          "share the same 2 cores. Not at 256 clients: draining 256 calls of several seconds each does not fit the suite's 10 minutes.", ""]
     L += _load_rows(res["generate"])
     ttft = [f"{r['clients']}: {r['ttft_p50_ms']:.0f} ms" for r in res["generate"] if r.get("ttft_p50_ms")]
     L += ["", f"Time to the first text chunk, p50 by clients: {', '.join(ttft)}.", ""]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import RESULTS, ROOT, page, readme_block, readme_table, targets
+from bench.report import P99_MIN_BATCHES, RESULTS, ROOT, _tail, page, readme_block, readme_table, targets
 
 
 def test_readme_speed_table_is_rendered_from_the_results_file() -> None:
@@ -29,6 +29,13 @@ def test_the_header_names_the_code_each_part_of_the_run_measured() -> None:
     assert "at commit `aaaaaaa` (its state phase at `bbbbbbb`, committed while the run went on)" in page(res)
     res["state"]["changed"] = ["service/state/sql.py"]
     assert "at commit `aaaaaaa` (with uncommitted changes to `service/state/sql.py`)" in page(res)
+
+
+def test_a_p99_is_shown_only_from_enough_batches() -> None:
+    row = {"batches": P99_MIN_BATCHES, "p99_ms": 39.4, "max_ms": 80.0}
+    assert _tail(row) == "39"
+    assert _tail({**row, "batches": 2}) == "max 80"  # two batches: the slower one, named as such
+    assert _tail({"batches": 2, "p99_ms": 39.4}) == "–"  # results from before max_ms was recorded
 
 
 def test_every_target_is_judged() -> None:
