@@ -245,9 +245,10 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
 
 def expire(conn: Any, retention_s: float, limit: int) -> int:
     """Drop up to `limit` request records older than the retention whose labels every head snapshot has learned
-    at least one expiry period ago (_EXPIRABLE), and their labels with them (a label of no request only grew the log, and answered a reused id's
-    Feedback as a duplicate); returns how many records went. A record's Feedback after that is NOT_FOUND. On a
-    quiet state whose newest snapshot is itself older than the retention, that snapshot's heads still count.
+    and came in at least one expiry period ago (_EXPIRABLE), and their labels with them (a label of no request
+    only grew the log, and answered a reused id's Feedback as a duplicate); returns how many records went. A
+    record's Feedback after that is NOT_FOUND. On a quiet state whose newest snapshot is itself older than the
+    retention, that snapshot's heads still count.
 
     What the dropped records add to the tenant's expected queue (an unlabelled one's target - p_served, a
     labelled one's residual, the highest t: `expectations`) is kept first, per tenant and served model (table
