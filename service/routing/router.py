@@ -220,6 +220,7 @@ class Router:
         counted = Counted(target - p_served, cost, cost_raw, int(d.exploration), extra, served, tuple(invoked))
         with self.lock:
             self._remember(d.request_id, pending)
+            self._refused.pop(d.request_id, None)  # a new request under an id once refused here: its own now
             counted.add(st)
             st.awaiting[extras] = True
             _flight(st, len(self.models)).add(d.request_id, d.t, served)
@@ -264,8 +265,12 @@ class Router:
 
     def routed_before(self, request_id: str) -> bool:
         """Whether the shared store holds a request under this caller-chosen id (a retry after a timeout, an id
-        reused, another replica's request); a database down answers no: its duplicate key still refuses the
-        record when it commits."""
+        reused, another replica's request). A database known to be down is not asked (each read waited about a
+        second for it, holding one of the event loop's few threads: Routes with ids slowed to seconds while
+        Route buffers its records), and one that fails the read answers no: its duplicate key still refuses
+        the record when it commits."""
+        if self.store.error:
+            return False
         try:
             return self.store.request_exists(request_id)
         except StorageUnavailable:

@@ -207,8 +207,11 @@ class PostgresStore(sql.SqlReads, Store):
             # a statement timeout would also cut a long read of the label log (a replica catching up)
             _lock_timeout(conn, LOCK_TIMEOUT_S)
             # an acknowledged label is on the server's disk whatever the database's or role's default (`off` is a
-            # common tuning: a server crash then loses the last commits, acknowledged or not)
-            conn.execute("SET synchronous_commit = on")
+            # common tuning: a server crash then loses the last commits, acknowledged or not); a stronger setting
+            # (remote_write, remote_apply: synchronous standbys) is kept
+            (level,) = conn.execute("SHOW synchronous_commit").fetchone() or ("on",)
+            if level in ("off", "local"):
+                conn.execute("SET synchronous_commit = on")
         except BaseException:
             conn.close()
             raise
