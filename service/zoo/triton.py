@@ -276,8 +276,9 @@ class TritonZoo:
         self._streams.add(pump)
         pump.add_done_callback(self._streams.discard)
         while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0.0))
+            try:  # not wait_for: on Python 3.11 it can swallow a cancel that comes as a chunk does
+                async with asyncio.timeout_at(deadline):  # around the wait only, never across a yield
+                    item = await queue.get()
             except TimeoutError:
                 raise ModelTimeout(model, timeout_s) from None
             if item is None:  # the pump always ends with None, by the stream's deadline
