@@ -21,20 +21,21 @@ from dataclasses import replace
 import numpy as np
 
 from ..config import ModelConfig, TenantConfig
-from ..errors import AlreadyExists, Conflict, InvalidArgument, NoModelAvailable, NotFound, StorageUnavailable, shown
+from ..errors import AlreadyExists, Conflict, InvalidArgument, NoModelAvailable, NotFound, shown
 from ..state.base import FeedbackCommit, LabelEvent, RequestRow, Store, TenantRow, then
 from .feedback import validated_labels
 from .heads import Heads
 from .learner import Learner
 from .policy import Batch, Plan, Policy
 from .pricing import Pricing
+from .request_ids import RequestIds
 from .tenant import Counted, Flight, TenantState, label_target, queue_step
 from .types import REQUEST_ID, Decision, FeedbackResult, Pending, RouteItem, Routed
 
 log = logging.getLogger("messplus.router")
 
 
-class Router:
+class Router(RequestIds):
     """Decisions, queues, feedback and learning for every tenant over one zoo."""
 
     def __init__(self, models: Sequence[ModelConfig], tenants: Sequence[TenantConfig], heads: Heads, store: Store,
@@ -53,11 +54,8 @@ class Router:
         # this process's name on the requests it stores: with a shared store, a label leaves the expected-queue
         # terms of the router that routed its request (new at every start: a restarted one counts from then)
         self.replica = uuid.uuid4().hex
-        self._reserved: set[str] = set()  # caller-chosen ids of requests being routed, not yet recorded
-        # ids whose record the shared store refused (another request holds them): their Feedback is refused
-        # instead of labelling that other request (the last cache_size of them, the tenant that used each)
-        self._refused: OrderedDict[str, str] = OrderedDict()
         self._cache_size = cache_size
+        self._init_ids()
         self.learner = Learner(heads, self.models, store, self.policy, snapshot_every)
         self._counted: set[int] = set()  # (shared store) own labels counted at commit, not yet seen in the log
         self.lock = threading.Lock()  # guards tenant counters shared by the event loop and the writer thread
@@ -239,56 +237,17 @@ class Router:
                 if st.flight is not None:
                     st.flight.drop(request_id)
             if isinstance(exc, AlreadyExists):  # the stored record under this id is another request's
-                self._refused[request_id] = pending.tenant
-                while len(self._refused) > self._cache_size:
-                    self._refused.popitem(last=False)
+                self._refuse(request_id, pending.tenant)
 
     def _remember(self, request_id: str, pending: Pending) -> None:
         self._cache[request_id] = pending
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def reserve(self, request_id: str) -> bool:
-        """Claim a caller's id for a request about to be routed (until `record` or `release`); False when another
-        call holds it or it was routed before: in memory (the last cache_size requests), else in the state store
-        (older ones, and those routed before a restart) when only this process writes it."""
-        with self.lock:
-            if request_id in self._cache or request_id in self._reserved:
-                return False
-            self._reserved.add(request_id)
-        # with a shared store the caller looks it up off the event loop (routed_before); an id two replicas route
-        # at once is caught when the second record is written (a duplicate key: not stored, its request forgotten)
-        if not self.store.shared and self.store.request_exists(request_id):
-            self.release(request_id)
-            return False
-        return True
-
-    def routed_before(self, request_id: str) -> bool:
-        """Whether the shared store holds a request under this caller-chosen id (a retry after a timeout, an id
-        reused, another replica's request). A database known to be down is not asked (each read waited about a
-        second for it, holding one of the event loop's few threads: Routes with ids slowed to seconds while
-        Route buffers its records), and one that fails the read answers no: its duplicate key still refuses
-        the record when it commits."""
-        if self.store.error:
-            return False
-        try:
-            return self.store.request_exists(request_id)
-        except StorageUnavailable:
-            return False
-
-    def release(self, request_id: str) -> None:
-        """Give back a reserved id whose request was not routed after all (an error, a cancelled call)."""
-        with self.lock:
-            self._reserved.discard(request_id)
-
     # -- feedback ------------------------------------------------------------------------------------------------
     def _pending(self, tenant: str, request_id: str) -> Pending:
         if not request_id:
             raise InvalidArgument("request_id", "must not be empty")
-        if self._refused.get(request_id) == tenant:
-            raise Conflict(f"request_id {shown(request_id)} was routed twice (this router's request was not "
-                           "stored: another request, routed first, holds the id), so this feedback cannot be "
-                           "applied; use a new id per request")
         pending = self._cache.get(request_id)
         # an id no request can have is not looked up (a NUL in it was an INTERNAL error on PostgreSQL)
         if pending is None and REQUEST_ID.fullmatch(request_id):
@@ -302,6 +261,7 @@ class Router:
                                   tuple(self.index[m] for m in row.invoked if m in self.index), emb, row.exploration)
         if pending is None or pending.tenant != tenant:
             raise NotFound(f"request_id {shown(request_id)} is not a request of tenant {tenant!r}")
+        self._check_refused(request_id, pending)
         return pending
 
     def feedback(self, tenant: str, request_id: str, satisfaction: float | None,

@@ -32,6 +32,7 @@ from psycopg_pool import ConnectionPool
 from ..errors import StorageUnavailable
 from . import sql
 from .base import AfterCommit, Expectation, FeedbackCommit, LabelEvent, QueueStep, RequestRow, Store, TenantRow, then
+from .pgfaults import database_failure, tcp_defaults
 from .writer import GroupCommit
 
 log = logging.getLogger("messplus.store")
@@ -79,31 +80,6 @@ MIGRATIONS = (
 
 LOCK_TIMEOUT_S = 30.0
 READ_LOCK_TIMEOUT_S = 3.0
-# a peer that stops answering (a black-holed link) is given up after about 30 s instead of the kernel's ~15 min;
-# the URL's own values win
-TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
-                "tcp_user_timeout": 30_000}
-
-
-# SQLSTATEs of the database failing a statement rather than the statement being wrong: connection exceptions
-# (08), insufficient resources (53: a full disk, too many connections), a transaction rolled back for
-# serialization or a deadlock (40), a lock or statement timeout, the server shutting down, an I/O error
-_TRANSIENT_CLASSES = ("08", "53", "40")
-_TRANSIENT_STATES = frozenset({"55P03", "57014", "57P01", "57P02", "57P03", "58030"})
-# a read-only transaction: the URL reached a standby (after a failover) or the database was set read-only;
-# psycopg raises it as an InternalError, and each job failing alone dropped its record with health SERVING
-_READ_ONLY = "25006"
-
-
-def _database_failure(exc: BaseException) -> bool:
-    """Whether a job's error is the database failing (the batch is failed and its records kept for a retry), not
-    the job (it fails alone, as a program limit or a bad value always would again)."""
-    if isinstance(exc, psycopg.Error) and exc.sqlstate == _READ_ONLY:
-        return True
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    state = exc.sqlstate
-    return state is None or state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
 
 
 def _lock_timeout(conn: psycopg.Connection[Any], seconds: float, *, local: bool = False) -> None:
@@ -117,11 +93,6 @@ def _reader_settings(conn: psycopg.Connection[Any]) -> None:
     Prometheus's scrape timeout (and messplus_state_up 0 never being stored). The start-up's reads wait as
     long as the writer does (PostgresStore._patient)."""
     _lock_timeout(conn, READ_LOCK_TIMEOUT_S)
-
-
-def _tcp_defaults(url: str) -> dict[str, Any]:
-    given = psycopg.conninfo.conninfo_to_dict(url)
-    return {k: v for k, v in TCP_DEFAULTS.items() if k not in given}
 
 
 class SchemaTooNew(RuntimeError):
@@ -169,7 +140,7 @@ class PostgresStore(sql.SqlReads, Store):
 
     def __init__(self, url: str, *, password: str = "", buffer_records: int = 10_000, poll_s: float = 0.5,
                  retention_s: float = 30 * 86400.0, record_wait_s: float = 2.0, max_batch: int = 512) -> None:
-        self._kw: dict[str, Any] = {**_tcp_defaults(url), **({"password": password} if password else {})}
+        self._kw: dict[str, Any] = {**tcp_defaults(url), **({"password": password} if password else {})}
         self._url, self.poll_s = url, poll_s
         self.retention_s, self.record_wait_s = retention_s, record_wait_s
         with psycopg.connect(url, autocommit=True, **self._kw) as conn:
@@ -193,7 +164,7 @@ class PostgresStore(sql.SqlReads, Store):
                                                             f"SELECT pg_advisory_xact_lock({LOG_LOCK})",
                                        max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
                                        on_rollback=self._rolled_back,
-                                       transient=_database_failure)
+                                       transient=database_failure)
         except BaseException:  # the writer's connection refused (too many clients): the pool's threads go too
             self._pool.close()
             raise

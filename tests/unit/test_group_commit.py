@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from messplus.service.errors import StorageUnavailable
-from messplus.service.state.postgres import _database_failure
+from messplus.service.state.pgfaults import database_failure as _database_failure
 from messplus.service.state.writer import GroupCommit
 
 

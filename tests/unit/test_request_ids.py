@@ -131,7 +131,9 @@ def test_the_store_applies_labels_only_to_a_request_it_holds_for_that_tenant(rou
 
 
 def test_one_id_routed_at_two_replicas_labels_neither_tenant_wrongly(replicas: Callable[[], Router]) -> None:
-    """A shared store skips the database check at Route; the second replica's record is refused by the key."""
+    """Two replicas route one id at once (both before either record commits, so both pass the Route-time
+    lookup); the second replica's record is refused by the key. Another tenant's stored request stays NOT_FOUND
+    to the refused one's tenant (its existence not revealed), and the owner's labels apply at either replica."""
     a, b = replicas(), replicas()
     a.record(decide(a, "acme", request_id="dup"), EMB).result()
     with pytest.raises(AlreadyExists, match="stored already"):
