@@ -8,6 +8,7 @@ is not a MessplusError becomes INTERNAL with a generic message; its stack trace 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import MappingProxyType
@@ -108,6 +109,12 @@ def _wrap_stream(fn: Streaming) -> Streaming:
             raise
         except Exception as exc:  # noqa: BLE001 - as in _wrap_unary
             code, message = status_of(_unparsed(request, exc))
+        left = context.time_remaining()
+        if context.done() or (left is not None and left <= 0):
+            # the deadline passed while the answer streamed: gRPC has ended the call (DEADLINE_EXCEEDED), no
+            # status can be sent any more, and grpcio logged a traceback (ExecuteBatchError) for each such call
+            # (aborting, or ending the stream, tries to send one)
+            raise asyncio.CancelledError
         await context.abort(code, message)
 
     return handler

@@ -43,6 +43,12 @@ class Context:
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise Aborted(code, details)
 
+    def done(self) -> bool:  # a call still open, with no deadline
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
 
 class Details:
     def __init__(self, method: str) -> None:
