@@ -5,6 +5,7 @@ its own included: its store commits again and its tail brings the other's labels
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -130,23 +131,35 @@ def test_a_lock_held_elsewhere_fails_the_batch_as_an_outage_and_the_record_is_ke
 
     monkeypatch.setattr(pg_mod, "LOCK_TIMEOUT_S", 1.5)
     monkeypatch.setattr(writer_mod, "STALL_S", 0.5)
-    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(postgres_url, poll_s=0.05))
+
+    @contextlib.contextmanager
+    def lock_held(r: Router) -> Iterator[None]:
+        with psycopg.connect(postgres_url, autocommit=True) as holder, holder.transaction():
+            holder.execute("SELECT * FROM tenants WHERE name = 'acme' FOR UPDATE")
+            yield
+
+    kept_through_an_outage(postgres_url, lock_held, "a commit has waited")
+
+
+def kept_through_an_outage(url: str, outage: Callable[[Router], contextlib.AbstractContextManager[None]], reported: str) -> None:
+    """A router on `url` stores one request; during `outage` a second one's record waits (the store's error says
+    `reported`) while Feedback answers UNAVAILABLE; after it the kept record commits and both take their labels."""
+    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(url, poll_s=0.05))
     try:
         emb = np.ones((1, 8), np.float32) / np.sqrt(8)
         (first,) = r.route([RouteItem(tenant="acme")], emb)
         assert not isinstance(first, Exception)
         r.record(first.decision, first.embedding).result(10)
-        with psycopg.connect(postgres_url, autocommit=True) as holder:
-            with holder.transaction():
-                holder.execute("SELECT * FROM tenants WHERE name = 'acme' FOR UPDATE")
-                (second,) = r.route([RouteItem(tenant="acme")], emb)
-                assert not isinstance(second, Exception)
-                stored = r.record(second.decision, second.embedding)
-                until(lambda: "a commit has waited" in r.store.error, 5, "the stuck commit was never reported")
-                with pytest.raises(StorageUnavailable):
-                    r.feedback("acme", first.decision.request_id, 1.0, []).result(10)
-                assert not stored.done() and r.store._writer.buffered >= 1  # type: ignore[attr-defined]
-        stored.result(15)  # the lock is gone: the kept record commits
+        r.store.flush()
+        with outage(r):
+            (second,) = r.route([RouteItem(tenant="acme")], emb)
+            assert not isinstance(second, Exception)
+            stored = r.record(second.decision, second.embedding)
+            until(lambda: reported in r.store.error, 5, f"the outage ({reported!r}) was never reported")
+            with pytest.raises(StorageUnavailable):
+                r.feedback("acme", first.decision.request_id, 1.0, []).result(10)
+            assert not stored.done() and r.store._writer.buffered >= 1  # type: ignore[attr-defined]
+        stored.result(15)  # the outage is over: the kept record commits
         assert r.store.request(second.decision.request_id) is not None
         r.feedback("acme", first.decision.request_id, 1.0, []).result(10)
         r.feedback("acme", second.decision.request_id, 1.0, []).result(10)
@@ -163,33 +176,17 @@ def test_a_read_only_database_fails_the_batch_as_an_outage_and_the_record_is_kep
     records were dropped (their Feedback NOT_FOUND for good), Feedback answered INTERNAL, health stayed SERVING."""
     import psycopg
 
-    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(postgres_url, poll_s=0.05))
     database = postgres_url.rsplit("/", 1)[1]
-    try:
-        emb = np.ones((1, 8), np.float32) / np.sqrt(8)
-        (first,) = r.route([RouteItem(tenant="acme")], emb)
-        assert not isinstance(first, Exception)
-        r.record(first.decision, first.embedding).result(10)
-        r.store.flush()
+
+    @contextlib.contextmanager
+    def read_only(r: Router) -> Iterator[None]:
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute(f"ALTER DATABASE {database} SET default_transaction_read_only = on")  # new sessions
             r.store._writer.conn.execute("SET default_transaction_read_only = on")  # type: ignore[attr-defined]
-            (second,) = r.route([RouteItem(tenant="acme")], emb)
-            assert not isinstance(second, Exception)
-            stored = r.record(second.decision, second.embedding)
-            until(lambda: "read-only" in r.store.error, 5, "the read-only database was never reported")
-            with pytest.raises(StorageUnavailable):
-                r.feedback("acme", first.decision.request_id, 1.0, []).result(10)
-            assert not stored.done() and r.store._writer.buffered >= 1  # type: ignore[attr-defined]
-            admin.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
-        stored.result(15)  # writable again: the kept record commits on a fresh connection
-        assert r.store.request(second.decision.request_id) is not None
-        r.feedback("acme", first.decision.request_id, 1.0, []).result(10)
-        r.feedback("acme", second.decision.request_id, 1.0, []).result(10)
-        assert r.store.tenants()["acme"].labelled == 2 and r.tenants["acme"].requests == 2
-        until(lambda: not r.store.error, 5, "the store kept reporting an error after committing again")
-    finally:
-        r.store.close()
+            yield
+            admin.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")  # a fresh connection
+
+    kept_through_an_outage(postgres_url, read_only, "read-only")
 
 
 def test_acknowledged_labels_wait_for_the_disk_whatever_the_database_default(postgres_url: str) -> None:
