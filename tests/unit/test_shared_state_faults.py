@@ -141,7 +141,8 @@ def test_a_lock_held_elsewhere_fails_the_batch_as_an_outage_and_the_record_is_ke
     kept_through_an_outage(postgres_url, lock_held, "a commit has waited")
 
 
-def kept_through_an_outage(url: str, outage: Callable[[Router], contextlib.AbstractContextManager[None]], reported: str) -> None:
+def kept_through_an_outage(url: str, outage: Callable[[Router], contextlib.AbstractContextManager[None]],
+                           reported: str) -> None:
     """A router on `url` stores one request; during `outage` a second one's record waits (the store's error says
     `reported`) while Feedback answers UNAVAILABLE; after it the kept record commits and both take their labels."""
     r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], 8), PostgresStore(url, poll_s=0.05))
