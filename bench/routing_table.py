@@ -577,17 +577,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=str(ROOT / "var" / "embeddings"))
     ap.add_argument("--only", action="append", default=[], metavar="TRACE-CONDITION",
                     help="run only these, e.g. gsm8k-cold (repeatable); the table still shows every summary in OUT")
-    ap.add_argument("--doc", default=str(ROOT / "docs" / "ROUTING.md"))
-    ap.add_argument("--limits-doc", default=str(ROOT / "docs" / "ROUTING-LIMITS.md"),
-                    help="the page of the limits and task-headroom tables")
+    ap.add_argument("--doc", help="the page to write (default: docs/ROUTING.md, only when OUT is the default: a run "
+                                   "into another folder leaves the pages alone unless this is given)")
+    ap.add_argument("--limits-doc", help="the page of the limits and task-headroom tables (default as for --doc: "
+                                         "docs/ROUTING-LIMITS.md)")
     ap.add_argument("--table-only", action="store_true",
                     help="regenerate the docs from the summaries in OUT without replaying them (the limits and "
                          "task-headroom tables are still computed, a few minutes)")
     ap.add_argument("--ablations", action="store_true", help="also run each ABLATIONS policy under its condition on every trace")
     ap.add_argument("--ablation-seeds", type=int, default=2)
-    ap.add_argument("--plots-to", default=str(ROOT / "docs" / "img"), help="copy the cold-start plots here")
+    ap.add_argument("--plots-to", help="copy the cold-start plots here (default as for --doc: docs/img)")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if out.resolve() == (ROOT / "var" / "routing").resolve():
+        args.doc = args.doc or str(ROOT / "docs" / "ROUTING.md")
+        args.limits_doc = args.limits_doc or str(ROOT / "docs" / "ROUTING-LIMITS.md")
+        args.plots_to = args.plots_to or str(ROOT / "docs" / "img")
     if not args.table_only:
         jobs = [(c, k) for c in CASES for k in CONDITIONS] + [(c, "cold") for c in DRIFT]
         jobs += [(c, k) for c in CASES for k in SHORT_RUNS]
@@ -607,15 +612,21 @@ def main(argv: list[str] | None = None) -> int:
                 for case in CASES:
                     run(case, cond, args.ablation_seeds, out / "ablations" / _slug(name), Path(args.cache_dir),
                         policy, reference=False)
-    img = Path(args.plots_to)
-    img.mkdir(parents=True, exist_ok=True)
-    for case in CASES:
-        src = out / f"{case.key}-cold"
-        for png in sorted(src.glob("*.png")):
-            shutil.copyfile(png, img / f"{case.key}-{png.name}")
+    if args.plots_to:
+        img = Path(args.plots_to)
+        img.mkdir(parents=True, exist_ok=True)
+        for case in CASES:
+            src = out / f"{case.key}-cold"
+            for png in sorted(src.glob("*.png")):
+                shutil.copyfile(png, img / f"{case.key}-{png.name}")
     # the stamp is the command as run: a page re-rendered with --table-only, or from --only runs, says so
     command = " ".join(["python bench/routing_table.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-    write_doc(Path(args.doc), Path(args.limits_doc), out, args.seeds, command, Path(args.cache_dir))
+    if args.doc and args.limits_doc:
+        write_doc(Path(args.doc), Path(args.limits_doc), out, args.seeds, command, Path(args.cache_dir))
+    elif args.doc or args.limits_doc:
+        raise SystemExit("--doc and --limits-doc go together: the pages share the summaries in OUT")
+    else:
+        print("the pages are left alone (OUT is not var/routing; pass --doc and --limits-doc to write them)")
     print(table(out, args.seeds))
     return 0
 
