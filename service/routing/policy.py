@@ -45,7 +45,7 @@ from messplus import kernels
 
 from ..config import TenantConfig
 from .pricing import Pricing
-from .tenant import TenantState, Window, expected_pending, label_target, predictor_bias
+from .tenant import TenantState, Window, label_target, pending_allowance, pending_mean, predictor_bias
 from .types import EXPLORE_ALWAYS, EXPLORE_DEFAULT
 
 SCALE_WARMUP = 20  # requests before a tenant's own mean cost sets the unit of V
@@ -67,6 +67,7 @@ class Batch:
     modes: np.ndarray      # [B] EXPLORE_DEFAULT / _NEVER / _ALWAYS, the caller's exploration override
     t: np.ndarray          # [B] int64, each request's index in its tenant's stream
     expected: np.ndarray   # [B] the queue plus what the unlabelled requests are expected to add (Q + E)
+    allowance: np.ndarray  # [B] the part of E that allows for the error of its estimate
     labelled: np.ndarray   # [B] the tenant's labelled requests
     awaiting: list[np.ndarray]  # [B] of [K] bool: exploration labels still in flight
     flight: np.ndarray     # [B, K] the tenant's served answers whose label is on its way (tenant.Flight)
@@ -102,8 +103,13 @@ class Policy:
         return True
 
     def expected(self, st: TenantState) -> float:
-        """The queue the decisions start from: Q plus what the unlabelled requests are expected to add."""
-        return st.queue + expected_pending(st)
+        """The queue the decisions start from: Q plus what the unlabelled requests are expected to add (E, its
+        allowance included)."""
+        return st.queue + pending_mean(st) + self.allowance(st)
+
+    def allowance(self, st: TenantState) -> float:
+        """The part of E that allows for the error of its estimate (tenant.pending_allowance)."""
+        return pending_allowance(st)
 
     def cost_unit(self, pricing: Pricing) -> float:
         """The unit of normalised costs: the dearest model's cost for a typical request, so V is unitless."""
@@ -133,7 +139,7 @@ class Policy:
         p_dec = optimistic(batch.p_hat, batch.var, kappa, var)
         margin = np.array([c.margin for c in cfgs], np.float64)
         gain = np.array([c.debt_gain for c in cfgs], np.float64)
-        pressure = np.maximum(debt_pressure(batch.expected, margin, batch.labelled, gain), 0.0)
+        pressure = np.maximum(debt_pressure(batch.expected, margin, batch.labelled, gain, batch.allowance), 0.0)
         # the queue's price, floored by what the latest requests' predictions say reaches the next label's target
         floor, cautious = price_floor(batch, p_dec)
         pressure = np.maximum(pressure, V * floor)
@@ -299,13 +305,20 @@ def in_flight(var: np.ndarray, awaiting: np.ndarray) -> np.ndarray:
     return var / (1.0 + awaiting * var / 4.0)
 
 
-def debt_pressure(expected: np.ndarray, margin: np.ndarray, labelled: np.ndarray, gain: np.ndarray) -> np.ndarray:
+def debt_pressure(expected: np.ndarray, margin: np.ndarray, labelled: np.ndarray, gain: np.ndarray,
+                  allowance: np.ndarray | float = 0.0) -> np.ndarray:
     """The queue the decisions weigh satisfaction by: the expected queue Q + E, and `gain` times more beyond
-    DEBT_BANK of the surplus the safety margin has banked (margin sqrt(n) after n labels); per row.
+    DEBT_BANK of the surplus the safety margin has banked (margin sqrt(n) after n labels) plus E's allowance for
+    the labels never to be seen; per row.
 
     MESS+'s linear queue settles where the cost of lifting satisfaction balances it (Q* ~ V' dcost / dp), a
     standing deficit that only vanishes as Q*/T over an infinite horizon. When lifting satisfaction takes a
     much dearer model for a small gain, Q* outgrows the margin's surplus and the stream ends below alpha; the
-    steeper slope past the bank holds Q near it instead, so the margin's surplus pays the standing deficit."""
-    bank = DEBT_BANK * margin * np.sqrt(np.maximum(labelled, 1.0))
+    steeper slope past the bank holds Q near it instead, so the margin's surplus pays the standing deficit.
+
+    The allowance is a surplus to bank, not a deficit that has built up: it appears at once (with 20% feedback
+    some 30 labels by request 300), and on the steep slope it priced satisfaction at 4 times that, so the
+    dearest model was bought for hundreds of requests and the surplus spent on the cheapest ones afterwards.
+    At the plain slope the same allowance is banked at a quarter of the price (docs/ROUTING.md)."""
+    bank = DEBT_BANK * margin * np.sqrt(np.maximum(labelled, 1.0)) + allowance
     return expected + gain * np.maximum(expected - bank, 0.0)

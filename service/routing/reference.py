@@ -46,6 +46,9 @@ class PaperPolicy(Policy):
     def expected(self, st: TenantState) -> float:
         return st.queue  # the paper's queue moves on labels alone
 
+    def allowance(self, st: TenantState) -> float:
+        return 0.0
+
     def cost_unit(self, pricing: Pricing) -> float:
         return 1.0
 

@@ -165,6 +165,7 @@ class Router(RequestIds):
                 ts[b], st.next_t = st.next_t, st.next_t + 1
             queue = np.array([st.queue for st in states], np.float64)
             expected = np.array([self.policy.expected(st) for st in states], np.float64)
+            allowance = np.array([self.policy.allowance(st) for st in states], np.float64)
             labelled = np.array([st.labelled for st in states], np.float64)
             awaiting = [st.awaiting.copy() for st in states]
             flight = np.stack([_flight(st, K).expire(int(ts[b])).copy() for b, st in enumerate(states)]) if B \
@@ -175,7 +176,8 @@ class Router(RequestIds):
         raw = self.pricing.request_costs(tokens)
         unit = self.cost_scale()
         batch = Batch(tenants=states, modes=np.array([it.exploration for it in items], np.int64), t=ts,
-                      expected=expected, labelled=labelled, awaiting=awaiting, flight=flight, masks=masks,
+                      expected=expected, allowance=allowance, labelled=labelled, awaiting=awaiting,
+                      flight=flight, masks=masks,
                       p_hat=p_hat, var=var, raw=raw, costs=raw / unit, unit=unit)
         plans = self.policy.plan(batch, self.pricing)
         return [self._decision(it, plan, batch, b, float(queue[b])) for b, (it, plan) in enumerate(zip(items, plans))]

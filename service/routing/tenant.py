@@ -171,23 +171,34 @@ class Counted:
 
 
 def expected_pending(st: TenantState) -> float:
-    """The deficit the tenant's routed-but-unlabelled requests are expected to add to the queue, plus
-    `confidence` standard errors of that estimate. Zero when every request is labelled.
+    """The deficit the tenant's routed-but-unlabelled requests are expected to add to the queue (pending_mean),
+    plus `confidence` standard errors of that estimate (pending_allowance). Zero when every request is
+    labelled."""
+    return pending_mean(st) + pending_allowance(st)
 
-    The estimate is each one's target minus its predicted satisfaction, corrected by the predictor's mean error
-    on the labelled ones (shrunk towards 0 by BIAS_PRIOR_N pseudo-labels). Its error has two parts: the n
-    unlabelled outcomes' own spread (variance n s2) and the error of the bias estimate, which every one of them
-    shares (n^2 s2 / m, from m labels); s2 is the labelled residuals' variance (a prior of 1/4, the most a
-    label's can be, weighs BIAS_PRIOR_N labels). With sparse feedback (n ~ 4m) the second part grows like n and
-    the router holds the stream above alpha by what it cannot see; with full feedback n is the requests in
-    flight and it all but vanishes."""
+
+def pending_mean(st: TenantState) -> float:
+    """The deficit the tenant's routed-but-unlabelled requests are expected to add to the queue: each one's target
+    minus its predicted satisfaction, corrected by the predictor's mean error on the labelled ones (shrunk
+    towards 0 by BIAS_PRIOR_N pseudo-labels)."""
+    return st.pending_sum - predictor_bias(st) * st.pending_n if st.pending_n > 0 else 0.0
+
+
+def pending_allowance(st: TenantState) -> float:
+    """`confidence` standard errors of pending_mean's estimate. Its error has two parts: the n unlabelled
+    outcomes' own spread (variance n s2) and the error of the bias estimate, which every one of them shares
+    (n^2 s2 / m, from m labels); s2 is the labelled residuals' variance (a prior of 1/4, the most a label's can
+    be, weighs BIAS_PRIOR_N labels). With sparse feedback (n ~ 4m) the second part grows like n and the router
+    holds the stream above alpha by what it cannot see; with full feedback n is the requests in flight and it
+    all but vanishes. The answers whose label is on its way count too: a stream is judged while the latest
+    ones are still unlabelled (leaving them out missed 13 of 24 GSM8K runs with labels 200 requests late)."""
     n = st.pending_n
     if n <= 0:
         return 0.0
     m = st.resid_n + BIAS_PRIOR_N
     bias = predictor_bias(st)
     s2 = max(st.resid_sq - st.resid_sum * bias + 0.25 * BIAS_PRIOR_N, 0.0) / m
-    return st.pending_sum - bias * n + st.cfg.confidence * math.sqrt(s2 * (n + n * n / m))
+    return st.cfg.confidence * math.sqrt(s2 * (n + n * n / m))
 
 
 def predictor_bias(st: TenantState) -> float:

@@ -243,6 +243,9 @@ def test_the_queue_weighs_more_past_half_the_margins_surplus() -> None:
     assert (debt_pressure(q, 0.3 * ones, 100 * ones, 0 * ones) == q).all()  # gain 0: MESS+'s linear queue
     assert debt_pressure(np.array([1.0]), np.array([0.3]), np.array([0.0]), np.array([3.0]))[0] == pytest.approx(
         1.0 + 3 * (1.0 - 0.15))  # before the first label the bank is that of one label
+    # E's allowance for labels never to be seen is banked at the plain slope too: 2.5 is 1.5 + 1.0, not past it
+    assert debt_pressure(q, 0.3 * ones, 100 * ones, 3 * ones, np.array([0.0, 0.0, 0.0, 1.0])) == pytest.approx(
+        [-2.0, 1.0, 1.5, 2.5])
 
 
 def test_a_standing_deficit_past_the_bank_buys_the_dearer_model(router: Router) -> None:
@@ -433,6 +436,8 @@ def test_unlabelled_requests_count_in_decisions_by_their_expected_satisfaction(t
     # the allowance is two of those
     allowance = 2 * math.sqrt(0.25 * (3 + 9 / BIAS_PRIOR_N))
     assert expected_pending(st) == pytest.approx(sum(deficits) + allowance)
+    assert r.policy.allowance(st) == pytest.approx(allowance)  # apart, for the queue's plain slope
+    assert r.policy.expected(st) == pytest.approx(st.queue + sum(deficits) + allowance)
     r.store.close()
 
     r2 = make_router(path)  # the expectation is rebuilt from the stored requests
