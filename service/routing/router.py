@@ -61,7 +61,8 @@ class Router(RequestIds):
         self.lock = threading.Lock()  # guards tenant counters shared by the event loop and the writer thread
         self._load()
         if store.shared:  # from the older of the two marks: labels committed between them are learned, not counted
-            store.subscribe(self.apply_log, min(self.heads.last_seq, self._counted_through), self._shared_counts)
+            self._applied_through = min(self.heads.last_seq, self._counted_through)
+            store.subscribe(self.apply_log, self._applied_through, self._shared_counts)
 
     # -- start-up ----------------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -299,12 +300,17 @@ class Router(RequestIds):
 
     def apply_log(self, events: list[LabelEvent]) -> None:
         """Labels of the shared log, in order, each once: count those another process committed, learn them all
-        (the learner skips those the heads have: at start-up the log is read from the tenants' rows' mark)."""
+        (the learner skips those the heads have: at start-up the log is read from the tenants' rows' mark). A
+        delivery that failed part-way comes again (the store reads the log from before it): what it counted is
+        not counted twice (`_applied_through`), what it learned not learned twice (heads.last_seq)."""
         for ev in events:
+            if ev.seq <= self._applied_through:
+                continue
             if ev.seq in self._counted:
                 self._counted.discard(ev.seq)
             elif ev.seq > self._counted_through:  # the tenants' rows this process loaded did not have it
                 self._count((ev,))
+            self._applied_through = ev.seq
         self.learner.learn(events)
 
     def _shared_counts(self, rows: dict[str, TenantRow]) -> None:

@@ -215,10 +215,17 @@ class PostgresStore(sql.SqlReads, Store):
         return events
 
     def _deliver(self, events: list[LabelEvent]) -> None:
+        """Hand the labels read to the subscribers. One that raises gets them again from the next read (the
+        cursor goes back to before them; a subscriber skips what it has): moving on would lose them for good."""
         if events and events[-1].seq > self._cursor:
-            self._cursor = events[-1].seq
-            for cb in self._callbacks:
-                cb(events)
+            before, self._cursor = self._cursor, events[-1].seq
+            try:
+                for cb in self._callbacks:
+                    cb(events)
+            except Exception:
+                log.exception("state tail: a subscriber failed on labels %d-%d; they are read again",
+                              events[0].seq, events[-1].seq)
+                self._cursor = self._reading = before
 
     def catch_up(self) -> Future[list[LabelEvent]]:
         """Read the log after the cursor (on the writer thread, in order with feedback) and deliver it."""

@@ -193,3 +193,28 @@ def test_the_tail_expires_old_records_by_itself(routers, postgres_url: str) -> N
         assert not store.request_exists(rid)
     finally:
         store.close()
+
+
+def test_labels_a_subscriber_failed_on_are_delivered_again_and_counted_once(routers, caplog) -> None:
+    a, b = routers(), routers()
+    rng = np.random.default_rng(7)
+    learn, failed = b.learner.learn, []
+
+    def flaky(events, *args, **kw):  # b's heads fail once, after its counters have taken the labels
+        if not failed:
+            failed.append(len(events))
+            raise RuntimeError("boom")
+        return learn(events, *args, **kw)
+
+    b.learner.learn = flaky  # type: ignore[method-assign]
+    sats = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    for s in sats:
+        a.feedback("acme", route(a, rng).request_id, s, []).result(10)
+    caught_up(b)
+    caught_up(a, b)
+    st_a, st_b = a.tenants["acme"], b.tenants["acme"]
+    assert failed and b.heads.last_seq == a.heads.last_seq  # the labels the failure skipped are learned after all
+    np.testing.assert_allclose(b.heads.W, a.heads.W, rtol=0, atol=1e-12)
+    assert st_b.labelled == st_a.labelled == len(sats) and st_b.sat_sum == pytest.approx(sum(sats))  # once each
+    assert st_b.queue == pytest.approx(st_a.queue, abs=1e-12)
+    assert "a subscriber failed on labels" in caplog.text
