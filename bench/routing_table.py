@@ -10,7 +10,7 @@ Each (trace, condition) is one `messplus replay` run through the service's own r
 path of service/replay/, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
 same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the tables between the doc's
 `routing-table`, `routing-horizons`, `routing-caution` and `routing-ablations` markers (docs/ROUTING.md) and
-`routing-short` and `routing-surplus` (docs/ROUTING-LIMITS.md) are regenerated from those summaries, so every
+`routing-short`, `routing-surplus` and `routing-sparse` (docs/ROUTING-LIMITS.md) are regenerated from those summaries, so every
 number there has this command behind it; the `routing-limits` and `routing-task` tables (docs/ROUTING-LIMITS.md)
 are computed afresh each time. Embeddings are cached in var/embeddings (the first run encodes ~21k prompts with
 MiniLM: about 20 minutes on 2 cores; later runs read the cache). The caution table runs the short streams with the
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import shutil
 import sys
@@ -546,6 +547,46 @@ def surplus_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def sparse_table(out: Path) -> str:
+    """What sparse feedback's allowance has to cost at least: with a fraction f of the N requests labelled, the
+    whole stream's satisfaction is known to a standard error of sqrt((1 - f)^2 s2 / (f N) + (1 - f) s2 / N)
+    (the labelled requests' mean stands in for the rest; s2 = alpha (1 - alpha), a label's variance at alpha,
+    which a predictor's residuals undercut a little), and meeting alpha in nearly every run means holding about
+    two of those above it. Priced on the static mix (true accuracies, as in the main table's baseline) beside
+    the router's own cost with that feedback and with full feedback (OUT's rate and cold runs, means)."""
+    import numpy as np
+
+    from messplus.service.replay.baselines import static_mixture
+    from messplus.service.trace import load_traces
+
+    lines = ["| trace | alpha | labelled share | standard error (SE) of the stream's satisfaction | static mix at alpha "
+             "+ 2 SE / static | router, that feedback: cost / static (satisfaction - alpha) | router, full "
+             "feedback | that feedback / full |",
+             "|---|---|---|---|---|---|---|---|"]
+    for case in CASES:
+        rate, cold = out / f"{case.key}-rate" / "summary.json", out / f"{case.key}-cold" / "summary.json"
+        if not (_have(rate) and _have(cold)):
+            continue
+        t = load_traces([DATA / f for f in case.files])
+
+        def mix(level: float) -> float:
+            return float(static_mixture(t.models, t.mean_cost, t.accuracy, level)["mean_cost"] or np.nan)
+
+        full = {e["alpha"]: np.mean([r["cost_vs_static_mixture"] for r in e["runs"]])
+                for e in json.loads(cold.read_text())}
+        for e in json.loads(rate.read_text()):
+            alpha, runs = e["alpha"], e["runs"]
+            n = float(np.mean([r["requests"] for r in runs]))
+            f = float(np.mean([r["feedback_requests"] / r["requests"] for r in runs]))
+            s2 = alpha * (1 - alpha)
+            se = math.sqrt((1 - f) ** 2 * s2 / (f * n) + (1 - f) * s2 / n)
+            cost = float(np.mean([r["cost_vs_static_mixture"] for r in runs]))
+            over = float(np.mean([r["satisfaction"] - alpha for r in runs]))
+            lines.append(f"| {case.key} | {alpha:.2f} | {f:.2f} | {se:.4f} | {mix(alpha + 2 * se) / mix(alpha):.2f}x | "
+                         f"{cost:.2f}x ({over:+.4f}) | {full[alpha]:.2f}x | {cost / full[alpha]:.2f}x |")
+    return "\n".join(lines)
+
+
 def _replace(text: str, name: str, body: str, command: str) -> str:
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin not in text or end not in text:
@@ -566,6 +607,7 @@ def write_doc(doc: Path, limits_doc: Path, out: Path, seeds: int, command: str, 
     limits = _replace(limits, "routing-task", task_headroom(out, seeds), command)
     limits = _replace(limits, "routing-short", short_table(out), command)
     limits = _replace(limits, "routing-surplus", surplus_table(out), command)
+    limits = _replace(limits, "routing-sparse", sparse_table(out), command)
     doc.write_text(text, encoding="utf-8")
     limits_doc.write_text(limits, encoding="utf-8")
 

@@ -239,3 +239,25 @@ def test_surplus_table_prices_each_runs_final_satisfaction_on_the_tiny_trace(tmp
     (tmp_path / "tiny-cold" / "summary.json").write_text(json.dumps([{"alpha": 0.6, "runs": runs}]))
     rows = T.surplus_table(tmp_path).splitlines()
     assert rows[2:] == ["| tiny | 0.60 | 0.0250 (0.0500) | 1.02x | 1.11x (1.22) | 1.25x | 1.11x |"]
+
+
+def test_sparse_table_prices_two_standard_errors_of_a_fifth_of_the_labels_on_the_tiny_trace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.routing_table as T
+
+    # 100 requests, 20 labelled, alpha 0.6 (label variance 0.24): SE = sqrt(0.8^2 0.24 / 20 + 0.8 0.24 / 100)
+    # = sqrt(0.0096) = 0.0980; alpha + 2 SE = 0.7960 takes 36.8% large (0.875, cost 10) over medium (0.75, 3):
+    # 5.574 against the 1.8 at alpha (3.10x). The router: 2.5x with 20% feedback, ending 0.04 above alpha on
+    # average, 1.25x with full feedback: 2.00x
+    monkeypatch.setattr(T, "DATA", Path(__file__).resolve().parents[1] / "fixtures")
+    monkeypatch.setattr(T, "CASES", (T.Case("tiny", ("tiny_trace.csv",), (0.6,)),))
+    for cond, runs in (("rate", [{"satisfaction": 0.65, "cost_vs_static_mixture": 2.0},
+                                 {"satisfaction": 0.63, "cost_vs_static_mixture": 3.0}]),
+                       ("cold", [{"satisfaction": 0.61, "cost_vs_static_mixture": 1.5},
+                                 {"satisfaction": 0.6, "cost_vs_static_mixture": 1.0}])):
+        for r in runs:
+            r.update(requests=100, feedback_requests=20 if cond == "rate" else 100)
+        (tmp_path / f"tiny-{cond}").mkdir()
+        (tmp_path / f"tiny-{cond}" / "summary.json").write_text(json.dumps([{"alpha": 0.6, "runs": runs}]))
+    rows = T.sparse_table(tmp_path).splitlines()
+    assert rows[2:] == ["| tiny | 0.60 | 0.20 | 0.0980 | 3.10x | 2.50x (+0.0400) | 1.25x | 2.00x |"]
