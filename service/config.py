@@ -188,7 +188,8 @@ class TenantConfig:
                            lambda v: v >= 0 or v == -1, "must be >= 0, or -1 for unlimited")
     confidence: float = _knob(2.0, "sigmas of the unlabelled requests' estimated satisfaction decisions also cover",
                               lambda v: 0 <= v <= 10, "must be in [0, 10]")
-    debt_gain: float = _knob(3.0, "the queue weighs this much more past half the margin's surplus (0: linear)",
+    debt_gain: float = _knob(3.0, "the queue weighs this much more past half the margin's surplus and the "
+                                  "confidence allowance (0: linear)",
                              lambda v: 0 <= v <= 100, "must be in [0, 100]")
     floor_window: int = _knob(256, "satisfaction's price is at least what the latest N requests' predictions say "
                                    "reaches the target (0: off)", lambda v: 0 <= v <= 4096, "must be in [0, 4096]")
