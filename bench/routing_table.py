@@ -10,13 +10,14 @@ Each (trace, condition) is one `messplus replay` run through the service's own r
 path of service/replay/, so exactly what `messplus replay` does), with the MESS+ reference semantics in the
 same run. Every run writes OUT/<trace>-<condition>/summary.json and its plots; the tables between the doc's
 `routing-table`, `routing-horizons`, `routing-caution` and `routing-ablations` markers (docs/ROUTING.md) and
-`routing-short`, `routing-surplus` and `routing-sparse` (docs/ROUTING-LIMITS.md) are regenerated from those summaries, so every
-number there has this command behind it; the `routing-limits` and `routing-task` tables (docs/ROUTING-LIMITS.md)
-are computed afresh each time. Embeddings are cached in var/embeddings (the first run encodes ~21k prompts with
-MiniLM: about 20 minutes on 2 cores; later runs read the cache). The caution table runs the short streams with the
-tenant knob `caution` at CAUTION, and the whole streams cold with it off and on (OUT/caution, OUT/caution-off;
-`--only TRACE-caution` runs one trace's). `--only NONE --ablations` runs just the ablations; `--table-only`
-rewrites the doc from OUT.
+`routing-short`, `routing-surplus` and `routing-sparse` (docs/ROUTING-LIMITS.md) are regenerated from those
+summaries, so every number there has this command behind it; the `routing-limits` and `routing-task` tables
+(docs/ROUTING-LIMITS.md) are computed afresh each time. Embeddings are cached in var/embeddings (the first run
+encodes ~21k prompts with MiniLM: about 20 minutes on 2 cores; later runs read the cache). The caution table runs
+the short streams with the tenant knob `caution` at CAUTION, and the whole streams cold with it off and on
+(OUT/caution, OUT/caution-off; `--only TRACE-caution` runs one trace's). `--only NONE --ablations` runs just the
+ablations; `--table-only` rewrites the doc from OUT. A run into another OUT writes the pages only when --doc and
+--limits-doc are given.
 """
 
 from __future__ import annotations

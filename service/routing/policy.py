@@ -309,7 +309,7 @@ def debt_pressure(expected: np.ndarray, margin: np.ndarray, labelled: np.ndarray
                   allowance: np.ndarray | float = 0.0) -> np.ndarray:
     """The queue the decisions weigh satisfaction by: the expected queue Q + E, and `gain` times more beyond
     DEBT_BANK of the surplus the safety margin has banked (margin sqrt(n) after n labels) plus E's allowance for
-    the labels never to be seen; per row.
+    the error of its estimate; per row.
 
     MESS+'s linear queue settles where the cost of lifting satisfaction balances it (Q* ~ V' dcost / dp), a
     standing deficit that only vanishes as Q*/T over an infinite horizon. When lifting satisfaction takes a
