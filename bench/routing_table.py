@@ -578,7 +578,9 @@ def sparse_table(out: Path) -> str:
         for e in json.loads(rate.read_text()):
             alpha, runs = e["alpha"], e["runs"]
             n = float(np.mean([r["requests"] for r in runs]))
-            f = float(np.mean([r["feedback_requests"] / r["requests"] for r in runs]))
+            f = float(np.mean([r["feedback_requests"] / max(r["requests"], 1) for r in runs]))
+            if alpha not in full or not 0 < f < 1:  # a cold run at another alpha, or no feedback to sample
+                continue
             s2 = alpha * (1 - alpha)
             se = math.sqrt((1 - f) ** 2 * s2 / (f * n) + (1 - f) * s2 / n)
             cost = float(np.mean([r["cost_vs_static_mixture"] for r in runs]))
@@ -631,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation-seeds", type=int, default=2)
     ap.add_argument("--plots-to", help="copy the cold-start plots here (default as for --doc: docs/img)")
     args = ap.parse_args(argv)
+    if bool(args.doc) != bool(args.limits_doc):  # checked before hours of replays, not after
+        raise SystemExit("--doc and --limits-doc go together: the pages share the summaries in OUT")
     out = Path(args.out)
     if out.resolve() == (ROOT / "var" / "routing").resolve():
         args.doc = args.doc or str(ROOT / "docs" / "ROUTING.md")
@@ -666,8 +670,6 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python bench/routing_table.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if args.doc and args.limits_doc:
         write_doc(Path(args.doc), Path(args.limits_doc), out, args.seeds, command, Path(args.cache_dir))
-    elif args.doc or args.limits_doc:
-        raise SystemExit("--doc and --limits-doc go together: the pages share the summaries in OUT")
     else:
         print("the pages are left alone (OUT is not var/routing; pass --doc and --limits-doc to write them)")
     print(table(out, args.seeds))

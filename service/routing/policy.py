@@ -108,7 +108,8 @@ class Policy:
         return st.queue + pending_mean(st) + self.allowance(st)
 
     def allowance(self, st: TenantState) -> float:
-        """The part of E that allows for the error of its estimate (tenant.pending_allowance)."""
+        """The part of E that allows for the error of its estimate (tenant.pending_allowance): the queue's steep
+        slope starts that much later. A policy that overrides `expected` overrides this with it."""
         return pending_allowance(st)
 
     def cost_unit(self, pricing: Pricing) -> float:
@@ -316,9 +317,8 @@ def debt_pressure(expected: np.ndarray, margin: np.ndarray, labelled: np.ndarray
     much dearer model for a small gain, Q* outgrows the margin's surplus and the stream ends below alpha; the
     steeper slope past the bank holds Q near it instead, so the margin's surplus pays the standing deficit.
 
-    The allowance is a surplus to bank, not a deficit that has built up: it appears at once (with 20% feedback
-    some 30 labels by request 300), and on the steep slope it priced satisfaction at 4 times that, so the
-    dearest model was bought for hundreds of requests and the surplus spent on the cheapest ones afterwards.
-    At the plain slope the same allowance is banked at a quarter of the price (docs/ROUTING.md)."""
+    The allowance is a surplus to bank, not a deficit that has built up: it appears at once with sparse
+    feedback, and on the steep slope it bought the dearest model until it was banked, then the surplus went on
+    the cheapest ones (docs/ROUTING.md, `confidence`)."""
     bank = DEBT_BANK * margin * np.sqrt(np.maximum(labelled, 1.0)) + allowance
     return expected + gain * np.maximum(expected - bank, 0.0)

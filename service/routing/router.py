@@ -58,6 +58,7 @@ class Router(RequestIds):
         self._init_ids()
         self.learner = Learner(heads, self.models, store, self.policy, snapshot_every)
         self._counted: set[int] = set()  # (shared store) own labels counted at commit, not yet seen in the log
+        self._applied_through = 0  # (shared store) the last log seq apply_log has counted
         self.lock = threading.Lock()  # guards tenant counters shared by the event loop and the writer thread
         self._load()
         if store.shared:  # from the older of the two marks: labels committed between them are learned, not counted

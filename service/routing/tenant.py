@@ -191,7 +191,7 @@ def pending_allowance(st: TenantState) -> float:
     be, weighs BIAS_PRIOR_N labels). With sparse feedback (n ~ 4m) the second part grows like n and the router
     holds the stream above alpha by what it cannot see; with full feedback n is the requests in flight and it
     all but vanishes. The answers whose label is on its way count too: a stream is judged while the latest
-    ones are still unlabelled (leaving them out missed 13 of 24 GSM8K runs with labels 200 requests late)."""
+    ones are still unlabelled (docs/ROUTING-VARIANTS.md)."""
     n = st.pending_n
     if n <= 0:
         return 0.0

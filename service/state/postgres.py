@@ -151,6 +151,7 @@ class PostgresStore(sql.SqlReads, Store):
         self._on_tenants: Callable[[dict[str, TenantRow]], None] | None = None
         self._cursor = 0     # the last label seq handed to subscribers
         self._reading = 0    # the same, counting what the open batch has read
+        self._failed_from = -1  # the cursor a subscriber last failed from (-1: the last delivery went through)
         self._catching_up = threading.Event()
         self._patient = True  # reads wait as long as the writer until the router has loaded (started())
         self._tail_error = ""  # why the tail cannot reach the database ("" while it can)
@@ -208,34 +209,43 @@ class PostgresStore(sql.SqlReads, Store):
     def _rolled_back(self) -> None:
         self._reading = self._cursor
 
-    def _log_since_cursor(self, conn: Any) -> list[LabelEvent]:
-        events = sql.label_events(conn, self._reading)
+    def _log_since_cursor(self, conn: Any) -> tuple[int, list[LabelEvent]]:
+        """The labels after what this batch has read so far, and the seq the read started after."""
+        start = self._reading
+        events = sql.label_events(conn, start)
         if events:
             self._reading = events[-1].seq
-        return events
+        return start, events
 
-    def _deliver(self, events: list[LabelEvent]) -> None:
+    def _deliver(self, read: tuple[int, list[LabelEvent]]) -> None:
         """Hand the labels read to the subscribers. One that raises gets them again from the next read (the
-        cursor goes back to before them; a subscriber skips what it has): moving on would lose them for good."""
-        if events and events[-1].seq > self._cursor:
-            before, self._cursor = self._cursor, events[-1].seq
-            try:
-                for cb in self._callbacks:
-                    cb(events)
-            except Exception:
+        cursor goes back to before them; a subscriber skips what it has): moving on would lose them for good.
+        A read that starts past the cursor was made in the same batch before such a failure: it is dropped, as
+        the next read brings its labels again after the failed ones."""
+        start, events = read
+        if start > self._cursor or not events or events[-1].seq <= self._cursor:
+            return
+        before, self._cursor = self._cursor, events[-1].seq
+        try:
+            for cb in self._callbacks:
+                cb(events)
+            self._failed_from = -1
+        except Exception:
+            if before != self._failed_from:  # one traceback per failing stretch, not one per poll
                 log.exception("state tail: a subscriber failed on labels %d-%d; they are read again",
                               events[0].seq, events[-1].seq)
-                self._cursor = self._reading = before
+            self._failed_from = before
+            self._cursor = self._reading = before
 
     def catch_up(self) -> Future[list[LabelEvent]]:
         """Read the log after the cursor (on the writer thread, in order with feedback) and deliver it."""
         self._catching_up.set()
 
-        def job(conn: Any) -> tuple[list[LabelEvent], dict[str, TenantRow] | None]:
+        def job(conn: Any) -> tuple[tuple[int, list[LabelEvent]], dict[str, TenantRow] | None]:
             self._catching_up.clear()
             return self._log_since_cursor(conn), sql.tenants(conn) if self._on_tenants else None
 
-        def after(res: tuple[list[LabelEvent], dict[str, TenantRow] | None]) -> None:
+        def after(res: tuple[tuple[int, list[LabelEvent]], dict[str, TenantRow] | None]) -> None:
             self._deliver(res[0])
             if res[1] is not None and self._on_tenants is not None:
                 self._on_tenants(res[1])
@@ -244,7 +254,7 @@ class PostgresStore(sql.SqlReads, Store):
         # a batch that failed before reaching the job (the database down) never cleared the flag: the tail would
         # then never ask again, and this replica would stop hearing other replicas' labels after an outage
         fut.add_done_callback(lambda f: f.exception() is None or self._catching_up.clear())
-        return then(fut, lambda res: res[0])
+        return then(fut, lambda res: res[0][1])
 
     def _run_tail(self) -> None:
         """LISTEN for label commits; read the log on each one this replica did not read in its own commit, and
@@ -287,13 +297,13 @@ class PostgresStore(sql.SqlReads, Store):
 
     def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
                        step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
-        def job(conn: Any) -> tuple[FeedbackCommit, list[LabelEvent]]:
+        def job(conn: Any) -> tuple[FeedbackCommit, tuple[int, list[LabelEvent]]]:
             commit = sql.apply_feedback(conn, tenant, request_id, served_model, labels, step, _lock_log)
             if commit.events:
                 conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(commit.events[-1].seq)))
             return commit, self._log_since_cursor(conn)
 
-        def after(res: tuple[FeedbackCommit, list[LabelEvent]]) -> None:
+        def after(res: tuple[FeedbackCommit, tuple[int, list[LabelEvent]]]) -> None:
             if after_commit is not None:
                 after_commit(res[0])  # the router counts its own labels first ...
             self._deliver(res[1])     # ... then the log, its own labels included, in order

@@ -438,6 +438,11 @@ def test_unlabelled_requests_count_in_decisions_by_their_expected_satisfaction(t
     assert expected_pending(st) == pytest.approx(sum(deficits) + allowance)
     assert r.policy.allowance(st) == pytest.approx(allowance)  # apart, for the queue's plain slope
     assert r.policy.expected(st) == pytest.approx(st.queue + sum(deficits) + allowance)
+    seen, plan = [], r.policy.plan
+    r.policy.plan = lambda batch, pricing: seen.append(batch) or plan(batch, pricing)  # type: ignore[method-assign]
+    r.decide([RouteItem(tenant="acme")], np.array([[0.5, 0.7, 0.9]]), np.zeros((1, 3)))  # decided, not recorded
+    assert seen[0].allowance == pytest.approx([allowance]) and seen[0].expected == pytest.approx(
+        [st.queue + sum(deficits) + allowance])  # the decision gets both
     r.store.close()
 
     r2 = make_router(path)  # the expectation is rebuilt from the stored requests

