@@ -102,15 +102,12 @@ class Policy:
         """Whether labels of a request (an exploration step or not) train the heads."""
         return True
 
-    def expected(self, st: TenantState) -> float:
-        """The queue the decisions start from: Q plus what the unlabelled requests are expected to add (E, its
-        allowance included)."""
-        return st.queue + pending_mean(st) + self.allowance(st)
-
-    def allowance(self, st: TenantState) -> float:
-        """The part of E that allows for the error of its estimate (tenant.pending_allowance): the queue's steep
-        slope starts that much later. A policy that overrides `expected` overrides this with it."""
-        return pending_allowance(st)
+    def expected(self, st: TenantState) -> tuple[float, float]:
+        """The queue the decisions start from, Q plus what the unlabelled requests are expected to add (E, its
+        allowance included), and the part of E that allows for the error of its estimate
+        (tenant.pending_allowance): the queue's steep slope starts that much later."""
+        allowance = pending_allowance(st)
+        return st.queue + pending_mean(st) + allowance, allowance
 
     def cost_unit(self, pricing: Pricing) -> float:
         """The unit of normalised costs: the dearest model's cost for a typical request, so V is unitless."""

@@ -43,11 +43,8 @@ class PaperPolicy(Policy):
     def learns(self, exploration: bool) -> bool:
         return exploration
 
-    def expected(self, st: TenantState) -> float:
-        return st.queue  # the paper's queue moves on labels alone
-
-    def allowance(self, st: TenantState) -> float:
-        return 0.0
+    def expected(self, st: TenantState) -> tuple[float, float]:
+        return st.queue, 0.0  # the paper's queue moves on labels alone
 
     def cost_unit(self, pricing: Pricing) -> float:
         return 1.0

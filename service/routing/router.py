@@ -166,8 +166,7 @@ class Router(RequestIds):
             for b, st in enumerate(states):
                 ts[b], st.next_t = st.next_t, st.next_t + 1
             queue = np.array([st.queue for st in states], np.float64)
-            expected = np.array([self.policy.expected(st) for st in states], np.float64)
-            allowance = np.array([self.policy.allowance(st) for st in states], np.float64)
+            expected, allowance = np.array([self.policy.expected(st) for st in states], np.float64).reshape(B, 2).T
             labelled = np.array([st.labelled for st in states], np.float64)
             awaiting = [st.awaiting.copy() for st in states]
             flight = np.stack([_flight(st, K).expire(int(ts[b])).copy() for b, st in enumerate(states)]) if B \

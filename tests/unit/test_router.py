@@ -436,8 +436,9 @@ def test_unlabelled_requests_count_in_decisions_by_their_expected_satisfaction(t
     # the allowance is two of those
     allowance = 2 * math.sqrt(0.25 * (3 + 9 / BIAS_PRIOR_N))
     assert expected_pending(st) == pytest.approx(sum(deficits) + allowance)
-    assert r.policy.allowance(st) == pytest.approx(allowance)  # apart, for the queue's plain slope
-    assert r.policy.expected(st) == pytest.approx(st.queue + sum(deficits) + allowance)
+    with_allowance, apart = r.policy.expected(st)
+    assert apart == pytest.approx(allowance)  # apart, for the queue's plain slope
+    assert with_allowance == pytest.approx(st.queue + sum(deficits) + allowance)
     seen, plan = [], r.policy.plan
     r.policy.plan = lambda batch, pricing: seen.append(batch) or plan(batch, pricing)  # type: ignore[method-assign]
     r.decide([RouteItem(tenant="acme")], np.array([[0.5, 0.7, 0.9]]), np.zeros((1, 3)))  # decided, not recorded
