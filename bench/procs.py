@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.support.config import serve_toml
 from tests.support.procs import ServerProcess, messplus_serve
 
-__all__ = ["TENANT", "ServerProcess", "echo_server", "route_only_config", "router_config", "router_server",
+__all__ = ["TENANT", "ServerProcess", "cpu_seconds", "echo_server", "route_only_config", "router_config", "router_server",
            "rss_bytes"]
 TENANT = "acme"
 
@@ -55,3 +55,29 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()  # the fields after the command name (which may hold spaces)
+
+
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """CPU seconds (user + system) a process has spent (Linux /proc); with `tree`, its children's too: those alive
+    now and those it has waited for. A process gone meanwhile counts 0."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        f = _stat(pid)  # f[11:15]: utime, stime, cutime, cstime
+    except OSError:
+        return 0.0
+    total = sum(int(x) for x in f[11:15 if tree else 13])
+    if tree:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    g = _stat(int(entry))
+                except OSError:
+                    continue
+                if int(g[1]) == pid:
+                    total += int(g[11]) + int(g[12])
+    return total / tick

@@ -12,6 +12,8 @@ so that the shared machine's drift, which is larger than the difference measured
              least there, so the state's share of a Route is largest)
   feedback1  Feedback one call at a time on requests that router routed (one label each: the served model's)
   feedback   Feedback at 64 clients, windows of a fixed number of calls
+Around each Route window the routes the backend stored and the CPU seconds they took are counted (the router's,
+and the PostgreSQL server's processes: on this machine both share its cores).
 On PostgreSQL (a real server on this machine, fsync on like SQLite's synchronous = FULL) the database's own
 counters (pg_stat_database: transactions committed, rows written) are read around each part once they settle,
 and divided by the calls; the idle rate is measured apart. Last, the PostgreSQL router routes with the database
@@ -42,7 +44,7 @@ from messplus.v1 import routing_pb2_grpc as pb_grpc
 from tests.support.postgres import PostgresServer
 
 from .loadgen import run_load
-from .procs import TENANT, ServerProcess, router_server
+from .procs import TENANT, ServerProcess, cpu_seconds, router_server
 from .prompts import trace_prompts
 from .state_report import section  # noqa: F401 - bench.report renders the results through it
 
@@ -159,11 +161,41 @@ class StateBench:
             row = conn.execute("SELECT requests FROM tenants WHERE name = %s", (TENANT,)).fetchone()
         return int(row[0]) if row else 0
 
-    def _route(self, backend: str, block: int) -> dict[str, Any]:
+    def _stored(self, backend: str) -> int:
+        """The Routes the backend has committed, once its group commit has caught up (the count holds still)."""
+        def count() -> int:
+            if backend == "postgres":
+                return self._requests()
+            with sqlite3.connect(f"file:{self.work / 'sqlite' / 'var' / 'messplus.sqlite3'}?mode=ro", uri=True) as c:
+                row = c.execute("SELECT requests FROM tenants WHERE name = ?", (TENANT,)).fetchone()
+            return int(row[0]) if row else 0
+        last, deadline = count(), time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            if (now := count()) == last:
+                break
+            last = now
+        return last
+
+    def _cpu(self, backend: str) -> tuple[float, float]:
+        """CPU seconds so far of the backend's router and of the PostgreSQL server (the postmaster and its
+        children): both share this machine's cores with the router."""
+        postmaster = int((self.pg.data / "postmaster.pid").read_text().split()[0])
+        return cpu_seconds(self.routers[backend].pid), cpu_seconds(postmaster, tree=True)
+
+    def _route(self, backend: str, block: int, account: bool = True) -> dict[str, Any]:
+        """One Route window; with `account`, around it (warm-up and drain included) the Routes the backend stored
+        and the CPU they took: the router's and the database server's."""
+        n0, (r0, d0) = (self._stored(backend), self._cpu(backend)) if account else (0, (0.0, 0.0))
         r = asyncio.run(run_load(self.routers[backend].address, "route", self.prompts, self.plan.clients,
                                  duration_s=self.plan.route_s, warmup_s=self.plan.warmup_s))
         self.say(f"   {backend:8s} {r.line()}")
-        return {"backend": backend, "block": block, **asdict(r)}
+        out = {"backend": backend, "block": block, **asdict(r)}
+        if account:
+            n1 = self._stored(backend)
+            r1, d1 = self._cpu(backend)
+            out.update(stored=n1 - n0, router_cpu_s=r1 - r0, db_cpu_s=d1 - d0)
+        return out
 
     def _feedback(self, backend: str, ids: list[str], clients: int, block: int = 0) -> dict[str, Any]:
         fb = asyncio.run(feedback_load(self.routers[backend].address, ids, clients))
@@ -175,7 +207,7 @@ class StateBench:
         before = self._requests()
         pg.stop("fast")
         try:
-            r = self._route("postgres", -1)
+            r = self._route("postgres", -1, account=False)  # the database is down: nothing to count there
         finally:
             pg.start()
         t0 = time.monotonic()
@@ -211,7 +243,7 @@ class StateBench:
         res["route_db_down"] = self._route_db_down(pg)
 
     def run(self) -> dict[str, Any]:
-        pg = PostgresServer(fsync=True).start()
+        pg = self.pg = PostgresServer(fsync=True).start()
         try:
             with psycopg.connect(pg.url, autocommit=True) as conn:
                 conn.execute("CREATE DATABASE bench")
@@ -241,6 +273,17 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
         out[f"{kind}_ratio"] = mean(kind, "postgres") / mean(kind, "sqlite")
         out[f"{kind}_block_ratios"] = [mean(kind, "postgres", k) / mean(kind, "sqlite", k) for k in range(blocks)]
     out["route_ratio_met"] = out["route_ratio"] >= 0.95
+    cpu = {}
+    for b in BACKENDS:
+        ws = [w for w in res["route"] if w["backend"] == b and "stored" in w]
+        n = sum(w["stored"] for w in ws)
+        if n:
+            cpu[b] = {"router_ms": 1000 * sum(w["router_cpu_s"] for w in ws) / n,
+                      "db_ms": 1000 * sum(w["db_cpu_s"] for w in ws) / n, "routes": n}
+    if len(cpu) == len(BACKENDS):  # CPU per Route, router and database server together, PostgreSQL / SQLite
+        out["route_cpu"] = cpu
+        out["route_cpu_ratio"] = sum(cpu["postgres"][k] for k in ("router_ms", "db_ms")) / \
+            sum(cpu["sqlite"][k] for k in ("router_ms", "db_ms"))
     return out
 
 

@@ -261,3 +261,29 @@ def test_sparse_table_prices_two_standard_errors_of_a_fifth_of_the_labels_on_the
         (tmp_path / f"tiny-{cond}" / "summary.json").write_text(json.dumps([{"alpha": 0.6, "runs": runs}]))
     rows = T.sparse_table(tmp_path).splitlines()
     assert rows[2:] == ["| tiny | 0.60 | 0.20 | 0.0980 | 3.10x | 2.50x (+0.0400) | 1.25x | 2.00x |"]
+
+
+def test_the_state_section_says_what_a_route_costs_in_cpu_on_each_backend() -> None:
+    res = json.loads(RESULTS.read_text())
+    cpu = {"sqlite": {"router_ms": 20.0, "db_ms": 0.05, "routes": 1000},
+           "postgres": {"router_ms": 21.0, "db_ms": 0.45, "routes": 900}}
+    text = page({**res, "state": {**res["state"], "route_cpu": cpu, "route_cpu_ratio": 21.45 / 20.05,
+                                  "route_ratio": 0.93}})
+    assert ("| CPU per Route (router + database server) | SQLite 20.0 ms (+ 0.05 ms: the PostgreSQL server idling "
+            "beside it), PostgreSQL 21.0 + 0.45 ms: 1.07x | reported |") in text
+    assert "+5.0% in the router" in text and "would route 0.93x as many requests; the windows measured 0.93x" in text
+    old = {k: v for k, v in res["state"].items() if k not in ("route_cpu", "route_cpu_ratio")}
+    assert "CPU per Route" not in page({**res, "state": old})  # results from before it was counted
+
+
+def test_cpu_seconds_counts_a_process_and_the_children_it_waited_for() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bench.procs import cpu_seconds
+
+    before = cpu_seconds(os.getpid(), tree=True)
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(4_000_000))"], check=True)
+    assert cpu_seconds(os.getpid(), tree=True) - before >= 0.1  # the child's, waited for
+    assert cpu_seconds(2**22 + 12345) == 0.0  # past pid_max: no such process
