@@ -11,7 +11,8 @@ Per model: messplus_model_selections_total{tenant,model} (answers served), messp
   calibration: messplus_label_predicted_total / messplus_label_observed_total / messplus_labels_total (the mean
   predicted satisfaction of labelled answers against the mean observed one).
 State: messplus_state_up{backend} (1 when the store commits and, if shared, its counters can be read; while a
-  shared store cannot be read, the fleet-wide tenant counters above are left out of the scrape, the queue stays).
+  shared store cannot be read, the fleet-wide tenant counters above are left out of the scrape, the queue stays),
+  messplus_label_log_stuck{backend} (1 while this router fails to take in labels of the shared log).
 Triton: messplus_triton_up (1 when the last poll reached it), messplus_triton_problem{reason} (1 for the reason
   it cannot serve now, 0 for the others: refused, dns, timeout, unreachable, not_ready; the log has the text).
 Per RPC: messplus_rpc_duration_seconds{method,code} (Route and Generate latency histograms among them).
@@ -88,9 +89,12 @@ class _RouterCollector(Collector):
         state = GaugeMetricFamily("messplus_state_up", "1 when the state store commits and, if shared, can be read "
                                   "(0: Feedback answers UNAVAILABLE; the log says why)", labels=["backend"])
         state.add_metric([r.store.backend], float(fleet and not r.store.error))
+        stuck = GaugeMetricFamily("messplus_label_log_stuck", "1 while this router fails to take in labels of the "
+                                  "shared log (read again every poll; the log names them)", labels=["backend"])
+        stuck.add_metric([r.store.backend], float(bool(r.store.log_stuck)))
         yield from g.values()
         yield from c.values()
-        yield from (sel, inv, avail, state)
+        yield from (sel, inv, avail, state, stuck)
 
 
 class _TritonCollector(Collector):

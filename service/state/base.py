@@ -126,6 +126,10 @@ class Store(abc.ABC):
         """Why the store cannot commit now ("" when it can)."""
         return ""
 
+    # why labels of the shared log are not taken in by this process ("" while they are): `subscribe`'s callback
+    # fails on them, and they are handed to it again on every read until it takes them
+    log_stuck = ""
+
     def subscribe(self, callback: Callable[[list[LabelEvent]], None], after: int = 0,
                   tenants: Callable[[dict[str, TenantRow]], None] | None = None) -> None:
         """Deliver the labels after seq `after` that other writers commit to `callback` (and the tenants' rows,

@@ -149,9 +149,9 @@ class PostgresStore(sql.SqlReads, Store):
                                     open=True, name="messplus-state-read", configure=_reader_settings)
         self._callbacks: list[Callable[[list[LabelEvent]], None]] = []
         self._on_tenants: Callable[[dict[str, TenantRow]], None] | None = None
-        self._cursor = 0     # the last label seq handed to subscribers
-        self._reading = 0    # the same, counting what the open batch has read
+        self._cursor = self._reading = 0  # the last label seq handed to subscribers; counting the open batch's reads
         self._failed_from = -1  # the cursor a subscriber last failed from (-1: the last delivery went through)
+        self.log_stuck = ""  # why the labels after the cursor are not taken in ("" while deliveries go through)
         self._catching_up = threading.Event()
         self._patient = True  # reads wait as long as the writer until the router has loaded (started())
         self._tail_error = ""  # why the tail cannot reach the database ("" while it can)
@@ -164,8 +164,7 @@ class PostgresStore(sql.SqlReads, Store):
             self._writer = GroupCommit(self._connect, begin="BEGIN ISOLATION LEVEL READ COMMITTED; "
                                                             f"SELECT pg_advisory_xact_lock({LOG_LOCK})",
                                        max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
-                                       on_rollback=self._rolled_back,
-                                       transient=database_failure)
+                                       on_rollback=self._rolled_back, transient=database_failure)
         except BaseException:  # the writer's connection refused (too many clients): the pool's threads go too
             self._pool.close()
             raise
@@ -229,12 +228,13 @@ class PostgresStore(sql.SqlReads, Store):
         try:
             for cb in self._callbacks:
                 cb(events)
-            self._failed_from = -1
-        except Exception:
+            self._failed_from, self.log_stuck = -1, ""
+        except Exception as exc:
             if before != self._failed_from:  # one traceback per failing stretch, not one per poll
                 log.exception("state tail: a subscriber failed on labels %d-%d; they are read again",
                               events[0].seq, events[-1].seq)
             self._failed_from = before
+            self.log_stuck = f"labels after seq {before} fail in this router ({type(exc).__name__}: {exc})"
             self._cursor = self._reading = before
 
     def catch_up(self) -> Future[list[LabelEvent]]:

@@ -240,7 +240,8 @@ def test_a_read_made_before_a_failed_delivery_in_the_same_batch_is_dropped_and_r
         store._deliver((0, [ev(1), ev(2)]))
         store._deliver((2, [ev(3)]))  # read before the failure: delivering it would move past labels 1-2
         assert (store._cursor, store._reading, got) == (0, 0, [])
+        assert store.log_stuck == "labels after seq 0 fail in this router (RuntimeError: boom)"  # a metric says so
         store._deliver((0, [ev(1), ev(2), ev(3)]))  # the next read, from before the failed labels
-        assert got == [1, 2, 3] and store._cursor == 3
+        assert got == [1, 2, 3] and store._cursor == 3 and store.log_stuck == ""
     finally:
         store.close()
