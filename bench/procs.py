@@ -64,14 +64,17 @@ def _stat(pid: int) -> list[str]:
 
 def cpu_seconds(pid: int, tree: bool = False) -> float:
     """CPU seconds (user + system) a process has spent (Linux /proc); with `tree`, its children's too: those alive
-    now and those it has waited for. A process gone meanwhile counts 0."""
+    now and those it has waited for (a child reaped while the children are read would be in neither: the read is
+    taken again then). A process gone meanwhile counts 0."""
     tick = os.sysconf("SC_CLK_TCK")
-    try:
-        f = _stat(pid)  # f[11:15]: utime, stime, cutime, cstime
-    except OSError:
-        return 0.0
-    total = sum(int(x) for x in f[11:15 if tree else 13])
-    if tree:
+    for _ in range(5):
+        try:
+            f = _stat(pid)  # f[11:15]: utime, stime, cutime, cstime; f[1]: the parent's pid
+        except OSError:
+            return 0.0
+        total = sum(int(x) for x in f[11:15 if tree else 13])
+        if not tree:
+            return total / tick
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
@@ -80,4 +83,9 @@ def cpu_seconds(pid: int, tree: bool = False) -> float:
                     continue
                 if int(g[1]) == pid:
                     total += int(g[11]) + int(g[12])
+        try:
+            if _stat(pid)[13:15] == f[13:15]:  # no child reaped meanwhile
+                break
+        except OSError:
+            return 0.0
     return total / tick

@@ -271,7 +271,11 @@ def test_the_state_section_says_what_a_route_costs_in_cpu_on_each_backend() -> N
                                   "route_ratio": 0.93}})
     assert ("| CPU per Route (router + database server) | SQLite 20.0 ms (+ 0.05 ms: the PostgreSQL server idling "
             "beside it), PostgreSQL 21.0 + 0.45 ms: 1.07x | reported |") in text
-    assert "+5.0% in the router" in text and "would route 0.93x as many requests; the windows measured 0.93x" in text
+    assert "+5.0% in the router (where its writer thread" in text
+    assert "that is 0.93x the requests; the windows measured 0.93x" in text
+    cheaper = {**cpu, "postgres": {**cpu["postgres"], "router_ms": 19.0}}
+    text = page({**res, "state": {**res["state"], "route_cpu": cheaper, "route_cpu_ratio": 19.45 / 20.05}})
+    assert "-5.0% in the router (which the statements its writer thread sends through psycopg did not" in text
     old = {k: v for k, v in res["state"].items() if k not in ("route_cpu", "route_cpu_ratio")}
     assert "CPU per Route" not in page({**res, "state": old})  # results from before it was counted
 
@@ -280,10 +284,22 @@ def test_cpu_seconds_counts_a_process_and_the_children_it_waited_for() -> None:
     import os
     import subprocess
     import sys
+    import time
 
     from bench.procs import cpu_seconds
 
     before = cpu_seconds(os.getpid(), tree=True)
     subprocess.run([sys.executable, "-c", "sum(i * i for i in range(4_000_000))"], check=True)
     assert cpu_seconds(os.getpid(), tree=True) - before >= 0.1  # the child's, waited for
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        mine, start = cpu_seconds(os.getpid()), cpu_seconds(os.getpid(), tree=True)
+        deadline = time.monotonic() + 30
+        while cpu_seconds(busy.pid) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # a live child's own time counts in its parent's tree, not in the parent alone
+        assert cpu_seconds(os.getpid(), tree=True) - start >= 0.25 > cpu_seconds(os.getpid()) - mine
+    finally:
+        busy.kill()
+        busy.wait()
     assert cpu_seconds(2**22 + 12345) == 0.0  # past pid_max: no such process
