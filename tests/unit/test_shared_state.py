@@ -221,6 +221,30 @@ def test_labels_a_subscriber_failed_on_are_delivered_again_and_counted_once(rout
     assert "a subscriber failed on labels" in caplog.text
 
 
+def test_a_replica_failing_on_labels_says_so_in_its_metrics_until_it_takes_them(routers) -> None:
+    from prometheus_client import generate_latest
+
+    from messplus.service.server.metrics import Metrics
+
+    a, b = routers(), routers()
+    metrics = Metrics()
+    metrics.watch(b)
+    stuck = 'messplus_label_log_stuck{backend="postgres"} '
+    assert stuck + "0.0" in generate_latest(metrics.registry).decode()
+    def broken(*args: object, **kw: object) -> int:
+        raise RuntimeError("boom")
+
+    learn, b.learner.learn = b.learner.learn, broken  # type: ignore[method-assign]
+    a.feedback("acme", route(a, np.random.default_rng(3)).request_id, 1.0, []).result(10)
+    deadline = time.monotonic() + 10
+    while not b.store.log_stuck and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stuck + "1.0" in generate_latest(metrics.registry).decode() and "boom" in b.store.log_stuck
+    b.learner.learn = learn  # type: ignore[method-assign]
+    caught_up(b)
+    assert stuck + "0.0" in generate_latest(metrics.registry).decode() and b.tenants["acme"].labelled == 1
+
+
 def test_a_read_made_before_a_failed_delivery_in_the_same_batch_is_dropped_and_read_again(postgres_url) -> None:
     store = PostgresStore(postgres_url, poll_s=60)  # no subscriber thread: deliveries are driven by hand
     try:
