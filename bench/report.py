@@ -173,12 +173,15 @@ def _load_rows(rows: list[dict[str, Any]], extra: bool = False) -> list[str]:
 
 def _changed(res: dict[str, Any]) -> str:
     """What the run's code was beside its commit, as the header says it: the uncommitted files its state phase
-    recorded, or the later commit that phase started at (a commit made while the run went on)."""
+    recorded, or the later commit that phase started at (a commit made while the run went on), or the state
+    section's own later run (`python -m bench.state_bench` replaces it alone)."""
     state = res.get("state", {})
+    later = state.get("machine", {}).get("commit")
+    if "state_bench" in state.get("command", ""):
+        return f" (its state section from a later `{state['command']}`, at `{later}`: that section says so)"
     changed = state.get("changed") or []
     if changed:
         return f" (with uncommitted changes to {', '.join(f'`{c}`' for c in changed)})"
-    later = state.get("machine", {}).get("commit")
     if later and later != res["machine"]["commit"]:
         return f" (its state phase at `{later}`, committed while the run went on)"
     return ""

@@ -23,12 +23,16 @@ def test_benchmarks_page_is_rendered_from_the_results_file() -> None:
 def test_the_header_names_the_code_each_part_of_the_run_measured() -> None:
     res = json.loads(RESULTS.read_text())
     res["machine"]["commit"] = "aaaaaaa"
-    res["state"] = {**res["state"], "machine": {**res["state"].get("machine", {}), "commit": "aaaaaaa"}, "changed": []}
+    res["state"] = {**res["state"], "machine": {**res["state"].get("machine", {}), "commit": "aaaaaaa"}, "changed": [],
+                    "command": "python -m bench.run_all"}
     assert "at commit `aaaaaaa`, except" in page(res)
     res["state"]["machine"]["commit"] = "bbbbbbb"  # committed while the run went on
     assert "at commit `aaaaaaa` (its state phase at `bbbbbbb`, committed while the run went on)" in page(res)
     res["state"]["changed"] = ["service/state/sql.py"]
     assert "at commit `aaaaaaa` (with uncommitted changes to `service/state/sql.py`)" in page(res)
+    res["state"] = {**res["state"], "command": "python -m bench.state_bench", "changed": []}  # a later run of its own
+    assert ("at commit `aaaaaaa` (its state section from a later `python -m bench.state_bench`, at `bbbbbbb`: that "
+            "section says so)") in page(res)
 
 
 def test_a_p99_is_shown_only_from_enough_batches() -> None:
