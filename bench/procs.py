@@ -16,8 +16,8 @@ from pathlib import Path
 from tests.support.config import serve_toml
 from tests.support.procs import ServerProcess, messplus_serve
 
-__all__ = ["TENANT", "ServerProcess", "cpu_seconds", "echo_server", "route_only_config", "router_config", "router_server",
-           "rss_bytes"]
+__all__ = ["TENANT", "ServerProcess", "cpu_seconds", "echo_server", "route_only_config", "router_config",
+           "router_server", "rss_bytes"]
 TENANT = "acme"
 
 
