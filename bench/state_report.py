@@ -96,8 +96,8 @@ def _cpu_note(st: dict[str, Any]) -> list[str]:
         return []
     sq, pg, ratio = cpu["sqlite"], cpu["postgres"], st["route_cpu_ratio"]
     router = 100 * (pg["router_ms"] / sq["router_ms"] - 1)
-    why = ("where its writer thread sends each record's statements through psycopg: the request, the tenant's "
-           "counters, one count per invoked model" if router > 0 else "which the statements its writer thread sends "
+    why = ("where its writer thread sends each record through psycopg: one statement, for the request, the "
+           "tenant's counters and the model counts" if router > 0 else "which the record its writer thread sends "
            "through psycopg did not outweigh")
     return [f"The PostgreSQL server runs on the router's cores here. Counted around each window (warm-up and "
             f"drain included, {sq['routes'] + pg['routes']:,} stored Routes), a Route on PostgreSQL took "

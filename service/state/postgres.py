@@ -293,7 +293,7 @@ class PostgresStore(sql.SqlReads, Store):
 
     def insert_request(self, row: RequestRow) -> Future[None]:
         """A retried write: kept while the database is down (bounded), so Route need not wait for it."""
-        return self._writer.submit(lambda conn: sql.insert_request(conn, row), retry=True)
+        return self._writer.submit(lambda conn: sql.insert_request(conn, row, one_statement=True), retry=True)
 
     def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
                        step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:

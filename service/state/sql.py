@@ -173,33 +173,50 @@ def ensure_tenants(conn: Any, names: tuple[str, ...]) -> None:
         conn.execute("INSERT INTO tenants (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (n,))
 
 
-def insert_request(conn: Any, row: RequestRow) -> None:
+_INSERT_REQUEST = ("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, "
+                   "cost_raw, alpha, embedding, created, p_served, target, replica)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
+                   " RETURNING request_id")
+_COUNT_REQUEST = ("UPDATE tenants SET requests = requests + 1, cost_sum = cost_sum + ?, "
+                  "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ?, "
+                  "explore_cost_raw = explore_cost_raw + ? WHERE name = ?")
+_COUNT_MODEL = ("ON CONFLICT (tenant, model) DO UPDATE SET served = model_counts.served + excluded.served, "
+                "invoked = model_counts.invoked + 1")
+
+
+def insert_request(conn: Any, row: RequestRow, *, one_statement: bool = False) -> None:
     """Store a routed request and count it. The write is retried after a failed commit, and a commit can succeed
     with its reply lost: the same record found stored (the same router, tenant and t) is that commit, counted
-    already. Another request under the id is refused (AlreadyExists)."""
+    already. Another request under the id is refused (AlreadyExists).
+
+    `one_statement` (PostgreSQL): the record, the tenant's counters and the model counts go in one statement
+    (data-modifying CTEs, the counts only where the record was inserted), not 2 + one per invoked model: each
+    statement is a round trip and the router's CPU (docs/BENCHMARKS.md, state backends)."""
     if row.served_model not in row.invoked:
         raise ValueError("served model must be among the invoked ones")
-    stored = conn.execute("INSERT INTO requests (request_id, tenant, t, served_model, invoked, exploration, cost, "
-                          "cost_raw, alpha, embedding, created, p_served, target, replica)"
-                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
-                          " RETURNING request_id",
-                          (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked),
-                           int(row.exploration), row.cost, row.cost_raw, row.alpha, row.embedding, now(),
-                           row.p_served, row.target, row.replica)).fetchone()
+    record = (row.request_id, row.tenant, row.t, row.served_model, "\n".join(row.invoked), int(row.exploration),
+              row.cost, row.cost_raw, row.alpha, row.embedding, now(), row.p_served, row.target, row.replica)
+    counts = (row.cost, row.cost_raw, int(row.exploration), row.explore_cost_raw, row.tenant)
+    served = [int(m == row.served_model) for m in row.invoked]
+    if one_statement:
+        stored = conn.execute(
+            f"WITH ins AS ({_INSERT_REQUEST}), ten AS ({_COUNT_REQUEST} AND EXISTS (SELECT 1 FROM ins)), "
+            "mc AS (INSERT INTO model_counts (tenant, model, served, invoked) SELECT ?, m.model, m.served, 1 "
+            f"FROM unnest(?::text[], ?::int[]) AS m(model, served) WHERE EXISTS (SELECT 1 FROM ins) {_COUNT_MODEL}) "
+            "SELECT request_id FROM ins", (*record, *counts, row.tenant, list(row.invoked), served)).fetchone()
+    else:
+        stored = conn.execute(_INSERT_REQUEST, record).fetchone()
     if stored is None:
         have = conn.execute("SELECT replica, tenant, t FROM requests WHERE request_id = ?",
                             (row.request_id,)).fetchone()
         if row.replica is not None and have is not None and tuple(have) == (row.replica, row.tenant, row.t):
             return
         raise AlreadyExists(f"request_id {shown(row.request_id)} is stored already, for another request")
-    conn.execute("UPDATE tenants SET requests = requests + 1, cost_sum = cost_sum + ?, "
-                 "cost_raw_sum = cost_raw_sum + ?, explore_steps = explore_steps + ?, "
-                 "explore_cost_raw = explore_cost_raw + ? WHERE name = ?",
-                 (row.cost, row.cost_raw, int(row.exploration), row.explore_cost_raw, row.tenant))
-    for m in row.invoked:
-        conn.execute("INSERT INTO model_counts (tenant, model, served, invoked) VALUES (?, ?, ?, 1) "
-                     "ON CONFLICT (tenant, model) DO UPDATE SET served = model_counts.served + excluded.served, "
-                     "invoked = model_counts.invoked + 1", (row.tenant, m, int(m == row.served_model)))
+    if not one_statement:
+        conn.execute(_COUNT_REQUEST, counts)
+        for m, s in zip(row.invoked, served):
+            conn.execute("INSERT INTO model_counts (tenant, model, served, invoked) VALUES (?, ?, ?, 1) "
+                         + _COUNT_MODEL, (row.tenant, m, s))
 
 
 def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, labels: dict[str, float],

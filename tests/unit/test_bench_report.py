@@ -279,7 +279,7 @@ def test_the_state_section_says_what_a_route_costs_in_cpu_on_each_backend() -> N
     assert "that is 0.93x the requests; the windows measured 0.93x" in text
     cheaper = {**cpu, "postgres": {**cpu["postgres"], "router_ms": 19.0}}
     text = page({**res, "state": {**res["state"], "route_cpu": cheaper, "route_cpu_ratio": 19.45 / 20.05}})
-    assert "-5.0% in the router (which the statements its writer thread sends through psycopg did not" in text
+    assert "-5.0% in the router (which the record its writer thread sends through psycopg did not" in text
     old = {k: v for k, v in res["state"].items() if k not in ("route_cpu", "route_cpu_ratio")}
     assert "CPU per Route" not in page({**res, "state": old})  # results from before it was counted
 

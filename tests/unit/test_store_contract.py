@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from messplus.service.errors import Conflict
+from messplus.service.errors import AlreadyExists, Conflict
 from messplus.service.state.base import FeedbackCommit, RequestRow, Store
 from messplus.service.state.sqlite import SqliteStore
 
@@ -66,6 +66,16 @@ def test_a_request_is_recorded_with_its_tenant_counters_and_model_counts(store: 
     assert np.frombuffer(got.embedding or b"", np.float32).tolist() == [0, 1, 2, 3]
     t = store.tenants()["acme"]
     assert (t.requests, t.cost_sum, t.cost_raw_sum, t.explore_steps, t.explore_cost_raw) == (1, 0.25, 2.5, 1, 0.5)
+    assert store.model_counts() == {("acme", "cheap"): (0, 1), ("acme", "big"): (1, 1)}
+
+
+def test_a_record_written_again_counts_once_and_another_request_under_its_id_is_refused(store: Store) -> None:
+    first = replace(row("r1", served="big", invoked=("cheap", "big")), replica="a")
+    store.insert_request(first).result()
+    store.insert_request(first).result()  # a retried commit whose reply was lost: the same router, tenant and t
+    with pytest.raises(AlreadyExists, match="stored already"):
+        store.insert_request(replace(first, t=2)).result()
+    assert store.tenants()["acme"].requests == 1
     assert store.model_counts() == {("acme", "cheap"): (0, 1), ("acme", "big"): (1, 1)}
 
 
