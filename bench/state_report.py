@@ -45,7 +45,7 @@ def section(res: dict[str, Any]) -> list[str]:
            "",
            "| target | measured | |", "|---|---|---|",
            f"| Route req/s, PostgreSQL against SQLite >= 0.95x | {rps['postgres']:.1f} against {rps['sqlite']:.1f} "
-           f"req/s: {st['route_ratio']:.2f}x (blocks: {', '.join(f'{r:.2f}' for r in br)}) | "
+           f"req/s: {st['route_ratio']:.3f}x (blocks: {', '.join(f'{r:.2f}' for r in br)}) | "
            f"{'met' if st['route_ratio_met'] else '**missed**'} |",
            f"| database round trips on Route's path: 0 | Route answers before its record is written: the writer "
            f"thread group-commits records, {rdb['xact_per_call_less_idle']:.3f} transactions per Route "
