@@ -152,7 +152,7 @@ class StateBench:
 
     def _ids(self, backend: str) -> list[str]:
         if backend == "sqlite":
-            with sqlite3.connect(f"file:{self.work / 'sqlite' / 'var' / 'messplus.sqlite3'}?mode=ro", uri=True) as c:
+            with self._sqlite() as c:
                 ids = [r[0] for r in c.execute("SELECT request_id FROM requests")]
         else:
             with psycopg.connect(self.url) as conn:
@@ -160,29 +160,33 @@ class StateBench:
         random.Random(0).shuffle(ids)
         return ids
 
+    def _sqlite(self) -> sqlite3.Connection:
+        """The SQLite router's state, read-only."""
+        return sqlite3.connect(f"file:{self.work / 'sqlite' / 'var' / 'messplus.sqlite3'}?mode=ro", uri=True)
+
     def _requests(self) -> int:
         """The tenant's stored requests, read on one kept connection (no connection start-up in the server's CPU
         or counters; each read is one transaction, counted in `probes`), opened again after a restart."""
-        for attempt in (0, 1):
-            try:
-                if self._probe is None or self._probe.closed:
-                    self._probe = psycopg.connect(self.url, autocommit=True)
-                self.probes += 1
-                row = self._probe.execute("SELECT requests FROM tenants WHERE name = %s", (TENANT,)).fetchone()
-                return int(row[0]) if row else 0
-            except psycopg.OperationalError:
-                if self._probe is not None:
-                    self._probe.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self._read_requests()
+        except psycopg.OperationalError:  # the server restarted (_route_db_down): a fresh connection
+            if self._probe is not None:
+                self._probe.close()
+            return self._read_requests()
+
+    def _read_requests(self) -> int:
+        if self._probe is None or self._probe.closed:
+            self._probe = psycopg.connect(self.url, autocommit=True)
+        self.probes += 1
+        row = self._probe.execute("SELECT requests FROM tenants WHERE name = %s", (TENANT,)).fetchone()
+        return int(row[0]) if row else 0
 
     def _stored(self, backend: str) -> int:
         """The Routes the backend has committed, once its group commit has caught up (the count holds still)."""
         def count() -> int:
             if backend == "postgres":
                 return self._requests()
-            with sqlite3.connect(f"file:{self.work / 'sqlite' / 'var' / 'messplus.sqlite3'}?mode=ro", uri=True) as c:
+            with self._sqlite() as c:
                 row = c.execute("SELECT requests FROM tenants WHERE name = ?", (TENANT,)).fetchone()
             return int(row[0]) if row else 0
         last, deadline = count(), time.monotonic() + 30

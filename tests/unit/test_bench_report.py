@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bench.procs import cpu_seconds
 from bench.report import P99_MIN_BATCHES, RESULTS, ROOT, _tail, page, readme_block, readme_table, targets
 
 
@@ -285,13 +290,6 @@ def test_the_state_section_says_what_a_route_costs_in_cpu_on_each_backend() -> N
 
 
 def test_cpu_seconds_counts_a_process_and_the_children_it_waited_for() -> None:
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from bench.procs import cpu_seconds
-
     before = cpu_seconds(os.getpid(), tree=True)
     subprocess.run([sys.executable, "-c", "sum(i * i for i in range(4_000_000))"], check=True)
     assert cpu_seconds(os.getpid(), tree=True) - before >= 0.1  # the child's, waited for

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.errors import Conflict
@@ -17,6 +18,7 @@ from messplus.service.routing.heads import Heads
 from messplus.service.routing.router import Router
 from messplus.service.routing.tenant import fold_queue
 from messplus.service.routing.types import EXPLORE_ALWAYS, Decision, RouteItem
+from messplus.service.server.metrics import Metrics
 from messplus.service.state.base import LabelEvent
 from messplus.service.state.postgres import PostgresStore
 
@@ -222,10 +224,6 @@ def test_labels_a_subscriber_failed_on_are_delivered_again_and_counted_once(rout
 
 
 def test_a_replica_failing_on_labels_says_so_in_its_metrics_until_it_takes_them(routers) -> None:
-    from prometheus_client import generate_latest
-
-    from messplus.service.server.metrics import Metrics
-
     a, b = routers(), routers()
     metrics = Metrics()
     metrics.watch(b)
