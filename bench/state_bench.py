@@ -31,6 +31,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -160,9 +161,10 @@ class StateBench:
         random.Random(0).shuffle(ids)
         return ids
 
-    def _sqlite(self) -> sqlite3.Connection:
-        """The SQLite router's state, read-only."""
-        return sqlite3.connect(f"file:{self.work / 'sqlite' / 'var' / 'messplus.sqlite3'}?mode=ro", uri=True)
+    def _sqlite(self) -> closing[sqlite3.Connection]:
+        """The SQLite router's state, read-only, closed on leaving the `with` (a connection's own `with` only
+        ends a transaction)."""
+        return closing(sqlite3.connect(f"file:{self.work / 'sqlite' / 'var' / 'messplus.sqlite3'}?mode=ro", uri=True))
 
     def _requests(self) -> int:
         """The tenant's stored requests, read on one kept connection (no connection start-up in the server's CPU
