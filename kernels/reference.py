@@ -28,7 +28,9 @@ def decide_batch_np(p_hat, cost, avail, queue, alpha, V):
 
 # ----------------------------------------------------------------------------------------------- queue
 def queue_update_np(q, target, s, floor):
-    """max(floor, q + target - s), elementwise."""
+    """max(floor, q + target - s), elementwise; ValueError where q, target or s is not finite (as queue_update)."""
+    if not (np.isfinite(q).all() and np.isfinite(target).all() and np.isfinite(s).all()):
+        raise ValueError("queue_update: q, target and s must be finite")
     return np.maximum(floor, q + target - s)
 
 
@@ -39,6 +41,8 @@ def queue_update_many_np(q, tenant, target, s, floor):
     S_n = d_1 + ... + d_n it unrolls to r_n = S_n - min(-r_0, S_1, ..., S_n). A floor of -inf never binds:
     q_n = q_0 + S_n.
     """
+    if not (np.isfinite(target).all() and np.isfinite(s).all()):
+        raise ValueError("queue_update_many: every target and s must be finite")
     if tenant.size == 0:
         return
     order = np.argsort(tenant, kind="stable")

@@ -225,6 +225,25 @@ def test_queue_update_many_checks_every_index_before_writing() -> None:
         kernels.queue_update_many(q, np.array([0]), np.ones(1), np.zeros(1), np.zeros(3))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_queue_refuses_a_non_finite_step_instead_of_taking_it_to_the_floor(bad: float) -> None:
+    # max(floor, NaN) was the floor: -inf with an unlimited reserve, a queue that never asks for satisfaction again
+    for fn in (kernels.queue_update, ref.queue_update_np):
+        with pytest.raises(ValueError, match="finite"):
+            fn(0.2, 0.7, bad, -np.inf)
+        with pytest.raises(ValueError, match="finite"):
+            fn(0.2, bad, 0.5, 0.0)
+        with pytest.raises(ValueError, match="finite"):
+            fn(bad, 0.7, 0.5, -np.inf)
+    for fn in (kernels.queue_update_many, ref.queue_update_many_np):
+        q = np.array([1.0, 2.0])
+        with pytest.raises(ValueError, match="finite"):
+            fn(q, np.array([0, 1]), np.array([0.7, 0.7]), np.array([0.5, bad]), np.full(2, -np.inf))
+        with pytest.raises(ValueError, match="finite"):
+            fn(q, np.array([1, 0]), np.array([bad, 0.7]), np.array([0.5, 0.5]), np.zeros(2))
+        np.testing.assert_array_equal(q, [1.0, 2.0])  # nothing written, the good first step included
+
+
 # ------------------------------------------------------------------------------------------- exploration
 @fuzz
 @given(st.integers(-(2**62), 2**62), st.floats(0.0, 100.0))
