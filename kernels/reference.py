@@ -41,8 +41,8 @@ def queue_update_many_np(q, tenant, target, s, floor):
     S_n = d_1 + ... + d_n it unrolls to r_n = S_n - min(-r_0, S_1, ..., S_n). A floor of -inf never binds:
     q_n = q_0 + S_n.
     """
-    if not (np.isfinite(target).all() and np.isfinite(s).all()):
-        raise ValueError("queue_update_many: every target and s must be finite")
+    if not (np.isfinite(q).all() and np.isfinite(target).all() and np.isfinite(s).all()):
+        raise ValueError("queue_update_many: every q, target and s must be finite")
     if tenant.size == 0:
         return
     order = np.argsort(tenant, kind="stable")

@@ -242,6 +242,10 @@ def test_queue_refuses_a_non_finite_step_instead_of_taking_it_to_the_floor(bad: 
         with pytest.raises(ValueError, match="finite"):
             fn(q, np.array([1, 0]), np.array([bad, 0.7]), np.array([0.5, 0.5]), np.zeros(2))
         np.testing.assert_array_equal(q, [1.0, 2.0])  # nothing written, the good first step included
+        q2 = np.array([1.0, bad])
+        with pytest.raises(ValueError, match="finite"):
+            fn(q2, np.array([0, 1]), np.array([0.7, 0.7]), np.array([0.5, 0.5]), np.zeros(2))
+        assert q2[0] == 1.0  # the step on the finite queue before it was not written either
 
 
 # ------------------------------------------------------------------------------------------- exploration
