@@ -295,7 +295,8 @@ class App:
         if self.triton is not None:
             await asyncio.to_thread(self.triton.stop)
         self.metrics.close()
-        self.progress(f"drained and flushed in {drained:.2f}s; stopped in {time.monotonic() - began:.2f}s")
+        if self.server is not None or hasattr(self, "store") or self.triton is not None:  # else nothing had started
+            self.progress(f"drained and flushed in {drained:.2f}s; stopped in {time.monotonic() - began:.2f}s")
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -105,6 +105,28 @@ def test_a_start_ends_the_triton_an_earlier_router_left_and_serves(tmp_path: Pat
     orphan.stop()  # reaps the killed watchdog; its group is gone already
 
 
+def test_a_second_router_of_the_folder_is_refused_before_it_writes_there(tmp_path: Path, encoder_onnx: Path) -> None:
+    state = tmp_path / "state"
+    r = embedded_router(tmp_path, encoder_onnx, "router").start()
+    try:
+        repo = state / "demo-model-repository"
+        files = {f: f.stat().st_mtime_ns for f in repo.rglob("*") if f.is_file()}
+        second = embedded_router(tmp_path, encoder_onnx, "second").launch()
+        assert second.proc is not None and second.proc.wait(60) == 1, second.log_tail()
+        said = second.log_text()
+        assert "FolderInUse" in said and "a router of this state folder is already running" in said, said
+        # it wrote nothing and started nothing: the running router's Triton serves the repository as it was
+        assert "writing the demo zoo" not in said and "starting the embedded Triton" not in said, said
+        assert "drained and flushed" not in said, said
+        assert {f: f.stat().st_mtime_ns for f in repo.rglob("*") if f.is_file()} == files
+        with grpc.insecure_channel(r.address) as ch:
+            reply = pb_grpc.RoutingServiceStub(ch).Route(pb.RouteRequest(tenant="default", text="Say hello."),
+                                                         timeout=30)
+        assert reply.model
+    finally:
+        assert r.stop() == 0, r.log_tail()
+
+
 def test_an_embedded_triton_that_dies_is_restarted_and_serves_again(tmp_path: Path, encoder_onnx: Path) -> None:
     """kill -9 of tritonserver itself (what the OOM killer does): the router says so with the exit code and the
     log's tail, starts it again on the same port, and Generate works again; before, readiness stayed NOT_SERVING
