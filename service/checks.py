@@ -99,7 +99,10 @@ def _validate_security(sec: SecurityConfig) -> None:
 def _validate_models(cfg: Config) -> None:
     if cfg.embedded_triton and not cfg.zoo.models:
         return  # the demo zoo is filled in at start-up
-    _check(len(cfg.zoo.models) >= 1, "zoo.models", "at least one model is needed when triton.url is set")
+    _check(len(cfg.zoo.models) >= 1, "zoo.models",
+           "at least one model is needed with your own Triton or Route-only (triton.url set): add a [[zoo.models]] "
+           "table per model (name, triton_model, prices); only the embedded demo Triton (triton.url empty) brings "
+           "its own zoo")
     seen: set[str] = set()
     for i, m in enumerate(cfg.zoo.models):
         key = f"zoo.models[{i}]"
