@@ -159,7 +159,10 @@ class App:
             # hundred such calls from one caller, no token needed, had every other caller refused, the liveness
             # probe included. Per connection, they fill their own connection only (its next calls wait there).
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
-                     ("grpc.max_concurrent_streams", cfg.server.max_inflight + SIDE_STREAMS + 256)])
+                     ("grpc.max_concurrent_streams", cfg.server.max_inflight + SIDE_STREAMS + 256),
+                     # gRPC binds with SO_REUSEPORT on Linux: a second router on the same address started and
+                     # silently took half the calls, on a state of its own. An address in use refuses the start.
+                     ("grpc.so_reuseport", 0)])
         servicer = RoutingServicer(self.router, self.batcher, self.zoo, max_prompt_chars=cfg.server.max_prompt_chars,
                                    triton_timeout_s=cfg.triton.timeout_s, cost_unit=cfg.zoo.cost_unit,
                                    metrics=self.metrics, triton=self.monitor, max_streams=cfg.server.max_inflight,
@@ -173,7 +176,8 @@ class App:
         self.port = (self.server.add_secure_port(cfg.server.listen, creds) if creds
                      else self.server.add_insecure_port(cfg.server.listen))
         if not self.port:
-            raise OSError(f"cannot listen on {cfg.server.listen}")
+            raise OSError(f"cannot listen on {cfg.server.listen}: the address is in use (another router?) or not "
+                          "this machine's; set server.listen (MESSPLUS_SERVER_LISTEN)")
         await self.server.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(STATE, health_pb2.HealthCheckResponse.SERVING)

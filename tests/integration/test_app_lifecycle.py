@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from concurrent import futures
 
+import grpc
 import pytest
 
 from ..support.inprocess import AppThread
@@ -25,3 +27,18 @@ def test_a_start_that_cannot_listen_raises_and_still_drains_what_it_started(
     progress = str(err.value)  # the App's progress lines, as `messplus serve` prints them
     assert "loading the predictor" in progress and "listening on" not in progress
     assert "drained and flushed" in progress, "the failed start did not run the drain (store, Triton left open)"
+
+
+def test_an_address_another_grpc_server_holds_refuses_the_start(router_app: Callable[..., AppThread]) -> None:
+    """gRPC binds with SO_REUSEPORT on Linux unless told not to: a second router on a running one's address
+    started, and the kernel split the calls between two routers with two states."""
+    other = grpc.server(futures.ThreadPoolExecutor(1))  # gRPC's defaults: SO_REUSEPORT on, as a router had it
+    port = other.add_insecure_port("127.0.0.1:0")
+    other.start()
+    try:
+        with pytest.raises(RuntimeError, match="the App did not start") as err:
+            router_app(server={"listen": f"127.0.0.1:{port}"})
+        cause = err.value.__cause__
+        assert isinstance(cause, OSError | RuntimeError) and f"127.0.0.1:{port}" in str(cause), repr(cause)
+    finally:
+        other.stop(None)
