@@ -173,8 +173,11 @@ class App:
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self.server)
         creds = server_credentials(cfg.security)
-        self.port = (self.server.add_secure_port(cfg.server.listen, creds) if creds
-                     else self.server.add_insecure_port(cfg.server.listen))
+        try:  # gRPC says "Failed to bind" (a RuntimeError) or returns port 0
+            self.port = (self.server.add_secure_port(cfg.server.listen, creds) if creds
+                         else self.server.add_insecure_port(cfg.server.listen))
+        except RuntimeError:
+            self.port = 0
         if not self.port:
             raise OSError(f"cannot listen on {cfg.server.listen}: the address is in use (another router?) or not "
                           "this machine's; set server.listen (MESSPLUS_SERVER_LISTEN)")
