@@ -173,14 +173,15 @@ class App:
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self.server)
         creds = server_credentials(cfg.security)
+        bind_error: RuntimeError | None = None
         try:  # gRPC says "Failed to bind" (a RuntimeError) or returns port 0
             self.port = (self.server.add_secure_port(cfg.server.listen, creds) if creds
                          else self.server.add_insecure_port(cfg.server.listen))
-        except RuntimeError:
-            self.port = 0
+        except RuntimeError as exc:
+            self.port, bind_error = 0, exc
         if not self.port:
             raise OSError(f"cannot listen on {cfg.server.listen}: the address is in use (another router?) or not "
-                          "this machine's; set server.listen (MESSPLUS_SERVER_LISTEN)")
+                          "this machine's; set server.listen (MESSPLUS_SERVER_LISTEN)") from bind_error
         await self.server.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(STATE, health_pb2.HealthCheckResponse.SERVING)
