@@ -30,6 +30,27 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _zoo_line(cfg) -> str:
+    if cfg.zoo.models or not cfg.embedded_triton:
+        return _plural(len(cfg.zoo.models), "model")
+    from .demo.repository import DEFAULT_MODELS
+
+    return f"{_plural(len(DEFAULT_MODELS), 'model')} (the demo zoo)"
+
+
+def _tenants_line(cfg) -> str:
+    from . import config
+
+    tenants = cfg.tenants or config.DEFAULT_TENANTS
+    alphas = ", ".join(f"{t.name} alpha {t.alpha:g}" for t in tenants[:3]) + (", ..." if len(tenants) > 3 else "")
+    default = " (the default)" if not cfg.tenants else ""
+    return f"{_plural(len(tenants), 'tenant')}{default}: {alphas}"
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from . import config
     from .routing.registry import get_policy
@@ -39,8 +60,7 @@ def _check_config(args: argparse.Namespace) -> int:
     get_policy(cfg.routing.policy)
     # what serve reads once Triton is up: a bad token entry is found here, not there
     check_grants(load_tokens(cfg.security), [t.name for t in (cfg.tenants or config.DEFAULT_TENANTS)])
-    print(f"ok: {len(cfg.zoo.models) or 'demo'} models, {len(cfg.tenants) or 'default'} tenants, "
-          f"listen {cfg.server.listen}")
+    print(f"ok: {_zoo_line(cfg)}, {_tenants_line(cfg)}, listen {cfg.server.listen}")
     return 0
 
 

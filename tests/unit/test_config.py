@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,19 @@ def test_check_config_reads_the_tokens_as_serve_does(tmp_path: Path, capsys: pyt
     path = write(tmp_path, GOOD + '[security]\ntokens = "short=*"\n')
     assert main(["check-config", "--config", str(path)]) == 2
     assert "security.tokens" in capsys.readouterr().err
+
+
+def test_check_config_says_what_it_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from messplus.service.cli import main
+
+    for key in [k for k in os.environ if k.startswith("MESSPLUS_")]:
+        monkeypatch.delenv(key)
+    assert main(["check-config", "--config", str(write(tmp_path, GOOD))]) == 0
+    assert capsys.readouterr().out.strip() == "ok: 2 models, 1 tenant: acme alpha 0.75, listen 127.0.0.1:6000"
+    assert main(["check-config", "--config", str(write(tmp_path, "[state]\ndir = \"x\"\n"))]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "ok: 5 models (the demo zoo), 1 tenant (the default): default alpha 0.7, listen 127.0.0.1:50051")
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
