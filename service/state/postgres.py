@@ -163,7 +163,7 @@ class PostgresStore(sql.SqlReads, Store):
         try:
             self._writer = GroupCommit(self._connect, begin="BEGIN ISOLATION LEVEL READ COMMITTED; "
                                                             f"SELECT pg_advisory_xact_lock({LOG_LOCK})",
-                                       max_batch=max_batch, reconnect=True, max_buffered=buffer_records,
+                                       max_batch=max_batch, reconnect=True, max_buffered=buffer_records, multi=True,
                                        on_rollback=self._rolled_back, transient=database_failure)
         except BaseException:  # the writer's connection refused (too many clients): the pool's threads go too
             self._pool.close()
@@ -298,9 +298,8 @@ class PostgresStore(sql.SqlReads, Store):
     def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
                        step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
         def job(conn: Any) -> tuple[FeedbackCommit, tuple[int, list[LabelEvent]]]:
-            commit = sql.apply_feedback(conn, tenant, request_id, served_model, labels, step, _lock_log)
-            if commit.events:
-                conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(commit.events[-1].seq)))
+            # the log's lock is the transaction's already (the writer's `begin`)
+            commit = sql.apply_feedback(conn, tenant, request_id, served_model, labels, step, notify=CHANNEL)
             return commit, self._log_since_cursor(conn)
 
         def after(res: tuple[FeedbackCommit, tuple[int, list[LabelEvent]]]) -> None:

@@ -219,20 +219,49 @@ def insert_request(conn: Any, row: RequestRow, *, one_statement: bool = False) -
                          + _COUNT_MODEL, (row.tenant, m, s))
 
 
+_FEEDBACK_READ = ("SELECT r.tenant, r.served_model, r.exploration, r.embedding, r.replica, r.p_served, r.target, "
+                  "t.queue, t.labelled, "
+                  "ARRAY(SELECT l.model FROM labels l WHERE l.request_id = r.request_id ORDER BY l.seq), "
+                  "ARRAY(SELECT l.satisfaction FROM labels l WHERE l.request_id = r.request_id ORDER BY l.seq) "
+                  "FROM requests r LEFT JOIN tenants t ON t.name = r.tenant WHERE r.request_id = ?")
+# the tenant's queue (where the served model's label is new) and the new labels, in the given order, then the
+# label log's notification: one statement (PostgreSQL's data-modifying CTEs)
+_FEEDBACK_WRITE = ("WITH ten AS (UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
+                   "WHERE name = ? AND ?::boolean), "
+                   "ins AS (INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created) "
+                   "SELECT ?, m.model, m.s, m.served, CASE WHEN m.served = 1 THEN ?::double precision END, ? "
+                   "FROM unnest(?::text[], ?::double precision[], ?::int[]) WITH ORDINALITY AS m(model, s, served, i) "
+                   "ORDER BY m.i RETURNING seq, model) "
+                   "SELECT array_agg(seq ORDER BY seq), array_agg(model ORDER BY seq), "
+                   "pg_notify(?, max(seq)::text) FROM ins")
+
+
 def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
-                   step: QueueStep, lock_log: Callable[[Any], None] | None = None) -> FeedbackCommit:
+                   step: QueueStep, lock_log: Callable[[Any], None] | None = None,
+                   notify: str = "") -> FeedbackCommit:
     """Store.apply_feedback's transaction. `lock_log(conn)`, first, serialises writers of a shared log, so that
-    label seqs are handed out in commit order (a reader that saw seq n has seen every seq below it)."""
+    label seqs are handed out in commit order (a reader that saw seq n has seen every seq below it).
+
+    `notify` (PostgreSQL): the channel told of the new labels, and the whole of it in two statements, one read
+    and one write (each statement is a round trip made while the log's lock is held: they bound how many
+    Feedbacks the fleet commits per second; docs/SCALING.md), not 4 + one per label."""
     if lock_log is not None:
         lock_log(conn)
     # the router checked its memory; the database decides: a record another replica stored under the same id,
     # or one whose commit failed, must not take this caller's labels
-    req = conn.execute("SELECT tenant, served_model, exploration, embedding, replica, p_served, target FROM requests "
-                       "WHERE request_id = ?", (request_id,)).fetchone()
+    if notify:
+        req = conn.execute(_FEEDBACK_READ, (request_id,)).fetchone()
+    else:
+        req = conn.execute("SELECT tenant, served_model, exploration, embedding, replica, p_served, target "
+                           "FROM requests WHERE request_id = ?", (request_id,)).fetchone()
     if req is None or req[0] != tenant or req[1] != served_model:
         raise NotFound(f"request_id {shown(request_id)} is not a stored request of tenant {tenant!r}")
     exploration, embedding, replica, p_served, target = req[2:7]
-    stored = dict(conn.execute("SELECT model, satisfaction FROM labels WHERE request_id = ?", (request_id,)).fetchall())
+    if notify:
+        stored = dict(zip(req[9], req[10]))
+    else:
+        stored = dict(conn.execute("SELECT model, satisfaction FROM labels WHERE request_id = ?",
+                                   (request_id,)).fetchall())
     new: dict[str, float] = {}
     for model, s in labels.items():
         if model in stored:
@@ -241,22 +270,33 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
                                f"model {model!r}; feedback is write-once")
         else:
             new[model] = s
-    queue, labelled = conn.execute("SELECT queue, labelled FROM tenants WHERE name = ?", (tenant,)).fetchone()
+    queue, labelled = req[7:9] if notify else conn.execute("SELECT queue, labelled FROM tenants WHERE name = ?",
+                                                            (tenant,)).fetchone()
     moves = served_model in new
     if moves:
         queue = step(float(queue), int(labelled) + 1, new[served_model])
-        conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
-                     "WHERE name = ?", (queue, new[served_model], tenant))
-    events = []
-    for model, s in new.items():
-        served = model == served_model
-        (seq,) = conn.execute("INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"
-                              " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-                              (request_id, model, s, int(served), queue if served else None, now())).fetchone()
-        events.append(LabelEvent(seq=int(seq), tenant=tenant, request_id=request_id, model=model, satisfaction=s,
-                                 moves_queue=served, queue_after=queue if served else None,
-                                 exploration=bool(exploration), embedding=_bytes(embedding), replica=replica,
-                                 p_served=p_served, target=target))
+    seqs: dict[str, int] = {}
+    if notify and new:
+        models = list(new)
+        got, order, _ = conn.execute(_FEEDBACK_WRITE, (
+            queue, new.get(served_model, 0.0), tenant, moves, request_id, queue, now(), models,
+            [new[m] for m in models], [int(m == served_model) for m in models], notify)).fetchone()
+        seqs = dict(zip(order, got))
+    elif not notify:
+        if moves:
+            conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
+                         "WHERE name = ?", (queue, new[served_model], tenant))
+        for model, s in new.items():
+            (seqs[model],) = conn.execute(
+                "INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+                (request_id, model, s, int(model == served_model), queue if model == served_model else None,
+                 now())).fetchone()
+    events = [LabelEvent(seq=int(seqs[model]), tenant=tenant, request_id=request_id, model=model, satisfaction=s,
+                         moves_queue=model == served_model, queue_after=queue if model == served_model else None,
+                         exploration=bool(exploration), embedding=_bytes(embedding), replica=replica,
+                         p_served=p_served, target=target)
+              for model, s in new.items()]
     return FeedbackCommit(new=new, given=len(labels), queue=float(queue), moved=moves, events=tuple(events))
 
 

@@ -45,11 +45,14 @@ class GroupCommit:
     """The writer thread and its connection (`connect()` opens it; `begin` starts a write transaction)."""
 
     def __init__(self, connect: Callable[[], Any], *, begin: str = "BEGIN", max_batch: int = 512,
-                 inline: bool = False, reconnect: bool = False, max_buffered: int = 0,
+                 inline: bool = False, reconnect: bool = False, max_buffered: int = 0, multi: bool = False,
                  retry_delay_s: float = 0.5, on_rollback: Callable[[], None] | None = None,
                  transient: Callable[[BaseException], bool] = lambda exc: False,
                  name: str = "messplus-store-writer") -> None:
         self._connect, self._begin, self._max_batch = connect, begin, max_batch
+        # the connection runs several statements in one call (PostgreSQL): the savepoints then travel with the
+        # statements around them, one round trip between two jobs instead of two
+        self._multi = multi
         self._on_rollback, self._transient = on_rollback, transient
         self._busy_since = 0.0  # when the batch being committed began (0: none is)
         self.inline, self._reconnect, self._max_buffered = inline, reconnect, max_buffered
@@ -115,24 +118,31 @@ class GroupCommit:
         conn = self.conn
         results: list[tuple[Any, BaseException | None]] = []
         self._busy_since = time.monotonic()
+        multi = self._multi
         try:
-            conn.execute(self._begin)
-            for item in batch:
-                conn.execute("SAVEPOINT job")
+            conn.execute(f"{self._begin}; SAVEPOINT job" if multi else self._begin)
+            for i, item in enumerate(batch):
+                # outside the job's try: a failed RELEASE or SAVEPOINT fails the batch, and no job gets two results
+                # (each later job its neighbour's). With `multi` the savepoint of the job before (released
+                # as it was, or rolled back to) is released here, and the last one with the COMMIT
+                if not multi:
+                    conn.execute("SAVEPOINT job")
+                elif i:
+                    conn.execute("RELEASE SAVEPOINT job; SAVEPOINT job")
                 try:
                     res = item.job(conn)
                 except Exception as exc:  # noqa: BLE001 - a failing job must not take its batch down ...
                     if self._transient(exc):  # ... unless the database failed it: then the batch fails
                         raise
                     conn.execute("ROLLBACK TO SAVEPOINT job")
-                    conn.execute("RELEASE SAVEPOINT job")
+                    if not multi:
+                        conn.execute("RELEASE SAVEPOINT job")
                     results.append((None, exc))
                     continue
-                # outside the job's try: its failure fails the batch, and no job gets two results (each later
-                # job its neighbour's)
-                conn.execute("RELEASE SAVEPOINT job")
+                if not multi:
+                    conn.execute("RELEASE SAVEPOINT job")
                 results.append((res, None))
-            conn.execute("COMMIT")
+            conn.execute("RELEASE SAVEPOINT job; COMMIT" if multi else "COMMIT")
         except Exception as exc:  # noqa: BLE001 - the commit itself failed (disk full, I/O error, no database)
             return self._failed_commit(batch, exc)
         finally:

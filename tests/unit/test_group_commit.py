@@ -94,3 +94,32 @@ def test_a_future_its_caller_cancelled_does_not_stop_the_writer(tmp_path: Path) 
         assert after == [1]
     finally:
         writer.close()
+
+
+def test_a_failing_job_between_two_rolls_back_alone_with_the_savepoints_merged(postgres_url: str) -> None:
+    """On PostgreSQL the savepoints travel with the statements around them (`multi`: "RELEASE SAVEPOINT job;
+    SAVEPOINT job" between two jobs, "RELEASE SAVEPOINT job; COMMIT" at the end). A job that fails in the middle
+    of a batch still rolls back alone: the jobs before and after it commit, in one transaction."""
+    def connect() -> Any:
+        return psycopg.connect(postgres_url, autocommit=True)
+
+    with connect() as setup:
+        setup.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+    writer = GroupCommit(connect, multi=True)
+    try:
+        gate = threading.Event()
+        first = writer.submit(lambda c: gate.wait(10))  # holds the writer while the batch below queues up
+        jobs = [writer.submit(lambda c, x=x: c.execute("INSERT INTO t VALUES (%s)", (x,)).rowcount)
+                for x in (1, 2, 1, 3)]  # the second 1 breaks the primary key
+        gate.set()
+        assert first.result(10) is True
+        assert [j.result(10) for j in (jobs[0], jobs[1], jobs[3])] == [1, 1, 1]
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            jobs[2].result(10)
+        assert writer.submit(lambda c: c.execute("SELECT x FROM t ORDER BY x").fetchall()).result(10) == [
+            (1,), (2,), (3,)]
+        with pytest.raises(ZeroDivisionError):  # a batch of one failing job ends its transaction as well
+            writer.submit(lambda c: 1 / 0).result(10)
+        assert writer.submit(lambda c: c.execute("SELECT count(*) FROM t").fetchone()).result(10) == (3,)
+    finally:
+        writer.close()

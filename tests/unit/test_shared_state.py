@@ -267,3 +267,51 @@ def test_a_read_made_before_a_failed_delivery_in_the_same_batch_is_dropped_and_r
         assert got == [1, 2, 3] and store._cursor == 3 and store.log_stuck == ""
     finally:
         store.close()
+
+
+def test_a_feedback_is_a_few_round_trips_under_the_fleets_lock(postgres_url: str) -> None:
+    """Every statement of a Feedback's transaction is a round trip made while the log's lock is held, so they
+    bound the Feedbacks the whole fleet commits per second (docs/SCALING.md). A Feedback's job is three
+    statements whatever the number of labels (one read, one write with the notification, the log since the
+    cursor), a duplicate's two (nothing to write), a routed record's one; the transaction around a batch of
+    jobs adds its begin (with the lock and the first savepoint), one statement between two jobs, and the
+    commit."""
+    store = PostgresStore(postgres_url, poll_s=0.1)  # the tail's reads share batches with the counted jobs
+    r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], DIM), store, snapshot_every=10_000)
+    sent: list[str] = []
+    real = store._writer.conn.execute
+
+    def counted(query: str, params: tuple = ()) -> object:
+        sent.append(query)
+        return real(query, params)
+
+    def job_of(marker: str) -> list[str]:
+        """The statements of the job that sent `marker`, from its savepoint to the release after it (another job
+        of the same batch, such as the tail's, has its own); the framing travels with them, never alone."""
+        assert not {"SAVEPOINT job", "RELEASE SAVEPOINT job", "COMMIT"} & set(sent), sent
+        start = max(i for i, q in enumerate(sent) if marker in q)
+        while not sent[start - 1].endswith("SAVEPOINT job"):
+            start -= 1
+        end = next(i for i in range(start, len(sent)) if sent[i].startswith("RELEASE SAVEPOINT job;"))
+        return [q.split()[0] for q in sent[start:end]]
+
+    store._writer.conn.execute = counted
+    try:
+        rng = np.random.default_rng(1)
+        d = route(r, rng, exploration=EXPLORE_ALWAYS)  # both models invoked: two labels to give
+        assert job_of("INSERT INTO requests") == ["WITH"]
+        other = next(r.names[k] for k in d.invoked if k != d.served)
+        for labels, applied, job in (([(other, 1.0)], 2, ["SELECT", "WITH", "SELECT"]), ([], 0, ["SELECT", "SELECT"])):
+            sent.clear()
+            assert r.feedback("acme", d.request_id, 1.0, labels).result(10).applied == applied
+            assert job_of("LEFT JOIN tenants") == job
+        d = route(r, rng)
+        sent.clear()
+        assert r.feedback("acme", d.request_id, 0.0, []).result(10).applied == 1
+        assert job_of("LEFT JOIN tenants") == ["SELECT", "WITH", "SELECT"]
+        assert r.tenants["acme"].labelled == 2
+        (last,) = store.label_events(0, 0)[-1:]
+        assert last.request_id == d.request_id and last.moves_queue and last.satisfaction == 0.0
+        assert last.queue_after == r.tenants["acme"].queue
+    finally:
+        store.close()
