@@ -319,12 +319,12 @@ class TritonServer:
         self.stop()
 
 
-def start_embedded_triton(state_dir: Path, progress: Callable[[str], None],
-                          abort: threading.Event | None = None) -> tuple[TritonServer, tuple[ModelConfig, ...]]:
+def start_embedded_triton(state_dir: Path, progress: Callable[[str], None], abort: threading.Event | None = None,
+                          grpc_port: int | None = None) -> tuple[TritonServer, tuple[ModelConfig, ...]]:
     """Build the demo repository under `state_dir` if missing and start a local tritonserver on it; returns the
     server and the demo zoo's models with their price list. Setting `abort` ends the start (StartInterrupted).
     A router already running on `state_dir` is found before anything is written (FolderInUse): its Triton
-    serves the repository this start would rewrite."""
+    serves the repository this start would rewrite. `grpc_port`: Triton's port (default: a free one)."""
     from ..demo.repository import DEFAULT_TRACE, build_demo_repository
     from ..trace import load_trace
 
@@ -334,7 +334,7 @@ def start_embedded_triton(state_dir: Path, progress: Callable[[str], None],
     progress(f"writing the demo zoo's Triton model repository to {repo}")
     demo = build_demo_repository(repo)
     progress("starting the embedded Triton server (tritonserver from nvidia-pytriton)")
-    server = TritonServer(repo, work_dir=work_dir).start(abort)
+    server = TritonServer(repo, work_dir=work_dir, grpc_port=grpc_port).start(abort)
     progress(f"Triton ready on {server.grpc_url} in {server.startup_s:.1f}s with {len(demo)} models")
     try:  # the demo zoo's price list: per request and per input token, fitted to the trace its models replay
         per_request, per_token = load_trace(DEFAULT_TRACE).select_models([d.trace_name for d in demo]).price_list()

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+import tomllib
 from pathlib import Path
 
 import grpc
 import pytest
 
+from messplus.service import config
 from messplus.service.demo.repository import build_demo_repository
 from messplus.service.zoo.embedded import TritonServer
 from messplus.v1 import routing_pb2 as pb
@@ -182,3 +186,44 @@ def test_sigterm_while_triton_starts_calls_the_start_off(tmp_path: Path, encoder
     assert code == 0, log
     assert "stopping: interrupted during start-up" in log and "listening on" not in log, log
     assert not tritons_of(state) and not (state / "triton" / "tritonserver.pid").exists()
+
+
+def test_demo_triton_serves_two_routers_from_the_configuration_it_writes(tmp_path: Path, encoder_onnx: Path) -> None:
+    """`messplus demo-triton` runs the demo zoo's Triton alone and writes the `[triton]` url and `[[zoo.models]]`
+    that point a router at it: two routers started from that file (each on its own state) route and generate on
+    it, each with the models and prices the embedded default would have. SIGTERM ends it and its processes."""
+    state, zoo = tmp_path / "triton-state", tmp_path / "zoo.toml"
+    with open(tmp_path / "demo-triton.log", "wb") as log:
+        demo = subprocess.Popen([sys.executable, "-m", "messplus.service.cli", "demo-triton", "--state-dir",
+                                 str(state), "--zoo-toml", str(zoo)], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    routers: list[ServerProcess] = []
+    try:
+        began = time.monotonic()
+        while not zoo.exists():
+            assert demo.poll() is None and time.monotonic() - began < 120, (tmp_path / "demo-triton.log").read_text()
+            time.sleep(0.1)
+        text = zoo.read_text()
+        cfg = config.from_mapping(tomllib.loads(text), env={})
+        assert len(cfg.zoo.models) == 5 and all(m.cost_per_request > 0 for m in cfg.zoo.models)
+        for name in ("a", "b"):
+            routers.append(messplus_serve(tmp_path / name, text, env={
+                "MESSPLUS_STATE_DIR": str(tmp_path / name / "state"), "MESSPLUS_SERVER_LISTEN": "127.0.0.1:0",
+                "MESSPLUS_PREDICTOR_ONNX": str(encoder_onnx), "MESSPLUS_PREDICTOR_THREADS": "1"}).start())
+        for r in routers:
+            with grpc.insecure_channel(r.address) as ch:
+                stub = pb_grpc.RoutingServiceStub(ch)
+                listed = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+                assert [m.name for m in listed.models] == [m.name for m in cfg.zoo.models]
+                assert listed.triton.reachable and all(m.available for m in listed.models)
+                events = list(stub.Generate(pb.GenerateRequest(tenant="default", text="Say hello."), timeout=60))
+                assert events[-1].WhichOneof("event") == "done" and events[-1].done.served_model
+        tree = tritons_of(state)
+        assert sum("triton_python_backend_stub" in c for c in tree.values()) == 5, tree
+    finally:
+        for r in routers:
+            r.stop()
+        demo.send_signal(signal.SIGTERM)
+        code = demo.wait(60)
+    assert code == 0, (tmp_path / "demo-triton.log").read_text()
+    assert not tritons_of(state), tritons_of(state)
