@@ -42,6 +42,9 @@ def configure(fmt: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO)
+    # the PostgreSQL readers' pool logs each failed reconnect as a multi-line WARNING (a dozen in a 7 s outage);
+    # the router's own line says the store is unavailable, and why, once
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     for handler in root.handlers:
         if not any(isinstance(f, _RequestId) for f in handler.filters):
             handler.addFilter(_RequestId())

@@ -95,6 +95,7 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._state_error = ""
+        self._state_down_at = 0.0
         self._triton_backoff, self._triton_retry_at = 0.0, 0.0  # the embedded Triton's restarts (_watch_triton)
         self.abort = threading.Event()  # set: the start is called off (serve() got SIGTERM or SIGINT during it)
 
@@ -243,16 +244,23 @@ class App:
         log.warning("the embedded Triton is back on %s after %.1f s", triton.grpc_url, triton.startup_s or 0.0)
 
     async def _poll_state(self) -> None:
-        """Health `messplus.state` follows the store; one log line on each change, with the reason."""
+        """Health `messplus.state` follows the store. One log line when it becomes unavailable, with the reason,
+        and one when it is back: while it is down the reason moves between the writer's failed commit and the
+        tail's lost connection as each reconnects, and a line per move read as a store that kept flapping."""
         error = self.store.error
         if error == self._state_error:
             return
-        self._state_error = error
+        was, self._state_error = self._state_error, error
+        if error and was:
+            log.debug("state store (%s) still unavailable: %s", self.cfg.state.backend, error)
+            return
         if error:
-            log.error("state store (%s) cannot commit: %s; Feedback answers UNAVAILABLE, Route buffers its records",
+            self._state_down_at = time.monotonic()
+            log.error("state store (%s) unavailable: %s; Feedback answers UNAVAILABLE, Route buffers its records",
                       self.cfg.state.backend, error)
         else:
-            log.warning("state store (%s) commits again", self.cfg.state.backend)
+            log.warning("state store (%s) available again after %.1f s", self.cfg.state.backend,
+                        time.monotonic() - self._state_down_at)
         if self.health is not None and not self._stopping:
             status = health_pb2.HealthCheckResponse
             await self.health.set(STATE, status.NOT_SERVING if error else status.SERVING)

@@ -230,6 +230,11 @@ def test_postgres_stopped_10_s_under_load(router_process: Callable[..., ServerPr
             assert time.monotonic() < deadline, len(set(books.routed) - stored_ids(server.url))
             time.sleep(0.2)
         assert [r.pid for r in replicas] == pids and all(r.running() for r in replicas)
+        for r in replicas:  # the outage said once, and its end once, whatever reconnected in which order
+            said = r.log_text()
+            assert said.count("state store (postgres) unavailable: ") == 1, said[-3000:]
+            assert said.count("state store (postgres) available again after ") == 1, said[-3000:]
+            assert "psycopg.pool" not in said, said[-3000:]
         # afterwards: what failed is sent again, all of it at d0: the others learn it through their tails alone
         asyncio.run(feedback_at(replicas[0], 0, books, [rid for rid in books.routed if rid not in books.acked]))
         assert acked_labels(books) == stored_labels(server.url)
