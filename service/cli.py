@@ -55,12 +55,14 @@ def _check_config(args: argparse.Namespace) -> int:
     from . import config
     from .routing.registry import get_policy
     from .server.security import check_grants, load_tokens
+    from .state import describe as describe_state
 
     cfg = config.load(args.config)
     get_policy(cfg.routing.policy)
     # what serve reads once Triton is up: a bad token entry is found here, not there
     check_grants(load_tokens(cfg.security), [t.name for t in (cfg.tenants or config.DEFAULT_TENANTS)])
-    print(f"ok: {_zoo_line(cfg)}, {_tenants_line(cfg)}, listen {cfg.server.listen}")
+    where = describe_state(cfg.state, str(cfg.state_dir / "messplus.sqlite3"))
+    print(f"ok: {_zoo_line(cfg)}, {_tenants_line(cfg)}, listen {cfg.server.listen}, state {where}")
     return 0
 
 

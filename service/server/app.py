@@ -38,6 +38,7 @@ from ..routing.heads import Heads
 from ..routing.registry import get_policy
 from ..routing.router import Router
 from ..routing.types import RouteItem, Routed
+from ..state import describe as describe_state
 from ..state import open_store
 from ..zoo.embedded import StartInterrupted, start_embedded_triton
 from ..zoo.monitor import TritonMonitor
@@ -120,6 +121,7 @@ class App:
         heads = Heads([m.name for m in cfg.zoo.models], encoder.dim, prior_var=cfg.predictor.prior_var,
                       prior_accuracy=[m.prior_accuracy for m in cfg.zoo.models])
         self.store = open_store(cfg.state, str(cfg.state_dir / "messplus.sqlite3"))
+        self.progress(f"state: {describe_state(cfg.state, str(cfg.state_dir / 'messplus.sqlite3'))}")
         self.router = Router(cfg.zoo.models, cfg.tenants, heads, self.store, cost_ema=cfg.zoo.cost_ema,
                              snapshot_every=cfg.state.snapshot_every_labels, policy=self.policy)
         self.encoder = encoder

@@ -38,6 +38,21 @@ def lock_sqlite_state(sqlite_path: Path) -> IO[str]:
     return f
 
 
+def describe(cfg: StateConfig, sqlite_path: str) -> str:
+    """Where the state is, for a person: `SQLite PATH` or `PostgreSQL USER@HOST:PORT/DB` (the URL never holds a
+    password: config refuses one)."""
+    if cfg.backend != "postgres":
+        return f"SQLite {sqlite_path}"
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        d = conninfo_to_dict(cfg.url)
+    except Exception:  # noqa: BLE001 - the start's own connect says what is wrong with it
+        return "PostgreSQL (unparsable url)"
+    user = f"{d['user']}@" if d.get("user") else ""
+    return f"PostgreSQL {user}{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '')}"
+
+
 def open_store(cfg: StateConfig, sqlite_path: str) -> Store:
     """The configured backend: the SQLite file at `sqlite_path`, held for this process until the store is closed
     (`lock_sqlite_state`: StateInUse while another router or pretrain holds it), or the PostgreSQL database at

@@ -141,11 +141,15 @@ def test_check_config_says_what_it_checked(tmp_path: Path, monkeypatch: pytest.M
 
     for key in [k for k in os.environ if k.startswith("MESSPLUS_")]:
         monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
     assert main(["check-config", "--config", str(write(tmp_path, GOOD))]) == 0
-    assert capsys.readouterr().out.strip() == "ok: 2 models, 1 tenant: acme alpha 0.75, listen 127.0.0.1:6000"
-    assert main(["check-config", "--config", str(write(tmp_path, "[state]\ndir = \"x\"\n"))]) == 0
+    assert capsys.readouterr().out.strip() == ("ok: 2 models, 1 tenant: acme alpha 0.75, listen 127.0.0.1:6000, "
+                                               f"state SQLite {tmp_path / 'var' / 'messplus.sqlite3'}")
+    pg = '[state]\nbackend = "postgres"\nurl = "postgresql://router@db.example:6432/books?sslmode=require"\n'
+    assert main(["check-config", "--config", str(write(tmp_path, pg))]) == 0
     assert capsys.readouterr().out.strip() == (
-        "ok: 5 models (the demo zoo), 1 tenant (the default): default alpha 0.7, listen 127.0.0.1:50051")
+        "ok: 5 models (the demo zoo), 1 tenant (the default): default alpha 0.7, listen 127.0.0.1:50051, "
+        "state PostgreSQL router@db.example:6432/books")
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

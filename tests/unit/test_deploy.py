@@ -116,7 +116,8 @@ def test_configmap_passes_messplus_check_config_with_the_image_environment(tmp_p
     done = subprocess.run([str(BIN / "messplus"), "check-config"], capture_output=True, text=True, timeout=120,
                           env=env, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok: 2 models, 1 tenant: default alpha 0.7, listen 0.0.0.0:50051"
+    assert done.stdout.strip() == ("ok: 2 models, 1 tenant: default alpha 0.7, listen 0.0.0.0:50051, "
+                                  "state PostgreSQL messplus@db.internal:5432/messplus")
 
 
 def test_the_image_environment_does_not_silently_override_the_configmap() -> None:
@@ -275,7 +276,8 @@ def test_readme_docker_run_config_passes_check_config_and_reaches_triton_on_the_
     done = subprocess.run([str(BIN / "messplus"), "check-config"], capture_output=True, text=True, timeout=120,
                           env=env, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok: 2 models, 1 tenant: default alpha 0.7, listen 0.0.0.0:50051"
+    assert done.stdout.strip() == ("ok: 2 models, 1 tenant: default alpha 0.7, listen 0.0.0.0:50051, "
+                                  "state SQLite /var/lib/messplus/messplus.sqlite3")
     cfg = config_mod.from_mapping(tomllib.loads(toml), env={})
     runs = re.findall(r"^docker run .*?(?<!\\)$", readme.replace("\\\n", "\\ "), re.M)
     triton = next(r for r in runs if "--name triton " in r)
