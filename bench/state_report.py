@@ -75,7 +75,7 @@ def section(res: dict[str, Any]) -> list[str]:
            "A Feedback on PostgreSQL is one transaction of five statements whatever its number of labels: the "
            "begin with the log lock, one read (the record, its stored labels, the tenant's queue), one write (the "
            "queue, the labels, the notification), the log since this router's cursor, the commit; a batch of n "
-           "Feedbacks is 4n + 1 (`tests/unit/test_shared_state.py` counts them). Each is a loopback round trip "
+           "Feedbacks is 3n + 2, the log read once (`tests/unit/test_shared_state.py` counts them). Each is a loopback round trip "
            "from the router's writer thread, made while the fleet's log lock is held, where SQLite's run in "
            "process: sharing the state costs Feedback's rate, not Route's. Until 2026-12-07 a Feedback was "
            "11 statements plus one per label (0.39x SQLite's rate at 64 clients in a run minutes before this "

@@ -150,6 +150,7 @@ class PostgresStore(sql.SqlReads, Store):
         self._callbacks: list[Callable[[list[LabelEvent]], None]] = []
         self._on_tenants: Callable[[dict[str, TenantRow]], None] | None = None
         self._cursor = self._reading = 0  # the last label seq handed to subscribers; counting the open batch's reads
+        self._read_batch = -1  # the writer's batch whose transaction has read the log (_log_since_cursor)
         self._failed_from = -1  # the cursor a subscriber last failed from (-1: the last delivery went through)
         self.log_stuck = ""  # why the labels after the cursor are not taken in ("" while deliveries go through)
         self._catching_up = threading.Event()
@@ -208,10 +209,18 @@ class PostgresStore(sql.SqlReads, Store):
     def _rolled_back(self) -> None:
         self._reading = self._cursor
 
-    def _log_since_cursor(self, conn: Any) -> tuple[int, list[LabelEvent]]:
-        """The labels after what this batch has read so far, and the seq the read started after."""
+    def _log_since_cursor(self, conn: Any, own: tuple[LabelEvent, ...] | None = None) -> tuple[int, list[LabelEvent]]:
+        """The labels after what this batch has read so far, and the seq the read started after.
+
+        `own`: the labels the calling job has just inserted. Once a job of this transaction has read the log, the
+        log's lock has been the transaction's ever since (the writer's `begin` takes it), so what follows that
+        read is exactly what this transaction's jobs inserted: they are their own read, without a round trip."""
         start = self._reading
-        events = sql.label_events(conn, start)
+        if own is not None and self._read_batch == self._writer.batch:
+            events = sorted(own, key=lambda e: e.seq)
+        else:
+            events = sql.label_events(conn, start)
+            self._read_batch = self._writer.batch
         if events:
             self._reading = events[-1].seq
         return start, events
@@ -300,7 +309,7 @@ class PostgresStore(sql.SqlReads, Store):
         def job(conn: Any) -> tuple[FeedbackCommit, tuple[int, list[LabelEvent]]]:
             # the log's lock is the transaction's already (the writer's `begin`)
             commit = sql.apply_feedback(conn, tenant, request_id, served_model, labels, step, notify=CHANNEL)
-            return commit, self._log_since_cursor(conn)
+            return commit, self._log_since_cursor(conn, commit.events)
 
         def after(res: tuple[FeedbackCommit, tuple[int, list[LabelEvent]]]) -> None:
             if after_commit is not None:

@@ -60,6 +60,7 @@ class GroupCommit:
         self.conn = connect()
         self.error = ""  # why the last commit failed; "" once one succeeds again
         self.buffered = 0  # retry jobs waiting to commit
+        self.batch = 0  # the number of the batch being committed (its jobs read it: one transaction each)
         self._items: collections.deque[_Item] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -119,6 +120,7 @@ class GroupCommit:
         results: list[tuple[Any, BaseException | None]] = []
         self._busy_since = time.monotonic()
         multi = self._multi
+        self.batch += 1
         try:
             conn.execute(f"{self._begin}; SAVEPOINT job" if multi else self._begin)
             for i, item in enumerate(batch):

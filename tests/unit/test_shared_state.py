@@ -4,6 +4,7 @@ router, every router's heads learning every label in the same order."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -269,13 +270,16 @@ def test_a_read_made_before_a_failed_delivery_in_the_same_batch_is_dropped_and_r
         store.close()
 
 
+LOG_READ = "FROM labels l JOIN requests r"  # the label log since a cursor (state/sql.py _EVENTS)
+
+
 def test_a_feedback_is_a_few_round_trips_under_the_fleets_lock(postgres_url: str) -> None:
     """Every statement of a Feedback's transaction is a round trip made while the log's lock is held, so they
-    bound the Feedbacks the whole fleet commits per second (docs/SCALING.md). A Feedback's job is three
-    statements whatever the number of labels (one read, one write with the notification, the log since the
-    cursor), a duplicate's two (nothing to write), a routed record's one; the transaction around a batch of
-    jobs adds its begin (with the lock and the first savepoint), one statement between two jobs, and the
-    commit."""
+    bound the Feedbacks the whole fleet commits per second (docs/SCALING.md). A Feedback's job is one read and
+    one write (with the notification) whatever the number of labels, a duplicate's the read alone, and the
+    transaction's first job reads the label log since the cursor: after it the lock is the transaction's, so
+    the later jobs' labels are their own read. A routed record's job is one statement; the transaction around a
+    batch adds its begin (with the lock and the first savepoint), one statement between two jobs, the commit."""
     store = PostgresStore(postgres_url, poll_s=0.1)  # the tail's reads share batches with the counted jobs
     r = Router(MODELS, [TENANT], Heads([m.name for m in MODELS], DIM), store, snapshot_every=10_000)
     sent: list[str] = []
@@ -285,33 +289,52 @@ def test_a_feedback_is_a_few_round_trips_under_the_fleets_lock(postgres_url: str
         sent.append(query)
         return real(query, params)
 
-    def job_of(marker: str) -> list[str]:
-        """The statements of the job that sent `marker`, from its savepoint to the release after it (another job
-        of the same batch, such as the tail's, has its own); the framing travels with them, never alone."""
+    def job_of(marker: str, nth: int = -1) -> tuple[list[str], bool]:
+        """The statements of the job that sent `marker` (the nth such job), from its savepoint to the release
+        after it, and whether a job before it in its transaction read the log (such as the tail's)."""
         assert not {"SAVEPOINT job", "RELEASE SAVEPOINT job", "COMMIT"} & set(sent), sent
-        start = max(i for i, q in enumerate(sent) if marker in q)
+        start = [i for i, q in enumerate(sent) if marker in q][nth]
         while not sent[start - 1].endswith("SAVEPOINT job"):
             start -= 1
         end = next(i for i in range(start, len(sent)) if sent[i].startswith("RELEASE SAVEPOINT job;"))
-        return [q.split()[0] for q in sent[start:end]]
+        begin = max(i for i in range(start) if sent[i].startswith("BEGIN"))
+        return [q.split()[0] for q in sent[start:end]], any(LOG_READ in q for q in sent[begin:start])
+
+    def feedback_job(nth: int = -1, wrote: bool = True) -> None:
+        job, read_before = job_of("LEFT JOIN tenants", nth)
+        assert job == ["SELECT", *(["WITH"] if wrote else []), *([] if read_before else ["SELECT"])], (job, sent)
 
     store._writer.conn.execute = counted
     try:
         rng = np.random.default_rng(1)
         d = route(r, rng, exploration=EXPLORE_ALWAYS)  # both models invoked: two labels to give
-        assert job_of("INSERT INTO requests") == ["WITH"]
+        assert job_of("INSERT INTO requests")[0] == ["WITH"]
         other = next(r.names[k] for k in d.invoked if k != d.served)
-        for labels, applied, job in (([(other, 1.0)], 2, ["SELECT", "WITH", "SELECT"]), ([], 0, ["SELECT", "SELECT"])):
+        for labels, applied in (([(other, 1.0)], 2), ([], 0)):
             sent.clear()
             assert r.feedback("acme", d.request_id, 1.0, labels).result(10).applied == applied
-            assert job_of("LEFT JOIN tenants") == job
-        d = route(r, rng)
+            feedback_job(wrote=applied > 0)
+        # three Feedbacks in one batch (the writer held meanwhile): one log read among them
+        ds = [route(r, rng) for _ in range(3)]
+        gate = threading.Event()
+        held = store._writer.submit(lambda conn: gate.wait(10))
         sent.clear()
-        assert r.feedback("acme", d.request_id, 0.0, []).result(10).applied == 1
-        assert job_of("LEFT JOIN tenants") == ["SELECT", "WITH", "SELECT"]
-        assert r.tenants["acme"].labelled == 2
+        futures = [r.feedback("acme", x.request_id, 0.0, []) for x in ds]
+        gate.set()
+        assert held.result(10) and [f.result(10).applied for f in futures] == [1, 1, 1]
+        for nth in range(3):
+            feedback_job(nth)
+        first = job_of("LEFT JOIN tenants", 0)
+        batch = sent[max(i for i in range(sent.index(next(q for q in sent if "LEFT JOIN tenants" in q)))
+                         if sent[i].startswith("BEGIN")):]
+        batch = batch[:next(i for i, q in enumerate(batch) if q.endswith("COMMIT")) + 1]
+        assert sum(LOG_READ in q for q in batch) == 1, (first, batch)
+        # the labels the later jobs took as their own read are the log's: every one learned, in order
+        caught_up(r)
+        seqs = [e.seq for e in store.label_events(0, 0)]
+        assert r.heads.last_seq == seqs[-1] == store._cursor and r.tenants["acme"].labelled == 4
         (last,) = store.label_events(0, 0)[-1:]
-        assert last.request_id == d.request_id and last.moves_queue and last.satisfaction == 0.0
+        assert last.request_id == ds[-1].request_id and last.moves_queue and last.satisfaction == 0.0
         assert last.queue_after == r.tenants["acme"].queue
     finally:
         store.close()
