@@ -75,11 +75,12 @@ def section(res: dict[str, Any]) -> list[str]:
            "A Feedback on PostgreSQL is one transaction of five statements whatever its number of labels: the "
            "begin with the log lock, one read (the record, its stored labels, the tenant's queue), one write (the "
            "queue, the labels, the notification), the log since this router's cursor, the commit; a batch of n "
-           "Feedbacks is 3n + 2, the log read once (`tests/unit/test_shared_state.py` counts them). Each is a loopback round trip "
-           "from the router's writer thread, made while the fleet's log lock is held, where SQLite's run in "
-           "process: sharing the state costs Feedback's rate, not Route's. Until 2026-12-07 a Feedback was "
-           "11 statements plus one per label (0.39x SQLite's rate at 64 clients in a run minutes before this "
-           "one, at `f9247ff`)." + _snapshots(fdb["rows_per_call"], p["clients"]), ""]
+           "Feedbacks is 3n + 2, the log read once (`tests/unit/test_shared_state.py` counts them). Each is a "
+           "loopback round trip from the router's writer thread, made while the fleet's log lock is held, where "
+           "SQLite's run in process: sharing the state costs Feedback's rate, not Route's. Until 2026-12-07 a "
+           "Feedback was 11 statements plus one per label (0.39x SQLite's rate at 64 clients, in a run the same "
+           "day at `f9247ff`); docs/SCALING.md has the fleet's rate with the database farther away."
+           + _snapshots(fdb["rows_per_call"], p["clients"]), ""]
     return out
 
 
