@@ -14,7 +14,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 
@@ -58,6 +58,9 @@ class Router(RequestIds):
         self._init_ids()
         self.learner = Learner(heads, self.models, store, self.policy, snapshot_every)
         self._counted: set[int] = set()  # (shared store) own labels counted at commit, not yet seen in the log
+        # (shared store) called with each delivery of the label log, after it is counted: every label reaches
+        # every replica, so the one that routed a request sees its labels whichever replica took the Feedback
+        self.label_listeners: list[Callable[[Sequence[LabelEvent]], None]] = []
         self._applied_through = 0  # (shared store) the last log seq apply_log has counted
         self.lock = threading.Lock()  # guards tenant counters shared by the event loop and the writer thread
         self._load()
@@ -312,6 +315,11 @@ class Router(RequestIds):
                 self._count((ev,))
             self._applied_through = ev.seq
         self.learner.learn(events)
+        for listener in self.label_listeners:
+            try:
+                listener(events)
+            except Exception:  # noqa: BLE001 - an observer must not make the log be read again
+                log.exception("a label listener failed")
 
     def _shared_counts(self, rows: dict[str, TenantRow]) -> None:
         """Other replicas' requests, as the shared store counts them: a tenant's request index t (the

@@ -9,7 +9,8 @@ Per model: messplus_model_selections_total{tenant,model} (answers served), messp
   messplus_model_available, messplus_triton_request_duration_seconds, messplus_triton_errors_total{kind},
   messplus_triton_streams_open,
   calibration: messplus_label_predicted_total / messplus_label_observed_total / messplus_labels_total (the mean
-  predicted satisfaction of labelled answers against the mean observed one).
+  predicted satisfaction of labelled answers against the mean observed one), counted by the router that routed
+  the request (with a shared store from the label log, so a Feedback taken by another replica counts too).
 State: messplus_state_up{backend} (1 when the store commits and, if shared, its counters can be read; while a
   shared store cannot be read, the fleet-wide tenant counters above are left out of the scrape, the queue stays),
   messplus_label_log_stuck{backend} (1 while this router fails to take in labels of the shared log).
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
@@ -36,6 +37,7 @@ from ..zoo.triton import ModelFailed, ModelTimeout, ModelUnavailable, TritonUnre
 
 if TYPE_CHECKING:
     from ..routing.router import Decision, Router
+    from ..state.base import LabelEvent
     from ..zoo.monitor import TritonMonitor
     from ..zoo.triton import TritonZoo
 
@@ -141,6 +143,8 @@ class Metrics:
     def watch(self, router: Router) -> None:
         self._router = router
         self.registry.register(_RouterCollector(router))
+        if router.store.shared:  # calibration from the label log: Feedback may reach another replica
+            router.label_listeners.append(self._logged)
         for model in router.names:  # every error series from 0, so that rate() and alerts see the first error
             for kind in (ModelUnavailable, TritonUnreachable, ModelTimeout, ModelFailed):
                 self.triton_errors.labels(model, kind.__name__)
@@ -174,15 +178,37 @@ class Metrics:
                 self._pending.popitem(last=False)
 
     def labelled(self, request_id: str, satisfaction: float | None, labels: list[tuple[str, float]]) -> None:
-        """Predicted against observed, once per request (its first accepted feedback)."""
+        """Predicted against observed, once per request (its first accepted feedback); with a shared store the
+        label log counts them instead (`_logged`)."""
+        if self._router is None or self._router.store.shared:
+            return
+        names = self._router.names
+        with self._lock:
+            pending = self._pending.get(request_id)
+        if pending is None:
+            return
+        seen = {names[pending[0]]: satisfaction} if satisfaction is not None else {}
+        seen.update({m: s for m, s in labels if m not in seen})
+        self._calibrate(request_id, seen)
+
+    def _logged(self, events: Sequence[LabelEvent]) -> None:
+        """The labels of the shared log (on the store's writer thread): those of requests this replica routed,
+        whichever replica took their Feedback, each request once (the labels of its first Feedback)."""
+        assert self._router is not None
+        mine: dict[str, dict[str, float]] = {}
+        for ev in events:
+            if ev.replica == self._router.replica:
+                mine.setdefault(ev.request_id, {}).setdefault(ev.model, ev.satisfaction)
+        for request_id, seen in mine.items():
+            self._calibrate(request_id, seen)
+
+    def _calibrate(self, request_id: str, seen: dict[str, float | None]) -> None:
+        assert self._router is not None
         with self._lock:
             pending = self._pending.pop(request_id, None)
-        if pending is None or self._router is None:
+        if pending is None:
             return
-        served, p_hat = pending
-        names = self._router.names
-        seen = {names[served]: satisfaction} if satisfaction is not None else {}
-        seen.update({m: s for m, s in labels if m not in seen})
+        _, p_hat = pending
         for model, s in seen.items():
             k = self._router.index.get(model)
             if k is None or s is None:

@@ -338,3 +338,41 @@ def test_a_feedback_is_a_few_round_trips_under_the_fleets_lock(postgres_url: str
         assert last.queue_after == r.tenants["acme"].queue
     finally:
         store.close()
+
+
+def test_calibration_is_counted_by_the_replica_that_routed_whichever_took_the_feedback(routers) -> None:
+    """The calibration counters (predicted against observed satisfaction per model) are kept by the router that
+    routed a request, from its memory of the prediction. A Feedback taken by another replica reaches it through
+    the label log: the fleet's sum counts every request once, with the labels of its first Feedback."""
+    a, b = routers(), routers()
+    ma, mb = Metrics(), Metrics()
+    ma.watch(a)
+    mb.watch(b)
+    rng = np.random.default_rng(2)
+    ds = []
+    for i in range(6):
+        d = route(a, rng, exploration=EXPLORE_ALWAYS if i < 2 else 0)
+        ma.routed(d)  # what the servicer does after a Route
+        ds.append(d)
+    other = [(a.names[k], 1.0) for k in ds[1].invoked if k != ds[1].served]  # ds[1]: both models at once
+    for i, d in enumerate(ds):
+        at, m = (a, ma) if i % 2 else (b, mb)  # half at the other replica
+        sat, labels = float(i % 3 == 0), other if i == 1 else []
+        assert at.feedback("acme", d.request_id, sat, labels).result(10).applied == 1 + len(labels)
+        m.labelled(d.request_id, sat, labels)  # what the servicer does after an applied Feedback
+    late = [(a.names[k], 1.0) for k in ds[0].invoked if k != ds[0].served]  # a second Feedback: not counted
+    assert a.feedback("acme", ds[0].request_id, 1.0, late).result(10).applied == 1
+    caught_up(a, b)
+
+    def counted(m: Metrics, name: str) -> dict[str, float]:
+        return {s.labels["model"]: s.value for fam in m.registry.collect() if fam.name == name
+                for s in fam.samples if s.name == name + "_total"}
+
+    want: dict[str, list[tuple[float, float]]] = {}  # model: [(predicted, observed)]
+    for i, d in enumerate(ds):
+        for model, s in [(a.names[d.served], float(i % 3 == 0)), *(other if i == 1 else [])]:
+            want.setdefault(model, []).append((float(d.p_hat[a.index[model]]), s))
+    assert counted(mb, "messplus_labels") == {}  # b routed nothing
+    assert counted(ma, "messplus_labels") == {m: len(v) for m, v in want.items()}
+    assert counted(ma, "messplus_label_observed") == pytest.approx({m: sum(s for _, s in v) for m, v in want.items()})
+    assert counted(ma, "messplus_label_predicted") == pytest.approx({m: sum(p for p, _ in v) for m, v in want.items()})
