@@ -19,6 +19,7 @@ The password never appears in the URL: it comes from `state.password_file` or $M
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -252,7 +253,10 @@ class PostgresStore(sql.SqlReads, Store):
 
         def job(conn: Any) -> tuple[tuple[int, list[LabelEvent]], dict[str, TenantRow] | None]:
             self._catching_up.clear()
-            return self._log_since_cursor(conn), sql.tenants(conn) if self._on_tenants else None
+            # the log last: a job that failed after its read had moved the batch's read past the cursor, and
+            # every later read of the log, starting there, was dropped by _deliver
+            rows = sql.tenants(conn) if self._on_tenants else None
+            return self._log_since_cursor(conn), rows
 
         def after(res: tuple[tuple[int, list[LabelEvent]], dict[str, TenantRow] | None]) -> None:
             self._deliver(res[0])
@@ -312,9 +316,12 @@ class PostgresStore(sql.SqlReads, Store):
             return commit, self._log_since_cursor(conn, commit.events)
 
         def after(res: tuple[FeedbackCommit, tuple[int, list[LabelEvent]]]) -> None:
-            if after_commit is not None:
-                after_commit(res[0])  # the router counts its own labels first ...
-            self._deliver(res[1])     # ... then the log, its own labels included, in order
+            try:
+                if after_commit is not None:
+                    after_commit(res[0])  # the router counts its own labels first ...
+            finally:  # ... then the log, its own labels included, in order: read, it must be delivered (else
+                # the cursor stays behind the batch's reads, and every later read is dropped as made past it)
+                self._deliver(res[1])
 
         return then(self._writer.submit(job, after), lambda res: res[0])
 
@@ -341,6 +348,9 @@ class PostgresStore(sql.SqlReads, Store):
         self._stop.set()
         self._writer.close()
         if self._tail.is_alive():
+            with contextlib.suppress(Exception):  # wake the tail out of its wait for a notification (up to poll_s)
+                with self._pool.connection(timeout=1.0) as conn:
+                    conn.execute(f"NOTIFY {CHANNEL}, 'stop'")
             self._tail.join(timeout=10)
         self._pool.close()
 

@@ -157,7 +157,9 @@ class GroupCommit:
         return []
 
     def _failed_commit(self, batch: list[_Item], exc: BaseException) -> list[_Item]:
-        if self.error != str(exc):  # the router says it once per outage (health `messplus.state`, its log)
+        if not self.error:  # the first of a stretch (the router says when the store is unavailable and back)
+            log.warning("state store: a commit failed (%s); nothing of its batch was applied", exc)
+        elif self.error != str(exc):
             log.debug("store commit failed: %s", exc)
         self.error = str(exc) or type(exc).__name__
         try:

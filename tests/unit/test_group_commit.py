@@ -100,20 +100,36 @@ def test_a_failing_job_between_two_rolls_back_alone_with_the_savepoints_merged(p
     """On PostgreSQL the savepoints travel with the statements around them (`multi`: "RELEASE SAVEPOINT job;
     SAVEPOINT job" between two jobs, "RELEASE SAVEPOINT job; COMMIT" at the end). A job that fails in the middle
     of a batch still rolls back alone: the jobs before and after it commit, in one transaction."""
-    def connect() -> Any:
-        return psycopg.connect(postgres_url, autocommit=True)
+    sent: list[str] = []
 
-    with connect() as setup:
+    class Recorded:
+        def __init__(self) -> None:
+            self.raw = psycopg.connect(postgres_url, autocommit=True)
+
+        def execute(self, query: str, params: Any = None) -> Any:
+            sent.append(query)
+            return self.raw.execute(query, params)
+
+        def close(self) -> None:
+            self.raw.close()
+
+    with psycopg.connect(postgres_url, autocommit=True) as setup:
         setup.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
-    writer = GroupCommit(connect, multi=True)
+    writer = GroupCommit(Recorded, multi=True)
     try:
-        gate = threading.Event()
-        first = writer.submit(lambda c: gate.wait(10))  # holds the writer while the batch below queues up
+        gate, inside = threading.Event(), threading.Event()
+        first = writer.submit(lambda c: (inside.set(), gate.wait(10))[1])  # holds the writer meanwhile
+        assert inside.wait(10)  # the batch below queues up behind it
         jobs = [writer.submit(lambda c, x=x: c.execute("INSERT INTO t VALUES (%s)", (x,)).rowcount)
                 for x in (1, 2, 1, 3)]  # the second 1 breaks the primary key
+        sent.clear()
         gate.set()
         assert first.result(10) is True
         assert [j.result(10) for j in (jobs[0], jobs[1], jobs[3])] == [1, 1, 1]
+        between, insert = "RELEASE SAVEPOINT job; SAVEPOINT job", "INSERT INTO t VALUES (%s)"
+        assert sent == ["RELEASE SAVEPOINT job; COMMIT",  # the gate's batch ends
+                        "BEGIN; SAVEPOINT job", insert, between, insert, between, insert, "ROLLBACK TO SAVEPOINT job",
+                        between, insert, "RELEASE SAVEPOINT job; COMMIT"], sent  # every savepoint released
         with pytest.raises(psycopg.errors.UniqueViolation):
             jobs[2].result(10)
         assert writer.submit(lambda c: c.execute("SELECT x FROM t ORDER BY x").fetchall()).result(10) == [

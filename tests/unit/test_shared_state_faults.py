@@ -396,3 +396,65 @@ def test_a_router_starts_through_a_brief_table_lock(postgres_url: str) -> None:
     finally:
         release.set()
         r.store.close()
+
+
+def _row(rid: str, t: int) -> RequestRow:
+    return RequestRow(request_id=rid, tenant="acme", t=t, served_model="cheap", exploration=False,
+                      invoked=("cheap",), cost=1.0, cost_raw=1.0, alpha=0.8, embedding=None)
+
+
+def _step(q: float, n: int, s: float) -> float:
+    return q + 0.8 - s
+
+
+def test_one_log_read_per_batch_delivers_every_label_in_order_before_any_catch_up(postgres_url: str) -> None:
+    """In a batch of Feedbacks only the first reads the label log (the lock is the transaction's after it): the
+    labels the later ones insert are taken as their read. Checked on what the subscriber got when the futures
+    resolve, before the tail could read anything (its poll is an hour): another replica's label, committed
+    before the batch, comes through the one read; then the batch's own labels, each once, in seq order."""
+    a, b = (PostgresStore(postgres_url, poll_s=3600.0) for _ in range(2))
+    got: list[int] = []
+    try:
+        a.ensure_tenants(("acme",)).result(10)
+        for i in range(5):
+            (a if i else b).insert_request(_row(f"r{i}", i)).result(10)
+        a.subscribe(lambda events: got.extend(e.seq for e in events))
+        a.catch_up().result(10)  # the subscription's own first read, then nothing until this test's batch
+        assert b.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, _step).result(10).events  # b's label
+        gate = threading.Event()
+        held = a._writer.submit(lambda conn: gate.wait(10))
+        futs = [a.apply_feedback("acme", f"r{i}", "cheap", {"cheap": 0.0}, _step) for i in range(1, 5)]
+        gate.set()
+        assert held.result(10) is True
+        mine = [f.result(10).events[0].seq for f in futs]
+        log = [e.seq for e in a.label_events(0, 0)]
+        assert len(log) == 5 and got == log and log[1:] == mine and a._cursor == log[-1], (got, log, mine)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_failing_after_commit_does_not_stop_the_label_log(postgres_url: str) -> None:
+    """The labels a Feedback's transaction read are delivered even when the caller's after-commit callback
+    fails: before, the read had moved past the cursor undelivered, every later read was dropped as made past
+    it, and the replica stopped learning without saying so."""
+    a, b = (PostgresStore(postgres_url, poll_s=3600.0) for _ in range(2))
+    got: list[int] = []
+    try:
+        a.ensure_tenants(("acme",)).result(10)
+        for i in range(3):
+            a.insert_request(_row(f"r{i}", i)).result(10)
+        a.subscribe(lambda events: got.extend(e.seq for e in events))
+        a.catch_up().result(10)
+
+        def boom(commit: object) -> None:
+            raise RuntimeError("a bug in the caller")
+
+        with pytest.raises(RuntimeError, match="a bug in the caller"):
+            a.apply_feedback("acme", "r0", "cheap", {"cheap": 1.0}, _step, boom).result(10)
+        b.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0}, _step).result(10)  # another replica's label
+        a.apply_feedback("acme", "r2", "cheap", {"cheap": 0.0}, _step).result(10)
+        assert got == [e.seq for e in a.label_events(0, 0)] and len(got) == 3, got
+    finally:
+        a.close()
+        b.close()
