@@ -236,6 +236,12 @@ class App:
         log.error("the embedded Triton exited (code %s); restarting it. Its log (%s) ends:\n%s", code,
                   triton.log_path, triton.log_tail(20))
         wait = min(max(2 * self._triton_backoff, TRITON_RESTART_S[0]), TRITON_RESTART_S[1])
+        # the restart holds this poll loop for seconds: the readiness poll first, so that probes, the metrics
+        # and Route see Triton gone meanwhile (they stayed SERVING and up through the whole restart before)
+        try:
+            await self._poll_zoo()
+        except Exception:  # noqa: BLE001 - the restart matters more
+            log.exception("poll zoo failed")
         try:
             await asyncio.to_thread(triton.restart)
         except Exception as exc:  # noqa: BLE001 - logged; tried again after the backoff

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from messplus.service import config
 from messplus.service.demo.repository import build_demo_repository
@@ -141,11 +142,12 @@ def test_an_embedded_triton_that_dies_is_restarted_and_serves_again(tmp_path: Pa
         pgid = int((state / "triton" / "tritonserver.pid").read_text())
         (server,) = [pid for pid, cmd in tritons_of(state, pgid).items() if cmd.split()[0].endswith("/tritonserver")]
         os.kill(server, signal.SIGKILL)
-        began = time.monotonic()
+        began, readiness = time.monotonic(), set()
         with grpc.insecure_channel(r.address) as ch:
             stub = pb_grpc.RoutingServiceStub(ch)
             while True:
                 assert time.monotonic() - began < 90, r.log_tail()
+                readiness.add(r.health(""))
                 try:
                     events = [m.WhichOneof("event") for m in stub.Generate(
                         pb.GenerateRequest(tenant="default", text="Say hello."), timeout=30)]
@@ -158,6 +160,10 @@ def test_an_embedded_triton_that_dies_is_restarted_and_serves_again(tmp_path: Pa
         log = r.log_text()
         assert "the embedded Triton exited (code 137); restarting it" in log, r.log_tail()
         assert "the embedded Triton is back on" in log
+        # while it restarted, probes saw it: readiness NOT_SERVING, the reason said (they stayed SERVING before)
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in readiness, readiness
+        said = log.index("the embedded Triton exited")
+        assert "unreachable (connection refused)" in log[said:log.index("the embedded Triton is back on")], log[said:]
         new_pgid = int((state / "triton" / "tritonserver.pid").read_text())
         old_group = [pid for pid, (pgrp, _) in live_processes().items() if pgrp == pgid]
         assert new_pgid != pgid and not old_group and tritons_of(state, new_pgid)
