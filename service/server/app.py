@@ -335,7 +335,8 @@ async def serve(cfg: Config, *, port_file: str | None = None) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = App(cfg)
+    # with JSON logs every line on stderr is a JSON object: the start's and the stop's lines too
+    app = App(cfg, progress=_say if cfg.server.log_format == "text" else logging.getLogger("messplus").info)
     # the start runs beside the signal: one during it calls it off (Triton's start is waited for up to
     # triton.startup_timeout_s, and a stop used to wait that out, then start the server, then drain it)
     starting, signalled = asyncio.ensure_future(app.__aenter__()), asyncio.ensure_future(stop.wait())

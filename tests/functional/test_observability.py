@@ -80,7 +80,8 @@ def test_metrics_endpoint_shows_the_sla_per_tenant_and_model_and_logs_carry_the_
     for sel, label in dashboard_variables():
         assert label in have[next(iter(uses(sel).selectors))] | {"instance"}, (sel, label)
 
-    records = [json.loads(line) for line in r.log_path.read_text().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in r.log_path.read_text().splitlines()]  # every line, start-up's too
+    assert any(x["msg"].startswith("listening on ") and x["logger"] == "messplus" for x in records)
     access = {(x.get("request_id"), x.get("rpc")): x for x in records if x["logger"] == "messplus.access"}
     for i in range(10):
         assert access[(f"obs-{i}", "Route")]["code"] == "OK"
