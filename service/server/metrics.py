@@ -160,7 +160,12 @@ class Metrics:
     def serve(self, listen: str) -> int:
         """Start the HTTP endpoint on HOST:PORT (port 0: any free port); returns the bound port."""
         host, _, port = listen.rpartition(":")
-        self.http, _ = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        try:
+            self.http, _ = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        except OSError as exc:  # in use, or a host that does not resolve or is not this machine's
+            why = exc.strerror or str(exc)
+            raise OSError(f"cannot serve metrics on {listen}: {why}; set server.metrics_listen "
+                          "(MESSPLUS_SERVER_METRICS_LISTEN)") from exc
         return int(self.http.server_address[1])
 
     def close(self) -> None:

@@ -29,6 +29,23 @@ def test_a_start_that_cannot_listen_raises_and_still_drains_what_it_started(
     assert "drained and flushed" in progress, "the failed start did not run the drain (store, Triton left open)"
 
 
+def test_a_metrics_address_that_cannot_be_served_names_its_key(router_app: Callable[..., AppThread]) -> None:
+    """A bad `server.metrics_listen` stops the start with a message naming the address and the key, not the
+    socket's bare errno ("OSError: [Errno 98] Address already in use", "gaierror: Name or service not known")."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for listen, why in ((f"127.0.0.1:{port}", "Address already in use"),
+                            ("no-such-host.invalid:9479", "")):
+            with pytest.raises(RuntimeError, match="the App did not start") as err:
+                router_app(server={"metrics_listen": listen})
+            cause = str(err.value.__cause__)
+            assert f"cannot serve metrics on {listen}: {why}" in cause and "set server.metrics_listen" in cause, cause
+
+
 def test_an_address_another_grpc_server_holds_refuses_the_start(router_app: Callable[..., AppThread]) -> None:
     """gRPC binds with SO_REUSEPORT on Linux unless told not to: a second router on a running one's address
     started, and the kernel split the calls between two routers with two states."""
