@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
             progress(f"wrote {out}")
         else:
             print(text, flush=True)
-        progress(f"serving {len(models)} models on {server.grpc_url} (pid {server.pid}); Ctrl-C or SIGTERM stops it")
+        progress(f"serving {len(models)} models on {server.grpc_url} (its watchdog's pid, and tritonserver's "
+                 f"process group: {server.pid}); Ctrl-C or SIGTERM stops it")
         while not stop.wait(1.0):
             if not server.running():
                 progress(f"tritonserver ended (exit {server.exit_code()}); its log: {server.log_path}")
