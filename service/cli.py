@@ -86,7 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .replay import add_commands
     from .statuscmd import add_command as add_status
-
     from .zoo.democmd import add_command as add_demo_triton
 
     add_status(sub)

@@ -200,7 +200,7 @@ class Metrics:
         """The labels of the shared log (on the store's writer thread): those of requests this replica routed,
         whichever replica took their Feedback, each request once (the labels of its first Feedback)."""
         assert self._router is not None
-        mine: dict[str, dict[str, float]] = {}
+        mine: dict[str, dict[str, float | None]] = {}
         for ev in events:
             if ev.replica == self._router.replica:
                 mine.setdefault(ev.request_id, {}).setdefault(ev.model, ev.satisfaction)

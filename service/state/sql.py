@@ -244,7 +244,7 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
 
     `notify` (PostgreSQL): the channel told of the new labels, and the whole of it in two statements, one read
     and one write (each statement is a round trip made while the log's lock is held: they bound how many
-    Feedbacks the fleet commits per second; docs/SCALING.md), not 4 + one per label."""
+    Feedbacks the fleet commits per second; docs/SCALING.md), not five plus one per label."""
     if lock_log is not None:
         lock_log(conn)
     # the router checked its memory; the database decides: a record another replica stored under the same id,

@@ -16,7 +16,8 @@ from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.routing.heads import Heads
 from messplus.service.routing.router import Router
 from messplus.service.routing.types import RouteItem
-from messplus.service.state.postgres import MIGRATIONS, PostgresStore, SchemaTooNew
+from messplus.service.state.pgschema import MIGRATIONS, SchemaTooNew
+from messplus.service.state.postgres import PostgresStore
 from messplus.service.state.sqlite import SqliteStore
 
 DIM = 4
