@@ -120,8 +120,9 @@ class App:
         self.progress(f"kernels ready in {took:.2f}s; predictor on {', '.join(encoder.providers)}")
         heads = Heads([m.name for m in cfg.zoo.models], encoder.dim, prior_var=cfg.predictor.prior_var,
                       prior_accuracy=[m.prior_accuracy for m in cfg.zoo.models])
-        self.store = open_store(cfg.state, str(cfg.state_dir / "messplus.sqlite3"))
-        self.progress(f"state: {describe_state(cfg.state, str(cfg.state_dir / 'messplus.sqlite3'))}")
+        sqlite_path = str(cfg.state_dir / "messplus.sqlite3")
+        self.store = open_store(cfg.state, sqlite_path)
+        self.progress(f"state: {describe_state(cfg.state, sqlite_path)}")
         self.router = Router(cfg.zoo.models, cfg.tenants, heads, self.store, cost_ema=cfg.zoo.cost_ema,
                              snapshot_every=cfg.state.snapshot_every_labels, policy=self.policy)
         self.encoder = encoder

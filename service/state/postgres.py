@@ -268,8 +268,7 @@ class PostgresStore(sql.SqlReads, Store):
 
     def write_pretrained(self, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> Future[int]:
         """Heads trained offline, at a seq >= 1 that every later label comes after (the sequence moved past it)."""
-        def job(conn: Any) -> int:
-            _lock_log(conn)
+        def job(conn: Any) -> int:  # the log's lock is the transaction's (the writer's `begin`)
             seq = max(int(last_seq), sql.label_seq(conn), 1)
             conn.execute("SELECT setval(pg_get_serial_sequence('labels', 'seq'), ?)", (seq,))
             sql.write_heads(conn, snaps, features, seq)
@@ -349,8 +348,3 @@ class PostgresStore(sql.SqlReads, Store):
         (a wait on a thread held one of the loop's few executor threads per lookup: a flood of Feedback for ids
         that exist nowhere blocked every Feedback and SlaStatus behind it)."""
         return self._read(sql.request, request_id)  # type: ignore[no-any-return]
-
-
-def _lock_log(conn: Any) -> None:
-    conn.execute("SELECT pg_advisory_xact_lock(?)", (LOG_LOCK,))
-

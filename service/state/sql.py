@@ -219,6 +219,9 @@ def insert_request(conn: Any, row: RequestRow, *, one_statement: bool = False) -
                          + _COUNT_MODEL, (row.tenant, m, s))
 
 
+_FEEDBACK_READ_SQLITE = ("SELECT r.tenant, r.served_model, r.exploration, r.embedding, r.replica, r.p_served, "
+                         "r.target, t.queue, t.labelled FROM requests r LEFT JOIN tenants t ON t.name = r.tenant "
+                         "WHERE r.request_id = ?")
 _FEEDBACK_READ = ("SELECT r.tenant, r.served_model, r.exploration, r.embedding, r.replica, r.p_served, r.target, "
                   "t.queue, t.labelled, "
                   "ARRAY(SELECT l.model FROM labels l WHERE l.request_id = r.request_id ORDER BY l.seq), "
@@ -237,26 +240,19 @@ _FEEDBACK_WRITE = ("WITH ten AS (UPDATE tenants SET queue = ?, labelled = labell
 
 
 def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
-                   step: QueueStep, lock_log: Callable[[Any], None] | None = None,
-                   notify: str = "") -> FeedbackCommit:
-    """Store.apply_feedback's transaction. `lock_log(conn)`, first, serialises writers of a shared log, so that
-    label seqs are handed out in commit order (a reader that saw seq n has seen every seq below it).
+                   step: QueueStep, notify: str = "") -> FeedbackCommit:
+    """Store.apply_feedback's transaction, inside the caller's (which on a shared store holds the log's lock,
+    so that label seqs are handed out in commit order: a reader that saw seq n has seen every seq below it).
 
     `notify` (PostgreSQL): the channel told of the new labels, and the whole of it in two statements, one read
     and one write (each statement is a round trip made while the log's lock is held: they bound how many
     Feedbacks the fleet commits per second; docs/SCALING.md), not five plus one per label."""
-    if lock_log is not None:
-        lock_log(conn)
     # the router checked its memory; the database decides: a record another replica stored under the same id,
     # or one whose commit failed, must not take this caller's labels
-    if notify:
-        req = conn.execute(_FEEDBACK_READ, (request_id,)).fetchone()
-    else:
-        req = conn.execute("SELECT tenant, served_model, exploration, embedding, replica, p_served, target "
-                           "FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+    req = conn.execute(_FEEDBACK_READ if notify else _FEEDBACK_READ_SQLITE, (request_id,)).fetchone()
     if req is None or req[0] != tenant or req[1] != served_model:
         raise NotFound(f"request_id {shown(request_id)} is not a stored request of tenant {tenant!r}")
-    exploration, embedding, replica, p_served, target = req[2:7]
+    exploration, embedding, replica, p_served, target, queue, labelled = req[2:9]
     if notify:
         stored = dict(zip(req[9], req[10]))
     else:
@@ -270,34 +266,39 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
                                f"model {model!r}; feedback is write-once")
         else:
             new[model] = s
-    queue, labelled = req[7:9] if notify else conn.execute("SELECT queue, labelled FROM tenants WHERE name = ?",
-                                                            (tenant,)).fetchone()
     moves = served_model in new
     if moves:
         queue = step(float(queue), int(labelled) + 1, new[served_model])
-    seqs: dict[str, int] = {}
-    if notify and new:
-        models = list(new)
-        got, order, _ = conn.execute(_FEEDBACK_WRITE, (
-            queue, new.get(served_model, 0.0), tenant, moves, request_id, queue, now(), models,
-            [new[m] for m in models], [int(m == served_model) for m in models], notify)).fetchone()
-        seqs = dict(zip(order, got))
-    elif not notify:
-        if moves:
-            conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
-                         "WHERE name = ?", (queue, new[served_model], tenant))
-        for model, s in new.items():
-            (seqs[model],) = conn.execute(
-                "INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"
-                " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-                (request_id, model, s, int(model == served_model), queue if model == served_model else None,
-                 now())).fetchone()
+    seqs = _write_labels(conn, tenant, request_id, served_model, new, queue, notify) if new else {}
     events = [LabelEvent(seq=int(seqs[model]), tenant=tenant, request_id=request_id, model=model, satisfaction=s,
                          moves_queue=model == served_model, queue_after=queue if model == served_model else None,
                          exploration=bool(exploration), embedding=_bytes(embedding), replica=replica,
                          p_served=p_served, target=target)
               for model, s in new.items()]
     return FeedbackCommit(new=new, given=len(labels), queue=float(queue), moved=moves, events=tuple(events))
+
+
+def _write_labels(conn: Any, tenant: str, request_id: str, served_model: str, new: dict[str, float], queue: float,
+                  notify: str) -> dict[str, int]:
+    """Store the new labels (and, where the served model's is among them, the tenant's queue); their seqs."""
+    moves = served_model in new
+    if notify:
+        models = list(new)
+        got, order, _ = conn.execute(_FEEDBACK_WRITE, (
+            queue, new.get(served_model, 0.0), tenant, moves, request_id, queue, now(), models,
+            [new[m] for m in models], [int(m == served_model) for m in models], notify)).fetchone()
+        return dict(zip(order, got))
+    if moves:
+        conn.execute("UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
+                     "WHERE name = ?", (queue, new[served_model], tenant))
+    seqs = {}
+    for model, s in new.items():
+        (seqs[model],) = conn.execute(
+            "INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+            (request_id, model, s, int(model == served_model), queue if model == served_model else None,
+             now())).fetchone()
+    return seqs
 
 
 def expire(conn: Any, retention_s: float, limit: int) -> int:
