@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from .errors import ConfigError
+from .logs import JsonFormatter
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -94,7 +96,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(msg: str) -> None:
+    """The one line a command that cannot go on ends with: a JSON object where `serve` had switched its log to
+    JSON (`server.log_format`; a log shipper reads every line of stderr as one), else plain text."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logging.getLogger("messplus").error(msg)
+    else:
+        print(f"messplus: {msg}", file=sys.stderr)
+
+
+def _serves_json_logs(argv: Sequence[str]) -> bool:
+    """Whether `argv` runs `serve` with `server.log_format = "json"` (a config that does not load: no)."""
+    rest = [a for a in argv if a not in ("-v", "--verbose")]
+    if rest and rest[0] == "serve":
+        rest = rest[1:]
+    elif rest and not rest[0].startswith("-"):  # another command (no command at all runs serve)
+        return False
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(rest)
+    from . import config
+
+    try:
+        return config.load(known.config).server.log_format == "json"
+    except ConfigError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # with JSON logs every line on stderr is one JSON object, but gRPC's C core writes text lines of its own (a
+    # port it cannot bind): silenced there. It reads GRPC_VERBOSITY once, when grpc is first imported, which the
+    # subcommands' modules do as the parser is built.
+    if "GRPC_VERBOSITY" not in os.environ and _serves_json_logs(sys.argv[1:] if argv is None else argv):
+        os.environ["GRPC_VERBOSITY"] = "NONE"
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -104,14 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"messplus: configuration error: {exc}", file=sys.stderr)
+        _fail(f"configuration error: {exc}")
         return 2
     except (OSError, RuntimeError) as exc:  # start-up failures (Triton, ports, files): one clear line, no trace
-        print(f"messplus: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _fail(f"cannot start: {type(exc).__name__}: {exc}")
         return 1
     except ValueError as exc:  # a bad trace, flag or file content (TraceError is one): its message, no trace
         logging.getLogger("messplus").debug("invalid input", exc_info=exc)
-        print(f"messplus: invalid input: {exc}", file=sys.stderr)
+        _fail(f"invalid input: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130

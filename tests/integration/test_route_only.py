@@ -136,3 +136,27 @@ def test_a_request_id_another_replica_routed_is_already_exists(tmp_path: Path, e
     finally:
         other.close()
         app.stop()
+
+
+def test_a_failed_start_with_json_logs_ends_in_a_json_line(tmp_path: Path, encoder_onnx: Path) -> None:
+    """With `server.log_format = "json"` a log shipper reads every line of stderr as one JSON object: the line a
+    start that fails ends with too (it was plain text, `messplus: cannot start: ...`). A real `messplus serve`
+    (Route-only) on an address another socket holds."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        listen = f"127.0.0.1:{held.getsockname()[1]}"
+        cfg = tmp_path / "router.toml"
+        cfg.write_text(serve_toml(tmp_path / "state", config_mod.ROUTE_ONLY, encoder_onnx, MODELS,
+                                  server={"listen": listen, "log_format": "json"}))
+        done = subprocess.run([sys.executable, "-m", "messplus.service.cli", "serve", "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # each one JSON, or this raises
+    assert lines[-1]["level"] == "ERROR" and lines[-1]["msg"].startswith("cannot start: "), lines[-1]
+    assert f"cannot listen on {listen}: the address is in use" in lines[-1]["msg"], lines[-1]
