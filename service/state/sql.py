@@ -219,14 +219,15 @@ def insert_request(conn: Any, row: RequestRow, *, one_statement: bool = False) -
                          + _COUNT_MODEL, (row.tenant, m, s))
 
 
-_FEEDBACK_READ_SQLITE = ("SELECT r.tenant, r.served_model, r.exploration, r.embedding, r.replica, r.p_served, "
-                         "r.target, t.queue, t.labelled FROM requests r LEFT JOIN tenants t ON t.name = r.tenant "
-                         "WHERE r.request_id = ?")
-_FEEDBACK_READ = ("SELECT r.tenant, r.served_model, r.exploration, r.embedding, r.replica, r.p_served, r.target, "
-                  "t.queue, t.labelled, "
+# a Feedback's read: the record and its tenant's queue; on PostgreSQL also its stored labels, in the same round trip
+_FEEDBACK_COLS = ("r.tenant, r.served_model, r.exploration, r.embedding, r.replica, r.p_served, r.target, t.queue, "
+                  "t.labelled")
+_FEEDBACK_FROM = " FROM requests r LEFT JOIN tenants t ON t.name = r.tenant WHERE r.request_id = ?"
+_FEEDBACK_READ_SQLITE = f"SELECT {_FEEDBACK_COLS}{_FEEDBACK_FROM}"
+_FEEDBACK_READ = (f"SELECT {_FEEDBACK_COLS}, "
                   "ARRAY(SELECT l.model FROM labels l WHERE l.request_id = r.request_id ORDER BY l.seq), "
-                  "ARRAY(SELECT l.satisfaction FROM labels l WHERE l.request_id = r.request_id ORDER BY l.seq) "
-                  "FROM requests r LEFT JOIN tenants t ON t.name = r.tenant WHERE r.request_id = ?")
+                  "ARRAY(SELECT l.satisfaction FROM labels l WHERE l.request_id = r.request_id ORDER BY l.seq)"
+                  f"{_FEEDBACK_FROM}")
 # the tenant's queue (where the served model's label is new) and the new labels, in the given order, then the
 # label log's notification: one statement (PostgreSQL's data-modifying CTEs)
 _FEEDBACK_WRITE = ("WITH ten AS (UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
