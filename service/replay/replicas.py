@@ -67,14 +67,15 @@ class SharedMemoryStore(SqliteStore):
         self.subscribers.append(Subscriber(callback, tenants, after))
 
     def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
-                       step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
+                       step: QueueStep, after_commit: AfterCommit = None, *,
+                       p_label: float | None = None) -> Future[FeedbackCommit]:
         def after(commit: FeedbackCommit) -> None:
             if commit.events:
                 self._commits.append((self.position, commit.events))
             if after_commit is not None:
                 after_commit(commit)
 
-        return super().apply_feedback(tenant, request_id, served_model, labels, step, after)
+        return super().apply_feedback(tenant, request_id, served_model, labels, step, after, p_label=p_label)
 
     def deliver(self, through: int) -> None:
         """Hand every subscriber, in seq order, the labels committed at positions <= `through` that it has not

@@ -61,6 +61,13 @@ class Heads:
             kernels.head_predict(x, self.W, self.S, p, var)
         return p, var
 
+    def predicted(self, emb: np.ndarray, model: int) -> float | None:
+        """One model's predicted satisfaction for one embedding ([dim]); None for an embedding of another size
+        (a record stored without one)."""
+        if emb.size != self.dim:
+            return None
+        return float(self.predict(emb.reshape(1, -1))[0][0, model])
+
     def update(self, emb: np.ndarray, model: int, satisfaction: float, seq: int | None = None) -> None:
         """Learn one label; `seq` (the label's in the log) becomes last_seq in the same step."""
         x = self.featurize(emb)[0]

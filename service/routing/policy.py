@@ -23,7 +23,8 @@ debt_gain, floor_window, caution from its config):
      late feedback does not make the queue overshoot, and requests that never get feedback still count.
      P is at least V' times the price floor (price_floor): the price at which the tenant's latest
      floor_window requests' predictions reach the next label's target, so satisfaction is bought before a
-     deficit has to build, and the price moves with the predictions rather than with each label. For its
+     deficit has to build, and the price moves with the predictions rather than with each label. E's allowance
+     for the answers whose label is on its way raises the floor's target instead of the queue's price. For its
      first `caution` labels a tenant's floor target is one standard error higher, and where no price reaches
      it the request goes to the model likeliest to satisfy, favouring dearer models (cautious_choice).
   4. explore: invoke the exploit choice plus the explore_models - 1 runners-up of step 3's objective with every
@@ -137,9 +138,11 @@ class Policy:
         p_dec = optimistic(batch.p_hat, batch.var, kappa, var)
         margin = np.array([c.margin for c in cfgs], np.float64)
         gain = np.array([c.debt_gain for c in cfgs], np.float64)
-        pressure = np.maximum(debt_pressure(batch.expected, margin, batch.labelled, gain, batch.allowance), 0.0)
-        # the queue's price, floored by what the latest requests' predictions say reaches the next label's target
-        floor, cautious = price_floor(batch, p_dec)
+        # the queue's price, floored by what the latest requests' predictions say reaches the next label's target;
+        # where the floor holds the share of E's allowance for labels on their way, the queue's price leaves it out
+        floor, cautious, held = price_floor(batch, p_dec)
+        pressure = np.maximum(debt_pressure(batch.expected - held, margin, batch.labelled, gain,
+                                            batch.allowance - held), 0.0)
         pressure = np.maximum(pressure, V * floor)
         choice = kernels.decide_batch(p_dec, batch.costs, batch.masks, pressure, alpha, V)
         for b in np.flatnonzero(cautious & (choice >= 0)):
@@ -193,7 +196,7 @@ class Policy:
         return tuple(sorted([choice, *others[: n - 1]]))
 
 
-def price_floor(batch: Batch, p_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def price_floor(batch: Batch, p_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, the price of satisfaction (cost units per unit of satisfaction; kernels.price_for_target's
     bisection, the lowest such price where the ratings rank models as the predictions do) at which the tenant's
     latest `floor_window` requests, this batch's included, decided on `p_dec`, are predicted to reach the next
@@ -212,11 +215,20 @@ def price_floor(batch: Batch, p_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray
     `caution` labels, its target is raised by one standard error of the satisfaction of the labels it has
     (caution_allowance), the floor is the price that reaches the raised target, and where no price does the
     request goes to the model likeliest to satisfy. The promise is judged on the first requests' realised
-    labels, whose mean spreads by about that error around what the router expected."""
+    labels, whose mean spreads by about that error around what the router expected.
+
+    The third array is the part of E's allowance (Batch.allowance) the floor holds: once the tenant is past
+    `caution`, the allowance's share for the served answers whose label is on its way (Batch.flight, of all its
+    unlabelled ones) raises the floor's target, spread like a surplus over max(SURPLUS_HORIZON, n) requests,
+    wherever some price reaches that raised target; the queue's price then leaves that share out. With labels
+    late the allowance is a surplus to hold while they travel, not a deficit: the queue's price bought it on the
+    dearest models at once, the floor buys it evenly on the cheapest mix that reaches it (docs/ROUTING.md,
+    late feedback). Answers never to be labelled are not in flight: with sparse feedback the queue keeps it all."""
     floor = np.zeros(len(batch.tenants))
     cautious = np.zeros(len(batch.tenants), np.bool_)
+    held = np.zeros(len(batch.tenants))
     up = batch.masks.any(axis=0)
-    seen: dict[int, tuple[float, bool]] = {}
+    seen: dict[int, tuple[float, bool, float]] = {}
     for b, st in enumerate(batch.tenants):
         size = st.cfg.floor_window
         if size <= 0:
@@ -229,19 +241,26 @@ def price_floor(batch: Batch, p_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray
                 st.window.push(p_dec[r], p_sat[r], batch.costs[r], batch.masks[r])
             w, n = st.window, st.window.n
             labels = int(batch.labelled[b])
-            surplus = min(float(batch.expected[b]), 0.0) / max(SURPLUS_HORIZON, float(batch.t[b]))
-            target = min(label_target(st.cfg, labels + 1) + surplus, 1.0)
+            spread = max(SURPLUS_HORIZON, float(batch.t[b]))
+            target = min(label_target(st.cfg, labels + 1) + min(float(batch.expected[b]), 0.0) / spread, 1.0)
             q, p, cost, avail = w.q[:n], w.p[:n], w.cost[:n], w.mask[:n] & up
-            lam, careful = math.inf, False
+            lam, careful, share = math.inf, False, 0.0
+            travelling = float(batch.flight[b].sum())
+            if labels >= st.cfg.caution and st.pending_n > 0 and travelling > 0 and batch.allowance[b] > 0:
+                share = float(batch.allowance[b]) * min(travelling / st.pending_n, 1.0)
+                banked = min(float(batch.expected[b]) - share, 0.0) + share
+                held_target = min(label_target(st.cfg, labels + 1) + banked / spread, 1.0)
+                lam = kernels.price_for_target(q, p, cost, avail, held_target, PRICE_HI)
+                share = share if np.isfinite(lam) else 0.0
             if labels < st.cfg.caution:  # a raised target reachable at some price: the plain one is too
                 raised = min(target + caution_allowance(st.cfg.alpha, labels), 1.0)
                 lam = kernels.price_for_target(q, p, cost, avail, raised, PRICE_HI)
                 careful = not np.isfinite(lam)
             if not np.isfinite(lam):
                 lam = kernels.price_for_target(q, p, cost, avail, target, PRICE_HI)
-            seen[id(st)] = (lam * (1 + PRICE_PAST) if np.isfinite(lam) else 0.0, careful)
-        floor[b], cautious[b] = seen[id(st)]
-    return floor, cautious
+            seen[id(st)] = (lam * (1 + PRICE_PAST) if np.isfinite(lam) else 0.0, careful, share)
+        floor[b], cautious[b], held[b] = seen[id(st)]
+    return floor, cautious, held
 
 
 def caution_allowance(alpha: float, labels: int) -> float:

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
@@ -276,16 +277,15 @@ class Router(RequestIds):
         st = self.tenant(tenant)
         pending = self._pending(tenant, request_id)
         by_model = validated_labels(self.index, pending, satisfaction, labels)
-        cfg = st.cfg
-
-        def step(queue: float, n: int, s: float) -> float:
-            return queue_step(cfg, queue, n, s)
 
         def after_commit(commit: FeedbackCommit) -> None:
             self._applied(pending, commit)
 
         named = {self.names[k]: s for k, s in by_model.items()}
-        fut = self.store.apply_feedback(tenant, request_id, self.names[pending.served], named, step, after_commit)
+        # the served label keeps the prediction it came to (tenant.predictor_bias)
+        p_label = self.heads.predicted(pending.embedding, pending.served) if pending.served in by_model else None
+        fut = self.store.apply_feedback(tenant, request_id, self.names[pending.served], named,
+                                        partial(queue_step, st.cfg), after_commit, p_label=p_label)
         return then(fut, lambda c: FeedbackResult(request_id=request_id, applied=len(c.new),
                                                    duplicate=c.given - len(c.new), queue=c.queue,
                                                    queue_updated=c.moved))
@@ -354,8 +354,9 @@ class Router(RequestIds):
                 if mine and p is not None and target is not None:  # it leaves the pending expectation for the queue
                     st.pending_sum -= target - p
                     st.pending_n -= 1
-                    st.resid_sum += s - p
-                    st.resid_sq += (s - p) ** 2
+                    r = s - (p if ev.p_label is None else ev.p_label)
+                    st.resid_sum += r
+                    st.resid_sq += r * r
                     st.resid_n += 1
 
     def snapshot(self) -> Future[None]:

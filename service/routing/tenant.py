@@ -203,7 +203,11 @@ def pending_allowance(st: TenantState) -> float:
 
 def predictor_bias(st: TenantState) -> float:
     """The predictor's mean error on the tenant's labelled requests (satisfaction - predicted), shrunk towards 0
-    by BIAS_PRIOR_N pseudo-labels."""
+    by BIAS_PRIOR_N pseudo-labels. Predicted is prequential: the served model's prediction as the label came,
+    before the heads learned it (stored with the label), not the one the request was routed on. With labels
+    late the routed predictions are as old as the delay and judge heads that have learned since: on
+    RouterBench with labels 200 requests late, the bias of the first labels (+0.14 to +0.16) credited the next
+    unlabelled answers with a surplus they did not have (docs/ROUTING.md, late feedback)."""
     return st.resid_sum / (st.resid_n + BIAS_PRIOR_N)
 
 

@@ -93,6 +93,7 @@ class LabelEvent:
     replica: str | None = None
     p_served: float | None = None
     target: float | None = None
+    p_label: float | None = None  # the served model's predicted satisfaction when its label came (prequential)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,10 +147,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
-                       step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
+                       step: QueueStep, after_commit: AfterCommit = None, *,
+                       p_label: float | None = None) -> Future[FeedbackCommit]:
         """In one transaction: compare `labels` with the request's stored ones (a different value for a stored
         label raises errors.Conflict: feedback is write-once; an equal one is a duplicate), append the new ones
-        to the label log and, if the served model's label is new, move the tenant's queue with `step`."""
+        to the label log and, if the served model's label is new, move the tenant's queue with `step` and store
+        `p_label` with that label (the served model's predicted satisfaction as the label came)."""
 
     @abc.abstractmethod
     def write_heads(self, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> Future[None]:

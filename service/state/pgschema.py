@@ -46,6 +46,8 @@ MIGRATIONS = (
         resid_sq DOUBLE PRECISION NOT NULL DEFAULT 0, resid_n BIGINT NOT NULL DEFAULT 0,
         last_t BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (tenant, model));
     """,
+    # version 4: the served model's predicted satisfaction when its label came (the predictor's bias, prequential)
+    "ALTER TABLE labels ADD COLUMN p_label DOUBLE PRECISION",
 )
 
 

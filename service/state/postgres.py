@@ -247,10 +247,12 @@ class PostgresStore(sql.SqlReads, Store):
         return self._writer.submit(lambda conn: sql.insert_request(conn, row, one_statement=True), retry=True)
 
     def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
-                       step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
+                       step: QueueStep, after_commit: AfterCommit = None, *,
+                       p_label: float | None = None) -> Future[FeedbackCommit]:
         def job(conn: Any) -> tuple[FeedbackCommit, tuple[int, list[LabelEvent]]]:
             # the log's lock is the transaction's already (the writer's `begin`)
-            commit = sql.apply_feedback(conn, tenant, request_id, served_model, labels, step, notify=CHANNEL)
+            commit = sql.apply_feedback(conn, tenant, request_id, served_model, labels, step, notify=CHANNEL,
+                                        p_label=p_label)
             return commit, self._log_since_cursor(conn, commit.events)
 
         def after(res: tuple[FeedbackCommit, tuple[int, list[LabelEvent]]]) -> None:

@@ -21,7 +21,7 @@ log = logging.getLogger("messplus.store")
 _REQUEST = ("SELECT request_id, tenant, t, served_model, invoked, exploration, cost, cost_raw, alpha, embedding, "
             "p_served, target, replica FROM requests WHERE request_id = ?")
 _EVENTS = ("SELECT l.seq, r.tenant, l.request_id, l.model, l.satisfaction, l.moves_queue, l.queue_after, "
-           "r.exploration, r.embedding, r.replica, r.p_served, r.target FROM labels l JOIN requests r "
+           "r.exploration, r.embedding, r.replica, r.p_served, r.target, l.p_label FROM labels l JOIN requests r "
            "ON r.request_id = l.request_id WHERE l.seq > ? ORDER BY l.seq")
 _EVENTS_PAGE = _EVENTS + " LIMIT ?"
 # records past the retention whose labels every head snapshot has learned (a head last written more than the
@@ -39,9 +39,10 @@ _EXPIRABLE = ("SELECT request_id FROM requests WHERE created < ? AND NOT EXISTS 
 _PENDING = ("SELECT r.tenant, r.served_model, SUM(r.target - r.p_served), COUNT(*) FROM requests r "
             "WHERE r.p_served IS NOT NULL AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.request_id = r.request_id "
             "AND l.model = r.served_model){} GROUP BY r.tenant, r.served_model")
-_RESID = ("SELECT r.tenant, r.served_model, SUM(l.satisfaction - r.p_served), "
-          "SUM((l.satisfaction - r.p_served) * (l.satisfaction - r.p_served)), COUNT(*) FROM requests r "
-          "JOIN labels l ON l.request_id = r.request_id AND l.model = r.served_model "
+# a label's residual: against the prediction when it came (older labels: when its request was routed)
+_RESIDUAL = "(l.satisfaction - COALESCE(l.p_label, r.p_served))"
+_RESID = (f"SELECT r.tenant, r.served_model, SUM({_RESIDUAL}), SUM({_RESIDUAL} * {_RESIDUAL}), COUNT(*) "
+          "FROM requests r JOIN labels l ON l.request_id = r.request_id AND l.model = r.served_model "
           "WHERE r.p_served IS NOT NULL{} GROUP BY r.tenant, r.served_model")
 _LAST_T = "SELECT r.tenant, r.served_model, MAX(r.t) FROM requests r WHERE 1 = 1{} GROUP BY r.tenant, r.served_model"
 # the dropped records' terms, per tenant and served model (table `expired`), added to what is there
@@ -131,7 +132,7 @@ def label_events(conn: Any, after: int, limit: int = 0) -> list[LabelEvent]:
     rows = conn.execute(_EVENTS_PAGE, (after, limit)) if limit > 0 else conn.execute(_EVENTS, (after,))
     return [LabelEvent(seq=int(r[0]), tenant=r[1], request_id=r[2], model=r[3], satisfaction=r[4],
                        moves_queue=bool(r[5]), queue_after=r[6], exploration=bool(r[7]), embedding=_bytes(r[8]),
-                       replica=r[9], p_served=r[10], target=r[11])
+                       replica=r[9], p_served=r[10], target=r[11], p_label=r[12])
             for r in rows.fetchall()]
 
 
@@ -232,8 +233,9 @@ _FEEDBACK_READ = (f"SELECT {_FEEDBACK_COLS}, "
 # label log's notification: one statement (PostgreSQL's data-modifying CTEs)
 _FEEDBACK_WRITE = ("WITH ten AS (UPDATE tenants SET queue = ?, labelled = labelled + 1, sat_sum = sat_sum + ? "
                    "WHERE name = ? AND ?::boolean), "
-                   "ins AS (INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created) "
-                   "SELECT ?, m.model, m.s, m.served, CASE WHEN m.served = 1 THEN ?::double precision END, ? "
+                   "ins AS (INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created, "
+                   "p_label) SELECT ?, m.model, m.s, m.served, CASE WHEN m.served = 1 THEN ?::double precision END, "
+                   "?, CASE WHEN m.served = 1 THEN ?::double precision END "
                    "FROM unnest(?::text[], ?::double precision[], ?::int[]) WITH ORDINALITY AS m(model, s, served, i) "
                    "ORDER BY m.i RETURNING seq, model) "
                    "SELECT array_agg(seq ORDER BY seq), array_agg(model ORDER BY seq), "
@@ -241,7 +243,7 @@ _FEEDBACK_WRITE = ("WITH ten AS (UPDATE tenants SET queue = ?, labelled = labell
 
 
 def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
-                   step: QueueStep, notify: str = "") -> FeedbackCommit:
+                   step: QueueStep, notify: str = "", p_label: float | None = None) -> FeedbackCommit:
     """Store.apply_feedback's transaction, inside the caller's (which on a shared store holds the log's lock,
     so that label seqs are handed out in commit order: a reader that saw seq n has seen every seq below it).
 
@@ -270,23 +272,23 @@ def apply_feedback(conn: Any, tenant: str, request_id: str, served_model: str, l
     moves = served_model in new
     if moves:
         queue = step(float(queue), int(labelled) + 1, new[served_model])
-    seqs = _write_labels(conn, tenant, request_id, served_model, new, queue, notify) if new else {}
+    seqs = _write_labels(conn, tenant, request_id, served_model, new, queue, notify, p_label) if new else {}
     events = [LabelEvent(seq=int(seqs[model]), tenant=tenant, request_id=request_id, model=model, satisfaction=s,
                          moves_queue=model == served_model, queue_after=queue if model == served_model else None,
                          exploration=bool(exploration), embedding=_bytes(embedding), replica=replica,
-                         p_served=p_served, target=target)
+                         p_served=p_served, target=target, p_label=p_label if model == served_model else None)
               for model, s in new.items()]
     return FeedbackCommit(new=new, given=len(labels), queue=float(queue), moved=moves, events=tuple(events))
 
 
 def _write_labels(conn: Any, tenant: str, request_id: str, served_model: str, new: dict[str, float], queue: float,
-                  notify: str) -> dict[str, int]:
+                  notify: str, p_label: float | None) -> dict[str, int]:
     """Store the new labels (and, where the served model's is among them, the tenant's queue); their seqs."""
     moves = served_model in new
     if notify:
         models = list(new)
         got, order, _ = conn.execute(_FEEDBACK_WRITE, (
-            queue, new.get(served_model, 0.0), tenant, moves, request_id, queue, now(), models,
+            queue, new.get(served_model, 0.0), tenant, moves, request_id, queue, now(), p_label, models,
             [new[m] for m in models], [int(m == served_model) for m in models], notify)).fetchone()
         return dict(zip(order, got))
     if moves:
@@ -295,10 +297,10 @@ def _write_labels(conn: Any, tenant: str, request_id: str, served_model: str, ne
     seqs = {}
     for model, s in new.items():
         (seqs[model],) = conn.execute(
-            "INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created)"
-            " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+            "INSERT INTO labels (request_id, model, satisfaction, moves_queue, queue_after, created, p_label)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
             (request_id, model, s, int(model == served_model), queue if model == served_model else None,
-             now())).fetchone()
+             now(), p_label if model == served_model else None)).fetchone()
     return seqs
 
 

@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS labels (
     moves_queue INTEGER NOT NULL,
     queue_after REAL,
     created REAL NOT NULL,
+    p_label REAL,
     UNIQUE (request_id, model)
 );
 CREATE TABLE IF NOT EXISTS expired (
@@ -109,6 +110,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for column, kind in (("p_served", "REAL"), ("target", "REAL"), ("replica", "TEXT")):
         if column not in have:
             conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+    if "p_label" not in {row[1] for row in conn.execute("PRAGMA table_info(labels)")}:
+        conn.execute("ALTER TABLE labels ADD COLUMN p_label REAL")
 
 
 _STORAGE = ("database is locked", "database or disk is full", "disk i/o error", "unable to open database file")
@@ -234,9 +237,10 @@ class SqliteStore(sql.SqlReads, Store):
         return self.submit(lambda conn: sql.insert_request(conn, row))
 
     def apply_feedback(self, tenant: str, request_id: str, served_model: str, labels: dict[str, float],
-                       step: QueueStep, after_commit: AfterCommit = None) -> Future[FeedbackCommit]:
-        return self.submit(lambda conn: sql.apply_feedback(conn, tenant, request_id, served_model, labels, step),
-                           after_commit)
+                       step: QueueStep, after_commit: AfterCommit = None, *,
+                       p_label: float | None = None) -> Future[FeedbackCommit]:
+        return self.submit(lambda conn: sql.apply_feedback(conn, tenant, request_id, served_model, labels, step,
+                                                           p_label=p_label), after_commit)
 
     def write_heads(self, snaps: list[tuple[str, bytes, bytes]], features: int, last_seq: int) -> Future[None]:
         return self.submit(lambda conn: sql.write_heads(conn, snaps, features, last_seq))

@@ -67,12 +67,14 @@ def test_caution_overrides_a_mix_the_plain_floor_would_buy() -> None:
 
 def test_once_labels_narrow_the_allowance_the_floor_pays_the_raised_targets_price() -> None:
     """Every request alike: cheap 0.85, mid 0.95, dear 0.97; alpha 0.8, no margin, no banked surplus (reserve 0),
-    labels equal to the served model's prediction (no predictor bias). The plain target, 0.8, is the cheap
+    labels equal to the served model's prediction (no predictor bias: the heads, which judge each label as it
+    comes, are made to predict what the requests were decided on). The plain target, 0.8, is the cheap
     model's; after 16 labels the cautious target is 0.8 + sqrt(0.16 / 16) = 0.9, reachable by the mid model at
     a higher price, so the floor buys it; the dear one is cautious_choice's only before that."""
     p = [0.85, 0.95, 0.97]
     plain, careful = _router(0, margin=0.0, reserve=0.0), _router(100, margin=0.0, reserve=0.0)
     for router in (plain, careful):
+        router.heads.predicted = lambda emb, k: p[k]  # type: ignore[method-assign]
         for i in range(16):
             served = _route(router, p, i)
             router.feedback("t", f"r{i}", p[NAMES.index(served)], []).result()

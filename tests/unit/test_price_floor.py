@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from messplus.kernels import reference as ref
 from messplus.kernels._price import PRICE_LO
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.routing.heads import Heads
+from messplus.service.routing.policy import price_floor
 from messplus.service.routing.router import Router
 from messplus.service.routing.types import RouteItem
 from messplus.service.state.sqlite import SqliteStore
@@ -134,3 +136,29 @@ def test_the_window_is_a_ring_of_floor_window_requests() -> None:
     _choices(router, [0.6, 0.97], 20)
     w = router.tenants["t"].window
     assert w is not None and w.q.shape == (8, 2) and w.n == 8
+
+
+def test_the_floor_holds_the_allowance_for_answers_whose_label_is_on_its_way() -> None:
+    """Answers routed and none labelled yet: every one is in flight, so the whole of E's allowance (the error of
+    what they are expected to add) raises the floor's target, spread over 50 requests, and is handed back for the
+    queue's price to leave out. Requests alternate between the cheap model (cost 0.05 of the dear one's) at 0.75
+    and at 0.80, the dear one at 0.95: the plain target (alpha 0.7 + 0.15) buys the dear model for the first kind
+    only (0.88 over the window), the raised one (0.85 + 2.9 / 50) for both, at the second kind's price. With
+    nothing in flight (answers presumed never to be labelled) the floor holds nothing and the allowance stays the
+    queue's."""
+    router = _router(256, alpha=0.7)
+    kinds = [[0.75, 0.95], [0.80, 0.95]]
+    for i in range(10):
+        (d,) = router.decide([RouteItem(tenant="t", request_id=f"r{i}")], np.array([kinds[i % 2]]), np.zeros((1, 2)))
+        router.record(d, np.full(4, 0.5, np.float32)).result()
+    seen, plan = [], router.policy.plan
+    router.policy.plan = lambda batch, pricing: seen.append(batch) or plan(batch, pricing)  # type: ignore[method-assign]
+    router.decide([RouteItem(tenant="t", request_id="r10")], np.array([kinds[0]]), np.zeros((1, 2)))
+    batch = seen[0]
+    assert batch.flight.sum() == 10 and batch.allowance[0] > 0
+    floor, _, held = price_floor(batch, batch.p_hat)
+    assert held[0] == pytest.approx(batch.allowance[0])
+    plain, _, none = price_floor(dataclasses.replace(batch, flight=np.zeros_like(batch.flight)), batch.p_hat)
+    assert none[0] == 0.0
+    assert plain[0] == pytest.approx(0.95 / 0.20, rel=1e-5)  # the crossings, cost over satisfaction gained
+    assert floor[0] == pytest.approx(0.95 / 0.15, rel=1e-5)

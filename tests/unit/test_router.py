@@ -423,6 +423,26 @@ def test_a_state_file_from_before_the_exploration_budget_is_migrated(tmp_path: P
     r.store.close()
 
 
+def test_the_predictors_bias_is_measured_against_the_prediction_as_the_label_comes(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    r = make_router(path)
+    d = route(r)  # served cheap, routed on p_hat 0.5
+    emb = np.ones(DIM, np.float32) / math.sqrt(DIM)
+    for _ in range(5):  # the heads learn other answers of cheap's before this one's label comes
+        r.heads.update(emb, 0, 1.0)
+    now = float(r.heads.predict(emb.reshape(1, -1))[0][0, 0])
+    assert now > 0.6
+    r.feedback("acme", d.request_id, 1.0, []).result()
+    st = r.tenants["acme"]
+    assert (st.resid_n, st.resid_sum) == (1, pytest.approx(1.0 - now))  # not 1.0 - 0.5: the heads have learned
+    assert st.pending_n == 0 and st.pending_sum == pytest.approx(0.0, abs=1e-12)  # E lets go of what it added
+    r.store.close()
+    r2 = make_router(path)  # a start recomputes it from the stored label
+    assert (r2.tenants["acme"].resid_n, r2.tenants["acme"].resid_sum) == (1, pytest.approx(1.0 - now))
+    assert r2.tenants["acme"].resid_sq == pytest.approx((1.0 - now) ** 2)
+    r2.store.close()
+
+
 def test_unlabelled_requests_count_in_decisions_by_their_expected_satisfaction(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     r = make_router(path)

@@ -55,7 +55,10 @@ def test_a_sqlite_file_from_before_the_replica_column_is_migrated(tmp_path: Path
         "CREATE TABLE requests (request_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, t INTEGER NOT NULL, "
         "served_model TEXT NOT NULL, invoked TEXT NOT NULL, exploration INTEGER NOT NULL, cost REAL NOT NULL, "
         "cost_raw REAL NOT NULL, alpha REAL NOT NULL, embedding BLOB, created REAL NOT NULL, p_served REAL, "
-        "target REAL);")
+        "target REAL);"
+        "CREATE TABLE labels (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, model TEXT NOT NULL, "
+        "satisfaction REAL NOT NULL, moves_queue INTEGER NOT NULL, queue_after REAL, created REAL NOT NULL, "
+        "UNIQUE (request_id, model));")
     conn.execute(OLD_REQUEST, (EMB, time.time()))
     conn.commit()
     conn.close()
@@ -69,6 +72,8 @@ def test_a_sqlite_file_from_before_the_replica_column_is_migrated(tmp_path: Path
         r.feedback("acme", "old-1", 1.0, []).result(10)
         st = r.tenants["acme"]
         assert (st.pending_n, st.resid_n, st.labelled) == (1, 1, 1)  # the old one left the expectation
+        (event,) = r.store.label_events(0)
+        assert event.p_label is not None  # the labels table took the column: the prediction as the label came
     finally:
         r.store.close()
 
@@ -83,7 +88,7 @@ def test_a_postgresql_database_at_schema_1_is_migrated(postgres_url: str) -> Non
     a = router(PostgresStore(postgres_url, poll_s=0.05))
     b = router(PostgresStore(postgres_url, poll_s=0.05))
     try:
-        assert a.store.schema_version == len(MIGRATIONS) == 3  # type: ignore[attr-defined]
+        assert a.store.schema_version == len(MIGRATIONS) == 4  # type: ignore[attr-defined]
         old = a.store.request("old-1")
         assert old is not None and old.replica is None and old.p_served == 0.5
         rid = route_one(a)
@@ -95,6 +100,7 @@ def test_a_postgresql_database_at_schema_1_is_migrated(postgres_url: str) -> Non
         a.store.catch_up().result(10)  # type: ignore[attr-defined]
         assert (a.tenants["acme"].pending_n, a.tenants["acme"].resid_n) == (0, 1)
         assert b.tenants["acme"].labelled == 2
+        assert all(e.p_label is not None for e in a.store.label_events(0))
     finally:
         a.store.close()
         b.store.close()

@@ -127,6 +127,19 @@ def test_expectations_split_labelled_and_pending_requests(store: Store) -> None:
     assert store.expectations(("cheap", "big", "gone"))["acme"].pending_n == 2
 
 
+def test_a_served_label_keeps_the_prediction_it_came_to_and_its_residual_is_against_that(store: Store) -> None:
+    store.insert_request(row("r1", invoked=("cheap", "big"), p=0.6)).result()
+    store.insert_request(row("r2", p=0.6)).result()
+    commit = store.apply_feedback("acme", "r1", "cheap", {"cheap": 1.0, "big": 0.0}, step, p_label=0.9).result()
+    assert [(e.model, e.p_label) for e in commit.events] == [("cheap", 0.9), ("big", None)]
+    assert [(e.model, e.p_label, e.p_served) for e in store.label_events(0)] == [("cheap", 0.9, 0.6),
+                                                                                  ("big", None, 0.6)]
+    store.apply_feedback("acme", "r2", "cheap", {"cheap": 0.0}, step).result()  # none given: the routed one
+    e = store.expectations(("cheap", "big"))["acme"]
+    assert e.resid_n == 2 and e.resid_sum == pytest.approx((1.0 - 0.9) + (0.0 - 0.6))
+    assert e.resid_sq == pytest.approx(0.1 ** 2 + 0.6 ** 2)
+
+
 def test_head_snapshots_round_trip_and_pretrained_heads_sit_before_every_later_label(store: Store) -> None:
     store.write_heads([("cheap", W, S)], 3, 7).result()
     head = store.head("cheap")
