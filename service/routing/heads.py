@@ -66,7 +66,10 @@ class Heads:
         (a record stored without one)."""
         if emb.size != self.dim:
             return None
-        return float(self.predict(emb.reshape(1, -1))[0][0, model])
+        x, p, var = self.featurize(emb.reshape(1, -1)), np.empty((1, 1)), np.empty((1, 1))
+        with self.lock:  # that model's head alone: a Feedback pays for one head, not the zoo's
+            kernels.head_predict(x, self.W[model:model + 1], self.S[model:model + 1], p, var)
+        return float(p[0, 0])
 
     def update(self, emb: np.ndarray, model: int, satisfaction: float, seq: int | None = None) -> None:
         """Learn one label; `seq` (the label's in the log) becomes last_seq in the same step."""

@@ -81,3 +81,16 @@ def test_a_request_of_a_model_that_left_the_zoo_is_not_awaited_and_its_feedback_
     with pytest.raises(Conflict, match="served by model 'big', which is no longer in the zoo"):
         r.feedback("acme", routed.decision.request_id, 1.0, [])
     r.store.close()
+
+
+def test_one_heads_prediction_is_that_column_of_the_zoos() -> None:
+    """Heads.predicted (a Feedback's prediction as its label comes) runs one model's head: it must agree with
+    the zoo-wide predict, variance moderation included, for every model, and refuse an embedding of another size."""
+    heads, rng = Heads([m.name for m in ZOO], DIM), np.random.default_rng(3)
+    for _ in range(40):
+        emb = rng.standard_normal(DIM).astype(np.float32)
+        heads.update(emb / np.linalg.norm(emb), int(rng.integers(3)), float(rng.random() < 0.6))
+    emb = rng.standard_normal(DIM).astype(np.float32)
+    zoo = heads.predict(emb[None])[0][0]
+    assert [heads.predicted(emb, k) for k in range(3)] == [float(p) for p in zoo]
+    assert len(set(zoo.round(6))) == 3 and heads.predicted(emb[:-1], 0) is None
