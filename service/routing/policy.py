@@ -139,7 +139,7 @@ class Policy:
         margin = np.array([c.margin for c in cfgs], np.float64)
         gain = np.array([c.debt_gain for c in cfgs], np.float64)
         # the queue's price, floored by what the latest requests' predictions say reaches the next label's target;
-        # where the floor holds the share of E's allowance for labels on their way, the queue's price leaves it out
+        # the share of E's allowance for labels on their way is the floor's to hold: the queue's price leaves it out
         floor, cautious, held = price_floor(batch, p_dec)
         pressure = np.maximum(debt_pressure(batch.expected - held, margin, batch.labelled, gain,
                                             batch.allowance - held), 0.0)
@@ -219,11 +219,13 @@ def price_floor(batch: Batch, p_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
     The third array is the part of E's allowance (Batch.allowance) the floor holds: once the tenant is past
     `caution`, the allowance's share for the served answers whose label is on its way (Batch.flight, of all its
-    unlabelled ones) raises the floor's target, spread like a surplus over max(SURPLUS_HORIZON, n) requests,
-    wherever some price reaches that raised target; the queue's price then leaves that share out. With labels
-    late the allowance is a surplus to hold while they travel, not a deficit: the queue's price bought it on the
-    dearest models at once, the floor buys it evenly on the cheapest mix that reaches it (docs/ROUTING.md,
-    late feedback). Answers never to be labelled are not in flight: with sparse feedback the queue keeps it all."""
+    unlabelled ones) is left out of the queue's price and raises the floor's target instead, spread like a
+    surplus over max(SURPLUS_HORIZON, n) requests. With labels late the allowance is a surplus to hold while they
+    travel, not a deficit: the queue's price bought it on the dearest models at once, the floor buys it evenly on
+    the cheapest mix that reaches it. Where no price reaches the raised target (while the first labels come
+    back, most models still at their prior) nothing buys it: the queue answers those answers' realised error when
+    their labels land. On the queue's price the share had bought the dearest model there (docs/ROUTING.md, late
+    feedback). Answers never to be labelled are not in flight: with sparse feedback the queue keeps it all."""
     floor = np.zeros(len(batch.tenants))
     cautious = np.zeros(len(batch.tenants), np.bool_)
     held = np.zeros(len(batch.tenants))
@@ -251,7 +253,6 @@ def price_floor(batch: Batch, p_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray
                 banked = min(float(batch.expected[b]) - share, 0.0) + share
                 held_target = min(label_target(st.cfg, labels + 1) + banked / spread, 1.0)
                 lam = kernels.price_for_target(q, p, cost, avail, held_target, PRICE_HI)
-                share = share if np.isfinite(lam) else 0.0
             if labels < st.cfg.caution:  # a raised target reachable at some price: the plain one is too
                 raised = min(target + caution_allowance(st.cfg.alpha, labels), 1.0)
                 lam = kernels.price_for_target(q, p, cost, avail, raised, PRICE_HI)

@@ -162,3 +162,25 @@ def test_the_floor_holds_the_allowance_for_answers_whose_label_is_on_its_way() -
     assert none[0] == 0.0
     assert plain[0] == pytest.approx(0.95 / 0.20, rel=1e-5)  # the crossings, cost over satisfaction gained
     assert floor[0] == pytest.approx(0.95 / 0.15, rel=1e-5)
+
+
+def test_out_of_reach_the_allowance_for_answers_on_their_way_is_held_all_the_same() -> None:
+    """Before any label has come back every model is predicted at its prior: here both below alpha, so no price
+    reaches the floor's target and the floor is 0. The share of E's allowance for the answers in flight is still
+    left out of the queue's price (handed back whole): their labels will come, and the queue answers their error
+    then. On the queue's price it had bought the dearest model while the first labels came back (docs/ROUTING.md,
+    late feedback). With nothing in flight the allowance stays the queue's."""
+    router = _router(256, alpha=0.7)
+    for i in range(10):
+        (d,) = router.decide([RouteItem(tenant="t", request_id=f"r{i}")], np.array([[0.5, 0.5]]), np.zeros((1, 2)))
+        router.record(d, np.full(4, 0.5, np.float32)).result()
+    seen, plan = [], router.policy.plan
+    router.policy.plan = lambda batch, pricing: seen.append(batch) or plan(batch, pricing)  # type: ignore[method-assign]
+    router.decide([RouteItem(tenant="t", request_id="r10")], np.array([[0.5, 0.5]]), np.zeros((1, 2)))
+    batch = seen[0]
+    assert batch.flight.sum() == 10 and batch.allowance[0] > 0
+    floor, _, held = price_floor(batch, batch.p_hat)
+    assert floor[0] == 0.0
+    assert held[0] == pytest.approx(batch.allowance[0])
+    _, _, none = price_floor(dataclasses.replace(batch, flight=np.zeros_like(batch.flight)), batch.p_hat)
+    assert none[0] == 0.0
