@@ -58,7 +58,9 @@ def format_table(summary: list[dict[str, Any]]) -> str:
                          f"x task oracle {x(r, 'cost_vs_task_oracle', 'task_oracle')} "
                          f"x oracle {x(r, 'cost_vs_oracle', 'oracle')} x reference {f(r['cost_vs_reference'], '.3f')}")
         ref, task = b["messplus_reference"] or {}, b.get("task_oracle") or {}
-        lines.append(f"  cheapest single {b['cheapest_single']['model']} {f(b['cheapest_single']['mean_cost'])}; "
+        single = b["cheapest_single"]
+        lines.append(f"  cheapest model alone reaching alpha: "
+                     f"{single['model'] + ' ' + f(single['mean_cost']) if single['model'] else 'none'}; "
                      f"static mixture {f(b['static_mixture']['mean_cost'])}; task oracle {f(task.get('mean_cost'))}; "
                      f"oracle {f(b['oracle']['mean_cost'])}; "
                      f"MESS+ reference {f(ref.get('mean_cost'))} (satisfaction {f(ref.get('satisfaction'), '.4f')})")
