@@ -305,3 +305,29 @@ def test_cpu_seconds_counts_a_process_and_the_children_it_waited_for() -> None:
         busy.kill()
         busy.wait()
     assert cpu_seconds(2**22 + 12345) == 0.0  # past pid_max: no such process
+
+
+def test_routing_table_jobs_write_the_summaries_a_serial_run_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      encoder_onnx: Path) -> None:
+    """`--jobs 2` replays in two spawned processes; each replay is seeded, so every summary is the serial run's
+    (the tiny trace, two conditions; the workers get the trace folder and the predictor's folder as arguments)."""
+    import bench.routing_table as T
+
+    monkeypatch.setattr(T, "DATA", Path(__file__).resolve().parents[1] / "fixtures")
+    monkeypatch.setattr(T, "VAR", encoder_onnx.parent)
+    monkeypatch.setattr(T, "CASES", (T.Case("tiny", ("tiny_trace.csv",), (0.6,)),))
+    monkeypatch.setattr(T, "DRIFT", ())
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        argv = ["--out", str(out), "--cache-dir", str(tmp_path / "emb"), "--seeds", "1", "--only", "tiny-cold",
+                "--only", "tiny-delay", "--jobs", str(jobs)]
+        assert T.main(argv) == 0
+        # every field but the replays' own times (wall_s), the one thing a run cannot repeat
+        runs[jobs] = {c: json.loads((out / f"tiny-{c}" / "summary.json").read_text(),
+                                    object_hook=lambda d: {k: v for k, v in d.items() if k != "wall_s"})
+                      for c in ("cold", "delay")}
+    assert runs[2] == runs[1]
+    assert runs[1]["cold"] != runs[1]["delay"]  # two different replays, not one written twice
+    with pytest.raises(SystemExit, match="--jobs must be at least 1"):
+        T.main(["--out", str(tmp_path / "x"), "--jobs", "0"])
