@@ -681,26 +681,28 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--jobs must be at least 1")
     if not args.table_only:
         cache, tasks = Path(args.cache_dir), list[Task]()
+
+        def add(case: Case, cond: str, seeds: int, folder: Path, policy: dict[str, Any] | None = None,
+                reference: bool = True) -> None:
+            tasks.append((case, cond, seeds, folder, cache, policy, reference, DATA, VAR))
+
         jobs = [(c, k) for c in CASES for k in CONDITIONS] + [(c, "cold") for c in DRIFT]
         jobs += [(c, k) for c in CASES for k in SHORT_RUNS]
         for case, cond in jobs:
             if args.only and f"{case.key}-{cond}" not in args.only:
                 continue
-            seeds = SHORT_SEEDS if cond in SHORT_RUNS else args.seeds
-            tasks.append((case, cond, seeds, out, cache, None, True, DATA, VAR))
+            add(case, cond, SHORT_SEEDS if cond in SHORT_RUNS else args.seeds, out)
         for case in CASES:  # the caution table: `--only TRACE-caution` runs one trace's
             if args.only and f"{case.key}-caution" not in args.only:
                 continue
             for cond in SHORT_RUNS:
-                tasks.append((case, cond, SHORT_SEEDS, out / "caution", cache, {"caution": CAUTION}, False, DATA,
-                              VAR))
-            tasks.append((case, "cold", CAUTION_SEEDS, out / "caution", cache, {"caution": CAUTION}, False, DATA, VAR))
-            tasks.append((case, "cold", CAUTION_SEEDS, out / "caution-off", cache, None, False, DATA, VAR))
+                add(case, cond, SHORT_SEEDS, out / "caution", {"caution": CAUTION}, reference=False)
+            add(case, "cold", CAUTION_SEEDS, out / "caution", {"caution": CAUTION}, reference=False)
+            add(case, "cold", CAUTION_SEEDS, out / "caution-off", reference=False)
         if args.ablations:
             for name, (policy, cond) in ABLATIONS.items():
                 for case in CASES:
-                    tasks.append((case, cond, args.ablation_seeds, out / "ablations" / _slug(name), cache, policy,
-                                  False, DATA, VAR))
+                    add(case, cond, args.ablation_seeds, out / "ablations" / _slug(name), policy, reference=False)
         execute(tasks, args.jobs)
     if args.plots_to:
         img = Path(args.plots_to)
