@@ -46,7 +46,7 @@ from messplus import kernels
 
 from ..config import TenantConfig
 from .pricing import Pricing
-from .tenant import TenantState, Window, label_target, pending_allowance, pending_mean, predictor_bias
+from .tenant import Counters, TenantState, Window, label_target, pending_allowance, pending_mean
 from .types import EXPLORE_ALWAYS, EXPLORE_DEFAULT
 
 SCALE_WARMUP = 20  # requests before a tenant's own mean cost sets the unit of V
@@ -69,7 +69,12 @@ class Batch:
     t: np.ndarray          # [B] int64, each request's index in its tenant's stream
     expected: np.ndarray   # [B] the queue plus what the unlabelled requests are expected to add (Q + E)
     allowance: np.ndarray  # [B] the part of E that allows for the error of its estimate
-    labelled: np.ndarray   # [B] the tenant's labelled requests
+    counters: list[Counters]  # [B] the tenant's counters, copied under the router's lock
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """[B] the tenant's labelled requests."""
+        return np.array([c.labelled for c in self.counters], np.float64)
     awaiting: list[np.ndarray]  # [B] of [K] bool: exploration labels still in flight
     flight: np.ndarray     # [B, K] the tenant's served answers whose label is on its way (tenant.Flight)
     masks: np.ndarray      # [B, K] bool: models this request may use
@@ -114,13 +119,13 @@ class Policy:
         """The unit of normalised costs: the dearest model's cost for a typical request, so V is unitless."""
         return float(pricing.cost_raw.max())
 
-    def v_unit(self, st: TenantState, pricing: Pricing) -> float:
+    def v_unit(self, counters: Counters, pricing: Pricing) -> float:
         """V is per unit of the tenant's own mean cost per request so far (the zoo's median model cost for its
         first SCALE_WARMUP requests): this converts it to the units of `cost_unit`, where the dearest model is 1.
 
         So V means the same at any alpha and in any cost unit: a model dearer than another by twice the
         tenant's going rate must be 2 V / Q likelier to satisfy to be chosen."""
-        going = st.cost_raw_sum / st.requests if st.requests >= SCALE_WARMUP else 0.0
+        going = counters.cost_raw_sum / counters.requests if counters.requests >= SCALE_WARMUP else 0.0
         if not (going > 0 and math.isfinite(going)):
             going = float(np.median(pricing.cost_raw))
         return self.cost_unit(pricing) / going
@@ -130,7 +135,7 @@ class Policy:
         states, B = batch.tenants, len(batch.tenants)
         cfgs = [st.cfg for st in states]
         alpha = np.array([c.alpha for c in cfgs], np.float64)
-        V = np.array([c.V * self.v_unit(st, pricing) for c, st in zip(cfgs, states)], np.float64)
+        V = np.array([c.V * self.v_unit(n, pricing) for c, n in zip(cfgs, batch.counters)], np.float64)
         c = np.array([c.c for c in cfgs], np.float64)
         kappa = np.array([c.optimism for c in cfgs], np.float64)
         streams = np.array([st.index for st in states], np.uint64)
@@ -167,14 +172,14 @@ class Policy:
                 rank = V[b] * batch.costs[b] + pressure[b] * (alpha[b] - p_best)
                 # the dearest model the queue could justify: what a perfect answer would be worth over the choice
                 worth = pressure[b] * (1.0 - p_dec[b, choice[b]]) / V[b] if V[b] > 0 else math.inf
-                invoked = self.explored(states[b], int(choice[b]), rank, batch.masks[b], worth, batch.raw[b],
+                invoked = self.explored(states[b].cfg, batch.counters[b], int(choice[b]), rank, batch.masks[b], worth, batch.raw[b],
                                         batch.unit)
             p, raw = batch.p_hat[b], batch.raw[b]
             served = max(invoked, key=lambda k: (p[k], raw[k]))  # ties: the dearer, more capable
             out.append(Plan(int(choice[b]), ex, invoked, served))
         return out
 
-    def explored(self, st: TenantState, choice: int, rank: np.ndarray, mask: np.ndarray, worth: float,
+    def explored(self, cfg: TenantConfig, counters: Counters, choice: int, rank: np.ndarray, mask: np.ndarray, worth: float,
                  raw: np.ndarray, unit: float) -> tuple[int, ...]:
         """The exploit choice plus the explore_models - 1 best-ranked models (lowest `rank`) among those it can
         afford: its neighbours in cost (at most EXPLORE_COST_RATIO times as dear, and at least the next dearer
@@ -184,13 +189,13 @@ class Policy:
         that started badly from being locked out: the first at a bounded price, the second when the queue says
         the SLA needs it. `raw` is each model's cost for this request."""
         idx = np.flatnonzero(mask)
-        n = st.cfg.explore_models
+        n = cfg.explore_models
         if n == 0 or n >= len(idx):
             return tuple(int(i) for i in idx)
         cost = raw[idx]
         dearer = cost[cost > raw[choice]]
         limit = max(EXPLORE_COST_RATIO * raw[choice], dearer.min() if dearer.size else 0.0, raw[choice] + worth * unit)
-        left = st.cfg.explore_budget * st.cost_raw_sum - st.explore_cost_raw
+        left = cfg.explore_budget * counters.cost_raw_sum - counters.explore_cost_raw
         near = idx[(cost <= limit) | (cost <= left)]
         others = [int(i) for i in near[np.argsort(rank[near], kind="stable")] if i != choice]
         return tuple(sorted([choice, *others[: n - 1]]))
@@ -238,18 +243,19 @@ def price_floor(batch: Batch, p_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray
         if id(st) not in seen:
             if st.window is None or st.window.q.shape != (size, p_dec.shape[1]):
                 st.window = Window.empty(size, p_dec.shape[1])
-            p_sat = np.clip(batch.p_hat + predictor_bias(st), 0.0, 1.0)
+            p_sat = np.clip(batch.p_hat + batch.counters[b].bias, 0.0, 1.0)
             for r in np.flatnonzero([s is st for s in batch.tenants]):
                 st.window.push(p_dec[r], p_sat[r], batch.costs[r], batch.masks[r])
             w, n = st.window, st.window.n
-            labels = int(batch.labelled[b])
+            labels = batch.counters[b].labelled
             spread = max(SURPLUS_HORIZON, float(batch.t[b]))
             target = min(label_target(st.cfg, labels + 1) + min(float(batch.expected[b]), 0.0) / spread, 1.0)
             q, p, cost, avail = w.q[:n], w.p[:n], w.cost[:n], w.mask[:n] & up
             lam, careful, share = math.inf, False, 0.0
             travelling = float(batch.flight[b].sum())
-            if labels >= st.cfg.caution and st.pending_n > 0 and travelling > 0 and batch.allowance[b] > 0:
-                share = float(batch.allowance[b]) * min(travelling / st.pending_n, 1.0)
+            pending = batch.counters[b].pending_n
+            if labels >= st.cfg.caution and pending > 0 and travelling > 0 and batch.allowance[b] > 0:
+                share = float(batch.allowance[b]) * min(travelling / pending, 1.0)
                 banked = min(float(batch.expected[b]) - share, 0.0) + share
                 held_target = min(label_target(st.cfg, labels + 1) + banked / spread, 1.0)
                 lam = kernels.price_for_target(q, p, cost, avail, held_target, PRICE_HI)

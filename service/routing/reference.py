@@ -15,7 +15,7 @@ from dataclasses import replace
 from ..config import TenantConfig
 from .policy import Policy
 from .pricing import Pricing
-from .tenant import TenantState
+from .tenant import Counters, TenantState
 
 REFERENCE_V = 1e-6
 REFERENCE_C = 0.5
@@ -49,5 +49,5 @@ class PaperPolicy(Policy):
     def cost_unit(self, pricing: Pricing) -> float:
         return 1.0
 
-    def v_unit(self, st: TenantState, pricing: Pricing) -> float:
+    def v_unit(self, counters: Counters, pricing: Pricing) -> float:
         return 1.0

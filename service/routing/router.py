@@ -30,7 +30,7 @@ from .learner import Learner
 from .policy import Batch, Plan, Policy
 from .pricing import Pricing
 from .request_ids import RequestIds
-from .tenant import Counted, Flight, TenantState, label_target, queue_step
+from .tenant import Counted, Counters, Flight, TenantState, label_target, queue_step
 from .types import REQUEST_ID, Decision, FeedbackResult, Pending, RouteItem, Routed
 
 log = logging.getLogger("messplus.router")
@@ -171,7 +171,7 @@ class Router(RequestIds):
                 ts[b], st.next_t = st.next_t, st.next_t + 1
             queue = np.array([st.queue for st in states], np.float64)
             expected, allowance = np.array([self.policy.expected(st) for st in states], np.float64).reshape(B, 2).T
-            labelled = np.array([st.labelled for st in states], np.float64)
+            counters = [Counters.of(st) for st in states]  # the policy reads these, not the live counters
             awaiting = [st.awaiting.copy() for st in states]
             flight = np.stack([_flight(st, K).expire(int(ts[b])).copy() for b, st in enumerate(states)]) if B \
                 else np.zeros((0, K))
@@ -181,7 +181,7 @@ class Router(RequestIds):
         raw = self.pricing.request_costs(tokens)
         unit = self.cost_scale()
         batch = Batch(tenants=states, modes=np.array([it.exploration for it in items], np.int64), t=ts,
-                      expected=expected, allowance=allowance, labelled=labelled, awaiting=awaiting,
+                      expected=expected, allowance=allowance, counters=counters, awaiting=awaiting,
                       flight=flight, masks=masks,
                       p_hat=p_hat, var=var, raw=raw, costs=raw / unit, unit=unit)
         plans = self.policy.plan(batch, self.pricing)

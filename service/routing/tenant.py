@@ -148,6 +148,23 @@ class TenantState:
 
 
 @dataclass(frozen=True)
+class Counters:
+    """The counters a policy reads as it decides one of the tenant's requests, copied under the router's lock:
+    the writer thread moves them as records and labels land, and the policy runs outside the lock, so field by
+    field it could read a cost sum from one moment and a request count from the next."""
+    requests: int
+    labelled: int
+    cost_raw_sum: float
+    explore_cost_raw: float
+    pending_n: int
+    bias: float  # predictor_bias
+
+    @classmethod
+    def of(cls, st: TenantState) -> Counters:
+        return cls(st.requests, st.labelled, st.cost_raw_sum, st.explore_cost_raw, st.pending_n, predictor_bias(st))
+
+
+@dataclass(frozen=True)
 class Counted:
     """What one routed request adds to its tenant's counters (taken back when the store did not keep it)."""
     gap: float  # its target - p_served, while its label is awaited

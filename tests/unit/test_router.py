@@ -13,10 +13,10 @@ import pytest
 from messplus.service.config import ModelConfig, TenantConfig
 from messplus.service.errors import Conflict, InvalidArgument, NotFound
 from messplus.service.routing.heads import Heads
-from messplus.service.routing.policy import debt_pressure
-from messplus.service.routing.pricing import TYPICAL_TOKENS_PRIOR, input_tokens
+from messplus.service.routing.policy import Batch, Plan, Policy, debt_pressure
+from messplus.service.routing.pricing import TYPICAL_TOKENS_PRIOR, Pricing, input_tokens
 from messplus.service.routing.router import Router
-from messplus.service.routing.tenant import BIAS_PRIOR_N, expected_pending, fold_queue
+from messplus.service.routing.tenant import BIAS_PRIOR_N, Counters, expected_pending, fold_queue
 from messplus.service.routing.types import EXPLORE_ALWAYS, EXPLORE_NEVER, Decision, RouteItem
 from messplus.service.state.sqlite import SqliteStore as Store
 
@@ -273,6 +273,33 @@ def test_a_tenant_stuck_in_debt_explores_more() -> None:
     plain = explorations((0.5, 0.7, 0.9))  # the choice (big) is predicted above alpha: in debt, not stuck
     stuck = explorations((0.5, 0.6, 0.7))  # no model is predicted to reach alpha
     assert 5 <= plain <= 30 and stuck >= 2.5 * plain  # 0.036 and STUCK_EXPLORE times that, of 400
+
+
+def test_a_batch_is_decided_on_the_counters_as_they_were_when_it_was_taken() -> None:
+    """The policy runs outside the router's lock while the writer thread lands records and labels: it reads the
+    tenant's counters as copied under the lock, not live fields that could come from two different moments."""
+    tenant = TenantConfig(name="acme", alpha=0.8, c=1.0)
+    seen: list[tuple[int, float, float, float]] = []
+
+    class Landing(Policy):  # the writer thread lands 1,000 dear requests and their labels as the batch is planned
+        def plan(self, batch: Batch, pricing: Pricing) -> list[Plan | None]:
+            for st in batch.tenants:
+                st.requests, st.cost_raw_sum, st.explore_cost_raw = st.requests + 1000, st.cost_raw_sum + 1e4, 1e4
+                st.resid_sum, st.resid_n, st.pending_n = st.resid_sum - 500.0, st.resid_n + 1000, 0
+            return super().plan(batch, pricing)
+
+        def v_unit(self, counters: Counters, pricing: Pricing) -> float:
+            seen.append((counters.requests, counters.cost_raw_sum, counters.explore_cost_raw, counters.bias))
+            return super().v_unit(counters, pricing)
+
+    router = Router(MODELS, (tenant,), Heads([m.name for m in MODELS], DIM), Store(":memory:", inline=True),
+                    policy=Landing())
+    st = router.tenants["acme"]
+    st.requests, st.cost_raw_sum, st.explore_cost_raw, st.resid_sum, st.resid_n = 100, 150.0, 5.0, 4.0, 40
+    p_hat = np.array([(0.5, 0.7, 0.9)])
+    (d,) = router.decide([RouteItem(tenant="acme")], p_hat, np.zeros_like(p_hat))
+    assert isinstance(d, Decision)
+    assert seen == [(100, 150.0, 5.0, pytest.approx(4.0 / (40 + BIAS_PRIOR_N)))]
 
 
 PRICED = (ModelConfig(name="per-call", triton_model="per-call", cost_per_request=1.0),
