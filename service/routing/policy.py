@@ -70,11 +70,6 @@ class Batch:
     expected: np.ndarray   # [B] the queue plus what the unlabelled requests are expected to add (Q + E)
     allowance: np.ndarray  # [B] the part of E that allows for the error of its estimate
     counters: list[Counters]  # [B] the tenant's counters, copied under the router's lock
-
-    @property
-    def labelled(self) -> np.ndarray:
-        """[B] the tenant's labelled requests."""
-        return np.array([c.labelled for c in self.counters], np.float64)
     awaiting: list[np.ndarray]  # [B] of [K] bool: exploration labels still in flight
     flight: np.ndarray     # [B, K] the tenant's served answers whose label is on its way (tenant.Flight)
     masks: np.ndarray      # [B, K] bool: models this request may use
@@ -83,6 +78,11 @@ class Batch:
     raw: np.ndarray        # [B, K] cost estimates in the zoo's unit
     costs: np.ndarray      # [B, K] the same in the policy's unit (cost_unit)
     unit: float            # the policy's cost unit, in the zoo's unit
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """[B] each row's tenant's labelled requests."""
+        return np.array([c.labelled for c in self.counters], np.float64)
 
 
 @dataclass(frozen=True)
@@ -172,15 +172,15 @@ class Policy:
                 rank = V[b] * batch.costs[b] + pressure[b] * (alpha[b] - p_best)
                 # the dearest model the queue could justify: what a perfect answer would be worth over the choice
                 worth = pressure[b] * (1.0 - p_dec[b, choice[b]]) / V[b] if V[b] > 0 else math.inf
-                invoked = self.explored(states[b].cfg, batch.counters[b], int(choice[b]), rank, batch.masks[b], worth, batch.raw[b],
-                                        batch.unit)
+                invoked = self.explored(states[b].cfg, batch.counters[b], int(choice[b]), rank, batch.masks[b],
+                                        worth, batch.raw[b], batch.unit)
             p, raw = batch.p_hat[b], batch.raw[b]
             served = max(invoked, key=lambda k: (p[k], raw[k]))  # ties: the dearer, more capable
             out.append(Plan(int(choice[b]), ex, invoked, served))
         return out
 
-    def explored(self, cfg: TenantConfig, counters: Counters, choice: int, rank: np.ndarray, mask: np.ndarray, worth: float,
-                 raw: np.ndarray, unit: float) -> tuple[int, ...]:
+    def explored(self, cfg: TenantConfig, counters: Counters, choice: int, rank: np.ndarray, mask: np.ndarray,
+                 worth: float, raw: np.ndarray, unit: float) -> tuple[int, ...]:
         """The exploit choice plus the explore_models - 1 best-ranked models (lowest `rank`) among those it can
         afford: its neighbours in cost (at most EXPLORE_COST_RATIO times as dear, and at least the next dearer
         one), any model at most `worth` (in units of `unit`) dearer than the choice, and any model whose cost
