@@ -42,6 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "service" / "demo" / "traces"
 VAR = ROOT / "var"  # where the predictor is exported to ONNX
 TARGET_STEP = 0.0025  # the task-headroom table raises a training-half mix's target in these steps
+SPEND_MODELS = 5  # the spend table covers the traces of several tasks with at least this many models
+SPEND_SHOWN = 0.02  # ... and in it the models with at least this share of requests or of spend, either way
+SPEND_EARLY = 800  # ... and how often the first seed's cold run invoked each in its first this many requests
 KNN = 50  # neighbours of the nearest-neighbour predictor in the limits table (10 had a worse log loss on every trace)
 
 
@@ -548,6 +551,49 @@ def task_headroom(out: Path, seeds: int) -> str:
     return "\n".join(lines)
 
 
+def spend_table(out: Path) -> str:
+    """Where a cold run's money goes, on each trace of several tasks and at least SPEND_MODELS models, at its
+    highest alpha: per model its mean price and accuracy over the trace, the task oracle's share of the requests
+    (its per-task mix weighted by the tasks' sizes) and of its spend, the cold router's share of the requests
+    it served and of its spend (every model it invoked; means over OUT's cold runs; spend at each model's mean
+    price), and how often the first seed's run invoked it in its first SPEND_EARLY requests (its saved arrays).
+    A model under SPEND_SHOWN of all four shares is left out."""
+    import numpy as np
+
+    from messplus.service.replay.baselines import task_oracle
+    from messplus.service.trace import load_traces
+
+    lines = ["| trace | alpha | model | mean price | accuracy | task oracle: requests | task oracle: spend | "
+             f"cold router: requests served | cold router: spend | invoked in the first {SPEND_EARLY} (seed 0) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for case in CASES:
+        path = out / f"{case.key}-cold" / "summary.json"
+        t = load_traces([DATA / f for f in case.files])
+        src = np.asarray(t.sources)
+        if len(set(t.sources)) < 2 or len(t.models) < SPEND_MODELS or not _have(path):
+            continue
+        alpha = max(case.alphas)
+        runs = next(e["runs"] for e in json.loads(path.read_text()) if e["alpha"] == alpha)
+        arrays = path.parent / "runs" / f"alpha{alpha:g}-messplus-seed0.npz"
+        early = np.load(arrays)["invoked"][:SPEND_EARLY].sum(axis=0) if arrays.exists() else None
+        mix = task_oracle(t.models, t.costs, t.labels, src, alpha)
+        oracle = np.zeros(len(t.models))
+        for task, shares in mix["mix"].items():
+            for name, share in shares.items():
+                oracle[t.models.index(name)] += share * float(np.mean(src == task))
+        served = np.array([np.mean([r["model_share"][m] for r in runs]) for m in t.models])
+        invoked = np.array([np.mean([r["invoked_share"][m] for r in runs]) for m in t.models])
+        price = np.asarray(t.mean_cost, np.float64)
+        o_spend, r_spend = oracle * price / (oracle @ price), invoked * price / (invoked @ price)
+        for k in np.argsort(price, kind="stable"):
+            if max(oracle[k], o_spend[k], served[k], r_spend[k]) < SPEND_SHOWN:
+                continue
+            lines.append(f"| {case.key} | {alpha:.2f} | {t.models[k].split('/')[-1]} | {price[k]:.3g} | "
+                         f"{t.accuracy[k]:.3f} | {oracle[k]:.2f} | {o_spend[k]:.2f} | {served[k]:.2f} | "
+                         f"{r_spend[k]:.2f} | {'-' if early is None else int(early[k])} |")
+    return "\n".join(lines)
+
+
 def surplus_table(out: Path) -> str:
     """What the satisfaction a cold run ends with above alpha is worth on the static mix (each model's true
     accuracy and mean cost over the whole trace: a cold run's baseline, as it replays every row), solved at the
@@ -644,6 +690,7 @@ def write_doc(doc: Path, limits_doc: Path, out: Path, seeds: int, command: str, 
     limits = limits_doc.read_text(encoding="utf-8")
     limits = _replace(limits, "routing-limits", per_source_limits(emb_cache), command)
     limits = _replace(limits, "routing-task", task_headroom(out, seeds), command)
+    limits = _replace(limits, "routing-spend", spend_table(out), command)
     limits = _replace(limits, "routing-short", short_table(out), command)
     limits = _replace(limits, "routing-surplus", surplus_table(out), command)
     limits = _replace(limits, "routing-sparse", sparse_table(out), command)

@@ -250,6 +250,34 @@ def test_surplus_table_prices_each_runs_final_satisfaction_on_the_tiny_trace(tmp
     assert rows[2:] == ["| tiny | 0.60 | 0.0250 (0.0500) | 1.02x | 1.11x (1.22) | 1.25x | 1.11x |"]
 
 
+def test_spend_table_sets_the_cold_router_beside_the_task_oracle_on_the_tiny_trace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import bench.routing_table as T
+
+    # tiny_trace's tasks at mean costs: the cheapest model of each (small; medium on code, where small has no
+    # label) reaches 4.5 of 8 labels; alpha 0.6 needs 4.8, and the cheapest 0.3 more is medium on proof (+1
+    # label for +3, where arith costs 14 a label and words 18). Small serves 6.7 of 8 requests (0.84), medium
+    # 1.3 (0.16); at the mean prices 1 and 3, 0.84 + 0.49: spend 0.63 and 0.37. The router invoked small,
+    # medium and large on 0.25, 0.5 and 0.3 of the requests: 0.25 + 1.5 + 3 = 4.75 -> 0.05, 0.32, 0.63
+    monkeypatch.setattr(T, "DATA", Path(__file__).resolve().parents[1] / "fixtures")
+    monkeypatch.setattr(T, "CASES", (T.Case("tiny", ("tiny_trace.csv",), (0.5, 0.6)),))
+    monkeypatch.setattr(T, "SPEND_MODELS", 3)
+    cold = tmp_path / "tiny-cold"
+    cold.mkdir()
+    runs = [{"model_share": {"small": s, "medium": 0.5, "large": 0.5 - s},
+             "invoked_share": {"small": 0.25, "medium": 0.5, "large": 0.3}} for s in (0.1, 0.3)]
+    (cold / "summary.json").write_text(json.dumps([{"alpha": 0.5, "runs": []}, {"alpha": 0.6, "runs": runs}]))
+    rows = T.spend_table(tmp_path).splitlines()
+    assert rows[2:] == ["| tiny | 0.60 | small | 1 | 0.500 | 0.84 | 0.63 | 0.20 | 0.05 | - |",
+                        "| tiny | 0.60 | medium | 3 | 0.750 | 0.16 | 0.37 | 0.50 | 0.32 | - |",
+                        "| tiny | 0.60 | large | 10 | 0.875 | 0.00 | 0.00 | 0.30 | 0.63 | - |"]
+    (cold / "runs").mkdir()
+    np.savez(cold / "runs" / "alpha0.6-messplus-seed0.npz", invoked=np.array([[1, 0, 0], [0, 1, 1], [0, 1, 0]], bool))
+    assert [r.rsplit("|", 2)[1].strip() for r in T.spend_table(tmp_path).splitlines()[2:]] == ["1", "2", "1"]
+
+
 def test_sparse_table_prices_two_standard_errors_of_a_fifth_of_the_labels_on_the_tiny_trace(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import bench.routing_table as T
